@@ -1,0 +1,174 @@
+//! The `EventBus` trait every backend implements.
+
+use std::{future::Future, pin::Pin, sync::Arc};
+
+use async_trait::async_trait;
+use serde::Serialize;
+
+use crate::{
+    error::Error, event::Event, handler::Handler, metrics::MetricsSnapshot,
+    subscription::Subscription,
+};
+
+/// A publish/subscribe event bus. Object safe: hold one as `Arc<dyn EventBus>`.
+///
+/// The contract every backend keeps (the conformance suite in `integration-tests` is
+/// its executable form):
+///
+/// * `subscribe` returns once the subscription is live (on the server, for network
+///   backends): an event published after it returns is delivered.
+/// * Each event is delivered once to every subscription whose pattern matches its topic,
+///   however many of the bus's subscriptions match; never to one that does not match.
+/// * `publish` does not wait for handlers to run (it may wait for queue space under the
+///   `block` overflow policy).
+/// * Under backlog a subscription receives more urgent events first, and events of equal
+///   priority in publish order. Each subscription runs one handler call at a time.
+/// * After [`Subscription::cancel`] returns, that handler is never called again.
+/// * After [`close`](Self::close), `publish` and `subscribe` fail with [`Error::Closed`];
+///   a handler may call `close` itself.
+/// * No replay: a subscription sees only events published after it was made.
+///
+/// Use [`EventBusExt::subscribe`] to subscribe a closure or `async fn`.
+///
+/// ```
+/// use event_bus_core::{Event, EventBus, EventBusExt, EventType};
+/// # async fn demo(bus: &dyn EventBus) -> Result<(), event_bus_core::Error> {
+/// let sub = bus
+///     .subscribe("orders:*", |event: Event| async move {
+///         println!("got {}", event.topic);
+///         Ok::<(), std::io::Error>(())
+///     })
+///     .await?;
+/// bus.publish(Event::new(EventType::Created, "orders:eu", serde_json::json!({"id": 1}))).await?;
+/// bus.flush().await?;
+/// sub.cancel().await;
+/// bus.close().await?;
+/// # Ok(()) }
+/// ```
+#[async_trait]
+pub trait EventBus: Send + Sync + 'static {
+    /// Short backend name: `memory`, `redis` or `postgres`.
+    fn backend(&self) -> &'static str;
+
+    /// Connects to the server and starts background tasks. Idempotent. The memory
+    /// backend needs no connection, and every backend connects on first use if this was
+    /// not called.
+    ///
+    /// # Errors
+    /// [`Error::Connection`] if the server cannot be reached; [`Error::Closed`] after close.
+    async fn connect(&self) -> Result<(), Error>;
+
+    /// Publishes one event to every matching subscription (of every bus on the same
+    /// server and namespace, for network backends).
+    ///
+    /// # Errors
+    /// [`Error::InvalidTopic`]; [`Error::Closed`]; [`Error::QueueFull`] under the `reject`
+    /// policy; [`Error::Publish`] when the server cannot be reached. Errors about one
+    /// event hand it back ([`Error::into_event`]).
+    async fn publish(&self, event: Event) -> Result<(), Error>;
+
+    /// Publishes several events, in order. Network backends send them in one round trip.
+    /// Every topic is validated before anything is sent, so an invalid topic publishes
+    /// nothing.
+    ///
+    /// # Errors
+    /// As [`publish`](Self::publish).
+    async fn publish_batch(&self, events: Vec<Event>) -> Result<(), Error> {
+        for event in &events {
+            crate::topic::validate_topic(&event.topic)?;
+        }
+        for event in events {
+            self.publish(event).await?;
+        }
+        Ok(())
+    }
+
+    /// Subscribes `handler` to topics matching `pattern`; see [`crate::pattern`].
+    /// Prefer [`EventBusExt::subscribe`], which takes any handler by value.
+    ///
+    /// # Errors
+    /// [`Error::InvalidPattern`]/[`Error::InvalidTopic`]; [`Error::Closed`];
+    /// [`Error::Connection`] if the server could not be told.
+    async fn subscribe_handler(
+        &self,
+        pattern: &str,
+        handler: Arc<dyn Handler>,
+    ) -> Result<Subscription, Error>;
+
+    /// Waits until every event this bus has published, and every event it has received
+    /// so far, has been handled by its local subscriptions. Meant for tests and orderly
+    /// shutdown. Must not be called from a handler (it would wait for itself).
+    ///
+    /// # Errors
+    /// [`Error::Closed`] after close; network errors for backends that round-trip.
+    async fn flush(&self) -> Result<(), Error>;
+
+    /// A copy of the bus's metrics.
+    fn metrics(&self) -> MetricsSnapshot;
+
+    /// Whether the bus is usable and connected.
+    async fn health(&self) -> Health;
+
+    /// Stops accepting events, lets queued events drain (up to
+    /// `dispatcher.shutdown_timeout_seconds`), waits for running handlers (up to their
+    /// timeout), closes connections and returns. Events still queued at the deadline are
+    /// discarded and counted in `dropped`. Idempotent; a handler may call it.
+    ///
+    /// # Errors
+    /// Reserved for backends whose connections fail to close cleanly.
+    async fn close(&self) -> Result<(), Error>;
+}
+
+/// Conveniences for every [`EventBus`], including `dyn EventBus`.
+pub trait EventBusExt: EventBus {
+    /// Subscribes any [`Handler`] (an `async fn(Event) -> Result<(), E>` or async
+    /// closure) to topics matching `pattern`.
+    ///
+    /// # Errors
+    /// As [`EventBus::subscribe_handler`].
+    fn subscribe<'a, H: Handler>(
+        &'a self,
+        pattern: &'a str,
+        handler: H,
+    ) -> Pin<Box<dyn Future<Output = Result<Subscription, Error>> + Send + 'a>> {
+        self.subscribe_handler(pattern, Arc::new(handler))
+    }
+}
+
+impl<T: EventBus + ?Sized> EventBusExt for T {}
+
+/// The state of a bus, for health checks.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct Health {
+    /// Backend name.
+    pub backend: &'static str,
+    /// Whether the bus accepts publishes and subscriptions.
+    pub open: bool,
+    /// Whether the bus is connected to its server (always true for memory while open).
+    pub connected: bool,
+    /// The last connection error, if the bus is currently disconnected.
+    pub last_error: Option<String>,
+}
+
+impl Health {
+    /// A health report.
+    pub fn new(
+        backend: &'static str,
+        open: bool,
+        connected: bool,
+        last_error: Option<String>,
+    ) -> Self {
+        Self {
+            backend,
+            open,
+            connected,
+            last_error,
+        }
+    }
+
+    /// Open and connected.
+    pub fn is_healthy(&self) -> bool {
+        self.open && self.connected
+    }
+}

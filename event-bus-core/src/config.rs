@@ -1,0 +1,216 @@
+//! Dispatcher configuration and the JSON/TOML parsing helpers every config type uses.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+
+use crate::error::Error;
+
+/// What a publish does when a matching subscription's queue is full.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OverflowPolicy {
+    /// Wait until there is room (backpressure on the publisher, or on the receiving
+    /// connection for network backends).
+    #[default]
+    Block,
+    /// Fail the publish with [`Error::QueueFull`], handing the event back. No
+    /// subscription receives it.
+    Reject,
+    /// Discard the oldest queued event of the full queue to make room.
+    DropOldest,
+    /// Discard the least urgent event among the queued ones and the new one (the newest
+    /// of them on a tie, which is the new one if it is among the least urgent).
+    DropLowestPriority,
+}
+
+/// Settings of the shared dispatcher (config section `dispatcher`).
+///
+/// Every field has the default of the Gal-Friday `PubSubManager` it is drawn from,
+/// except where noted. Unknown keys are rejected.
+///
+/// ```
+/// use event_bus_core::DispatcherConfig;
+/// let config: DispatcherConfig =
+///     event_bus_core::config::from_json_str(r#"{"handler_timeout_seconds": 2}"#).unwrap();
+/// assert_eq!(config.handler_timeout_seconds, 2.0);
+/// assert_eq!(config.queue_maxsize, 1000);
+/// ```
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DispatcherConfig {
+    /// Bound of each subscription's priority queue, in events. Never unbounded.
+    /// Default: `1000`.
+    pub queue_maxsize: usize,
+    /// What happens when a queue is full. Default: `block`.
+    pub overflow: OverflowPolicy,
+    /// A handler call running longer is cancelled and counted as failed (timed out).
+    /// Default: `5.0`.
+    pub handler_timeout_seconds: f64,
+    /// Consecutive failures (error, timeout or panic) after which a subscription is
+    /// cancelled automatically; a success resets the count. Default: `3`.
+    pub handler_max_failures: u32,
+    /// Upper bound of the reconnect backoff after a connection error. Default: `5.0`.
+    pub consumer_error_sleep_seconds: f64,
+    /// Interval of the periodic metrics log line; `0` disables it. Default: `60`.
+    pub metrics_log_interval_s: u64,
+    /// Most handler calls running at once across the bus (each subscription runs one
+    /// call at a time). Default: `256` (not in the seed).
+    pub max_concurrent_handlers: usize,
+    /// How long `close()` lets queued events drain before discarding (and counting)
+    /// the rest. Default: `10.0` (not in the seed).
+    pub shutdown_timeout_seconds: f64,
+}
+
+impl Default for DispatcherConfig {
+    fn default() -> Self {
+        Self {
+            queue_maxsize: 1000,
+            overflow: OverflowPolicy::Block,
+            handler_timeout_seconds: 5.0,
+            handler_max_failures: 3,
+            consumer_error_sleep_seconds: 5.0,
+            metrics_log_interval_s: 60,
+            max_concurrent_handlers: 256,
+            shutdown_timeout_seconds: 10.0,
+        }
+    }
+}
+
+impl DispatcherConfig {
+    /// Checks value ranges.
+    ///
+    /// # Errors
+    /// [`Error::Config`] naming the key (`dispatcher.<key>`) and the bad value.
+    pub fn validate(&self) -> Result<(), Error> {
+        positive_secs("handler_timeout_seconds", self.handler_timeout_seconds)?;
+        positive_secs(
+            "consumer_error_sleep_seconds",
+            self.consumer_error_sleep_seconds,
+        )?;
+        positive_secs("shutdown_timeout_seconds", self.shutdown_timeout_seconds)?;
+        for (key, value) in [
+            ("queue_maxsize", self.queue_maxsize),
+            ("handler_max_failures", self.handler_max_failures as usize),
+            ("max_concurrent_handlers", self.max_concurrent_handlers),
+        ] {
+            if value == 0 {
+                return Err(Error::config(
+                    format!("dispatcher.{key}"),
+                    "must be at least 1",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// `handler_timeout_seconds` as a duration.
+    pub fn handler_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.handler_timeout_seconds)
+    }
+
+    /// `consumer_error_sleep_seconds` as a duration.
+    pub fn consumer_error_sleep(&self) -> Duration {
+        Duration::from_secs_f64(self.consumer_error_sleep_seconds)
+    }
+
+    /// `shutdown_timeout_seconds` as a duration.
+    pub fn shutdown_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.shutdown_timeout_seconds)
+    }
+}
+
+fn positive_secs(key: &str, value: f64) -> Result<(), Error> {
+    // Upper bound keeps Duration::from_secs_f64 from panicking.
+    if value.is_finite() && value > 0.0 && value < 1e9 {
+        Ok(())
+    } else {
+        Err(Error::config(
+            format!("dispatcher.{key}"),
+            format!("must be a positive number of seconds, got {value}"),
+        ))
+    }
+}
+
+/// Deserializes `T` from a JSON value; errors name the offending key's dotted path.
+///
+/// # Errors
+/// [`Error::Config`] with the path of the unknown, missing or mistyped key.
+pub fn from_json_value<T: DeserializeOwned>(value: serde_json::Value) -> Result<T, Error> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let key = if path == "." {
+            "(root)".to_owned()
+        } else {
+            path
+        };
+        Error::config(key, e.into_inner().to_string())
+    })
+}
+
+/// Deserializes `T` from JSON text; errors name the offending key.
+///
+/// # Errors
+/// [`Error::Config`] for malformed JSON or a bad key.
+pub fn from_json_str<T: DeserializeOwned>(json: &str) -> Result<T, Error> {
+    let value = serde_json::from_str(json)
+        .map_err(|e| Error::config("(root)", format!("invalid JSON: {e}")))?;
+    from_json_value(value)
+}
+
+/// Deserializes `T` from TOML text; errors name the offending key.
+///
+/// # Errors
+/// [`Error::Config`] for malformed TOML or a bad key.
+pub fn from_toml_str<T: DeserializeOwned>(text: &str) -> Result<T, Error> {
+    let table: toml::Table =
+        toml::from_str(text).map_err(|e| Error::config("(root)", format!("invalid TOML: {e}")))?;
+    let value = serde_json::to_value(table)
+        .map_err(|e| Error::config("(root)", format!("unsupported TOML value: {e}")))?;
+    from_json_value(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_seed() {
+        let c = DispatcherConfig::default();
+        assert_eq!(c.queue_maxsize, 1000);
+        assert_eq!(c.overflow, OverflowPolicy::Block);
+        assert_eq!(c.handler_timeout_seconds, 5.0);
+        assert_eq!(c.handler_max_failures, 3);
+        assert_eq!(c.consumer_error_sleep_seconds, 5.0);
+        assert_eq!(c.metrics_log_interval_s, 60);
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let err = from_json_str::<DispatcherConfig>(r#"{"queue_maxsize": "big"}"#).unwrap_err();
+        assert!(err.to_string().contains("queue_maxsize"), "{err}");
+        let err = from_json_str::<DispatcherConfig>(r#"{"queue_max": 1}"#).unwrap_err();
+        assert!(err.to_string().contains("queue_max"), "{err}");
+        let err = from_toml_str::<DispatcherConfig>("overflow = \"explode\"").unwrap_err();
+        assert!(err.to_string().contains("overflow"), "{err}");
+        let bad = DispatcherConfig {
+            handler_timeout_seconds: -1.0,
+            ..Default::default()
+        };
+        assert!(
+            bad.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("dispatcher.handler_timeout_seconds")
+        );
+    }
+
+    #[test]
+    fn parses_toml_and_policies() {
+        let c: DispatcherConfig =
+            from_toml_str("overflow = \"drop_lowest_priority\"\nqueue_maxsize = 5").unwrap();
+        assert_eq!(c.overflow, OverflowPolicy::DropLowestPriority);
+        assert_eq!(c.queue_maxsize, 5);
+    }
+}

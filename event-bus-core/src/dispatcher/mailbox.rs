@@ -1,0 +1,73 @@
+//! One subscription's bounded queue and the signals around it.
+
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use tokio::sync::Notify;
+
+use super::queue::PriorityQueue;
+
+/// Where a subscription is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Status {
+    /// Accepting and delivering events.
+    Open,
+    /// The bus is closing: deliver what is queued, accept nothing new.
+    Draining,
+    /// Cancelled: deliver nothing more.
+    Cancelled,
+}
+
+pub(crate) struct MailboxState {
+    pub(crate) queue: PriorityQueue,
+    pub(crate) status: Status,
+}
+
+/// A subscription's queue. The publisher side pushes under the lock and wakes the
+/// worker through `ready`; the worker wakes blocked publishers through `space`.
+pub(crate) struct Mailbox {
+    state: Mutex<MailboxState>,
+    /// Signalled when the queue goes from empty to non-empty, or the status changes.
+    pub(crate) ready: Notify,
+    /// Signalled when the queue stops being full, or the status changes.
+    pub(crate) space: Notify,
+}
+
+impl Mailbox {
+    pub(crate) fn new() -> Self {
+        Self {
+            state: Mutex::new(MailboxState {
+                queue: PriorityQueue::default(),
+                status: Status::Open,
+            }),
+            ready: Notify::new(),
+            space: Notify::new(),
+        }
+    }
+
+    /// Locks the state. A panic never happens while the lock is held (handlers run
+    /// outside it), but if one did the state is still consistent, so poisoning is ignored.
+    pub(crate) fn lock(&self) -> MutexGuard<'_, MailboxState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Moves to `status` unless already cancelled; wakes the worker and blocked
+    /// publishers. Returns the number of queued events discarded (all of them when
+    /// cancelling).
+    pub(crate) fn set_status(&self, status: Status) -> usize {
+        let discarded = {
+            let mut state = self.lock();
+            if state.status == Status::Cancelled {
+                return 0;
+            }
+            state.status = status;
+            if status == Status::Cancelled {
+                state.queue.clear()
+            } else {
+                0
+            }
+        };
+        self.ready.notify_one();
+        self.space.notify_waiters();
+        discarded
+    }
+}

@@ -1,0 +1,141 @@
+//! A priority queue that is FIFO among equal priorities.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use tokio::time::Instant;
+
+use crate::{event::Event, priority::Priority};
+
+/// A queued event and when it was queued.
+pub(crate) struct Entry {
+    pub(crate) event: Event,
+    pub(crate) enqueued: Instant,
+    seq: u64,
+}
+
+/// One FIFO bucket per priority value in use; the most urgent non-empty bucket is
+/// served first. Buckets stay allocated once used (at most 256), so a queue that keeps
+/// emptying and refilling does not allocate.
+#[derive(Default)]
+pub(crate) struct PriorityQueue {
+    buckets: BTreeMap<Priority, VecDeque<Entry>>,
+    len: usize,
+    next_seq: u64,
+}
+
+impl PriorityQueue {
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub(crate) fn push(&mut self, event: Event, enqueued: Instant) {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.len += 1;
+        self.buckets
+            .entry(event.priority)
+            .or_default()
+            .push_back(Entry {
+                event,
+                enqueued,
+                seq,
+            });
+    }
+
+    /// The most urgent event, oldest first among equals.
+    pub(crate) fn pop(&mut self) -> Option<Entry> {
+        let entry = self.buckets.values_mut().find_map(VecDeque::pop_front)?;
+        self.len -= 1;
+        Some(entry)
+    }
+
+    /// The event queued first, whatever its priority.
+    pub(crate) fn pop_oldest(&mut self) -> Option<Entry> {
+        let bucket = self
+            .buckets
+            .values_mut()
+            .filter(|b| !b.is_empty())
+            .min_by_key(|b| b.front().map_or(u64::MAX, |e| e.seq))?;
+        let entry = bucket.pop_front()?;
+        self.len -= 1;
+        Some(entry)
+    }
+
+    /// The least urgent priority present.
+    pub(crate) fn least_urgent(&self) -> Option<Priority> {
+        self.buckets
+            .iter()
+            .rev()
+            .find(|(_, b)| !b.is_empty())
+            .map(|(p, _)| *p)
+    }
+
+    /// The newest of the least urgent events.
+    pub(crate) fn pop_least_urgent(&mut self) -> Option<Entry> {
+        let entry = self
+            .buckets
+            .values_mut()
+            .rev()
+            .find_map(VecDeque::pop_back)?;
+        self.len -= 1;
+        Some(entry)
+    }
+
+    /// Removes everything, returning how many events were removed.
+    pub(crate) fn clear(&mut self) -> usize {
+        let n = self.len;
+        self.buckets.values_mut().for_each(VecDeque::clear);
+        self.len = 0;
+        n
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::EventType;
+
+    fn ev(n: u64, p: Priority) -> Event {
+        Event::new(EventType::Created, "t", serde_json::json!(n)).with_priority(p)
+    }
+
+    fn drain(q: &mut PriorityQueue) -> Vec<u64> {
+        std::iter::from_fn(|| q.pop().map(|e| e.event.payload.as_u64().unwrap())).collect()
+    }
+
+    #[test]
+    fn priority_then_fifo() {
+        let mut q = PriorityQueue::default();
+        let now = Instant::now();
+        for (n, p) in [
+            (1, Priority::LOW),
+            (2, Priority::HIGH),
+            (3, Priority::LOW),
+            (4, Priority::CRITICAL),
+            (5, Priority::HIGH),
+        ] {
+            q.push(ev(n, p), now);
+        }
+        assert_eq!(drain(&mut q), [4, 2, 5, 1, 3]);
+        assert!(q.is_empty());
+    }
+
+    #[test]
+    fn drop_helpers() {
+        let mut q = PriorityQueue::default();
+        let now = Instant::now();
+        q.push(ev(1, Priority::HIGH), now);
+        q.push(ev(2, Priority::LOW), now);
+        q.push(ev(3, Priority::LOW), now);
+        q.push(ev(4, Priority::CRITICAL), now);
+        assert_eq!(q.least_urgent(), Some(Priority::LOW));
+        assert_eq!(q.pop_oldest().unwrap().event.payload, 1);
+        assert_eq!(q.pop_least_urgent().unwrap().event.payload, 3);
+        assert_eq!(q.len(), 2);
+        assert_eq!(drain(&mut q), [4, 2]);
+    }
+}

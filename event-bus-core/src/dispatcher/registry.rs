@@ -1,0 +1,143 @@
+//! The subscription table, indexed so that matching an event does not scan every pattern.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+};
+
+use tokio::task::JoinHandle;
+
+use super::mailbox::Mailbox;
+use crate::{handler::Handler, pattern::Pattern, subscription::SubscriptionId};
+
+/// One live subscription.
+pub(crate) struct SubEntry {
+    pub(crate) id: SubscriptionId,
+    /// Creation order; publishers lock several mailboxes in this order.
+    pub(crate) seq: u64,
+    pub(crate) pattern: Pattern,
+    pub(crate) handler: Arc<dyn Handler>,
+    pub(crate) mailbox: Mailbox,
+    /// Set once the subscription is cancelled (by the user, the failure limit or close
+    /// after its deadline); the worker checks it before each handler call.
+    pub(crate) cancelled: AtomicBool,
+    pub(crate) worker: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl SubEntry {
+    pub(crate) fn is_cancelled(&self) -> bool {
+        self.cancelled.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn take_worker(&self) -> Option<JoinHandle<()>> {
+        self.worker
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
+    }
+}
+
+/// Exact-topic subscriptions are found with one hash lookup. Wildcard patterns are
+/// grouped by their literal prefix (the text before the first wildcard); an event
+/// checks only the groups whose prefix starts its topic, one hash lookup per distinct
+/// prefix length in use.
+#[derive(Default)]
+pub(crate) struct Registry {
+    by_id: HashMap<SubscriptionId, Arc<SubEntry>>,
+    exact: HashMap<String, Vec<Arc<SubEntry>>>,
+    by_prefix: HashMap<String, Vec<Arc<SubEntry>>>,
+    /// Distinct prefix length -> number of `by_prefix` keys of that length.
+    prefix_lens: BTreeMap<usize, usize>,
+}
+
+impl Registry {
+    pub(crate) fn contains(&self, id: SubscriptionId) -> bool {
+        self.by_id.contains_key(&id)
+    }
+
+    pub(crate) fn entries(&self) -> impl Iterator<Item = &Arc<SubEntry>> {
+        self.by_id.values()
+    }
+
+    pub(crate) fn insert(&mut self, entry: Arc<SubEntry>) {
+        self.by_id.insert(entry.id, entry.clone());
+        match entry.pattern.literal() {
+            Some(topic) => self.exact.entry(topic.to_owned()).or_default().push(entry),
+            None => {
+                let prefix = entry.pattern.literal_prefix();
+                let len = prefix.len();
+                let group = self.by_prefix.entry(prefix).or_default();
+                if group.is_empty() {
+                    *self.prefix_lens.entry(len).or_default() += 1;
+                }
+                group.push(entry);
+            }
+        }
+    }
+
+    pub(crate) fn remove(&mut self, id: SubscriptionId) -> Option<Arc<SubEntry>> {
+        let entry = self.by_id.remove(&id)?;
+        let (map, key, is_prefix) = match entry.pattern.literal() {
+            Some(topic) => (&mut self.exact, topic.to_owned(), false),
+            None => (&mut self.by_prefix, entry.pattern.literal_prefix(), true),
+        };
+        if let Some(group) = map.get_mut(&key) {
+            group.retain(|e| e.id != id);
+            if group.is_empty() {
+                map.remove(&key);
+                if is_prefix {
+                    let len = key.len();
+                    if let Some(n) = self.prefix_lens.get_mut(&len) {
+                        *n -= 1;
+                        if *n == 0 {
+                            self.prefix_lens.remove(&len);
+                        }
+                    }
+                }
+            }
+        }
+        Some(entry)
+    }
+
+    pub(crate) fn drain(&mut self) -> Vec<Arc<SubEntry>> {
+        self.exact.clear();
+        self.by_prefix.clear();
+        self.prefix_lens.clear();
+        self.by_id.drain().map(|(_, e)| e).collect()
+    }
+
+    /// Subscriptions whose pattern matches `topic` and passes `filter`, in creation order.
+    pub(crate) fn matching(
+        &self,
+        topic: &str,
+        filter: impl Fn(&Pattern) -> bool,
+    ) -> Vec<Arc<SubEntry>> {
+        let mut out: Vec<Arc<SubEntry>> = Vec::new();
+        if let Some(group) = self.exact.get(topic) {
+            out.extend(group.iter().filter(|e| filter(&e.pattern)).cloned());
+        }
+        for &len in self.prefix_lens.keys() {
+            if len > topic.len() {
+                break;
+            }
+            if !topic.is_char_boundary(len) {
+                continue;
+            }
+            if let Some(group) = self.by_prefix.get(&topic[..len]) {
+                out.extend(
+                    group
+                        .iter()
+                        .filter(|e| filter(&e.pattern) && e.pattern.matches(topic))
+                        .cloned(),
+                );
+            }
+        }
+        if out.len() > 1 {
+            out.sort_unstable_by_key(|e| e.seq);
+        }
+        out
+    }
+}

@@ -1,0 +1,146 @@
+//! The task that runs one subscription's handler: one call at a time, with a timeout,
+//! panic isolation and consecutive-failure tracking.
+
+use std::{
+    panic::AssertUnwindSafe,
+    sync::{Arc, Weak},
+    time::Duration,
+};
+
+use super::{Ctx, Shared, mailbox::Status, registry::SubEntry};
+use crate::{error::BoxError, event::Event, handler::Handler, subscription::SubscriptionId};
+use futures_util::FutureExt;
+
+tokio::task_local! {
+    /// The subscription whose worker is running the current task, so that a handler
+    /// cancelling its own subscription or closing the bus does not wait for itself.
+    static CURRENT_SUBSCRIPTION: SubscriptionId;
+}
+
+/// The subscription whose handler is running in the current task, if any.
+pub(crate) fn current_subscription() -> Option<SubscriptionId> {
+    CURRENT_SUBSCRIPTION.try_with(|id| *id).ok()
+}
+
+/// How one handler call ended.
+enum Outcome {
+    Success,
+    Failed(BoxError),
+    TimedOut,
+    Panicked(String),
+}
+
+pub(crate) fn spawn(entry: Arc<SubEntry>, ctx: Arc<Ctx>, shared: Weak<Shared>) {
+    let id = entry.id;
+    let worker = entry.clone();
+    let handle = tokio::spawn(CURRENT_SUBSCRIPTION.scope(id, run(worker, ctx, shared)));
+    *entry
+        .worker
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(handle);
+}
+
+async fn run(entry: Arc<SubEntry>, ctx: Arc<Ctx>, shared: Weak<Shared>) {
+    let mut consecutive_failures = 0u32;
+    loop {
+        let next = {
+            let mut state = entry.mailbox.lock();
+            match state.status {
+                Status::Cancelled => return,
+                Status::Open | Status::Draining => {}
+            }
+            let was_full = state.queue.len() >= ctx.config.queue_maxsize;
+            match state.queue.pop() {
+                Some(item) => Some((item, was_full)),
+                None if state.status == Status::Draining => return,
+                None => None,
+            }
+        };
+        let Some((item, was_full)) = next else {
+            entry.mailbox.ready.notified().await;
+            continue;
+        };
+        ctx.metrics.add_queue_depth(-1);
+        if was_full {
+            entry.mailbox.space.notify_waiters();
+        }
+        let permit = ctx.concurrency.acquire().await;
+        if entry.is_cancelled() || permit.is_err() {
+            ctx.metrics.add_dropped(1);
+            ctx.pending.done(1);
+            return;
+        }
+        ctx.metrics.add_in_flight(1);
+        let outcome = call(
+            entry.handler.as_ref(),
+            item.event.clone(),
+            ctx.config.handler_timeout(),
+        )
+        .await;
+        ctx.metrics.add_in_flight(-1);
+        drop(permit);
+        ctx.metrics.record_latency(item.enqueued.elapsed());
+        let failed = record(&entry, &ctx, &item.event, outcome);
+        ctx.pending.done(1);
+        if !failed {
+            consecutive_failures = 0;
+            continue;
+        }
+        consecutive_failures += 1;
+        if consecutive_failures >= ctx.config.handler_max_failures {
+            if let Some(shared) = shared.upgrade() {
+                shared.auto_unsubscribe(&entry, consecutive_failures);
+            }
+            return;
+        }
+    }
+}
+
+/// Calls the handler, turning a panic (while building or polling the future) and the
+/// timeout into outcomes.
+async fn call(handler: &dyn Handler, event: Event, timeout: Duration) -> Outcome {
+    let future = match std::panic::catch_unwind(AssertUnwindSafe(|| handler.call(event))) {
+        Ok(future) => future,
+        Err(panic) => return Outcome::Panicked(panic_message(panic.as_ref())),
+    };
+    match tokio::time::timeout(timeout, AssertUnwindSafe(future).catch_unwind()).await {
+        Ok(Ok(Ok(()))) => Outcome::Success,
+        Ok(Ok(Err(error))) => Outcome::Failed(error),
+        Ok(Err(panic)) => Outcome::Panicked(panic_message(panic.as_ref())),
+        Err(_) => Outcome::TimedOut,
+    }
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "non-string panic payload".to_owned())
+}
+
+/// Counts and logs one outcome; returns whether it was a failure.
+fn record(entry: &SubEntry, ctx: &Ctx, event: &Event, outcome: Outcome) -> bool {
+    let (sub, pattern) = (entry.id, entry.pattern.as_str());
+    let (event_id, topic) = (event.id, event.topic.as_str());
+    match outcome {
+        Outcome::Success => {
+            ctx.metrics.add_delivered(1);
+            return false;
+        }
+        Outcome::Failed(error) => {
+            ctx.metrics.add_failed(1);
+            tracing::warn!(%sub, pattern, %event_id, topic, error = %error, "handler failed");
+        }
+        Outcome::TimedOut => {
+            ctx.metrics.add_timed_out(1);
+            let timeout_s = ctx.config.handler_timeout_seconds;
+            tracing::warn!(%sub, pattern, %event_id, topic, timeout_s, "handler timed out and was cancelled");
+        }
+        Outcome::Panicked(message) => {
+            ctx.metrics.add_panicked(1);
+            tracing::error!(%sub, pattern, %event_id, topic, panic = %message, "handler panicked");
+        }
+    }
+    true
+}

@@ -1,0 +1,56 @@
+//! Core of the `event-bus` crate family: the [`EventBus`] trait, [`Event`] and its
+//! parts, topic and [pattern] rules, handlers, [`Subscription`], configuration, the
+//! shared [`Dispatcher`] every backend delivers through, metrics and the wire
+//! [envelope].
+//!
+//! Applications depend on the `event-bus` facade crate, which re-exports all of this
+//! and picks a backend from configuration. Backend authors depend on this crate.
+//!
+//! ```
+//! use event_bus_core::{Dispatcher, DispatcherConfig, Event, EventType, Pattern};
+//! use std::sync::{Arc, atomic::{AtomicUsize, Ordering}};
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), event_bus_core::Error> {
+//! let dispatcher = Dispatcher::new(DispatcherConfig::default())?;
+//! let seen = Arc::new(AtomicUsize::new(0));
+//! let counter = seen.clone();
+//! dispatcher.subscribe(Pattern::parse("orders:*")?, Arc::new(move |_event: Event| {
+//!     let counter = counter.clone();
+//!     async move { counter.fetch_add(1, Ordering::SeqCst); Ok::<(), std::io::Error>(()) }
+//! }))?;
+//! dispatcher.dispatch(Event::new(EventType::Created, "orders:eu", serde_json::json!({}))).await?;
+//! dispatcher.dispatch(Event::new(EventType::Created, "users:eu", serde_json::json!({}))).await?;
+//! dispatcher.flush().await;
+//! assert_eq!(seen.load(Ordering::SeqCst), 1);
+//! dispatcher.close().await;
+//! # Ok(()) }
+//! ```
+
+pub mod bus;
+pub mod config;
+pub mod dispatcher;
+pub mod envelope;
+pub mod error;
+pub mod event;
+pub mod event_type;
+pub mod handler;
+pub mod metrics;
+pub mod pattern;
+pub mod priority;
+pub mod reconnect;
+pub mod secret;
+pub mod subscription;
+pub mod topic;
+
+pub use bus::{EventBus, EventBusExt, Health};
+pub use config::{DispatcherConfig, OverflowPolicy};
+pub use dispatcher::Dispatcher;
+pub use error::{BoxError, Error};
+pub use event::{Event, EventData};
+pub use event_type::EventType;
+pub use handler::Handler;
+pub use metrics::{Metrics, MetricsSnapshot};
+pub use pattern::Pattern;
+pub use priority::Priority;
+pub use secret::Secret;
+pub use subscription::{CancelSubscription, Subscription, SubscriptionId};

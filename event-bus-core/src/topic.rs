@@ -1,0 +1,45 @@
+//! Topic rules.
+//!
+//! A topic is a non-empty UTF-8 string of at most [`MAX_TOPIC_LEN`] bytes, made of
+//! segments separated by `:` (`registry:bots:config`). Segments are non-empty, and a
+//! topic holds no whitespace or control characters. Any other character is allowed,
+//! including the glob characters `*?[]\` (a pattern matches them with a `\` escape).
+//! Topics are case-sensitive. Every backend applies these same rules at publish.
+
+use crate::error::Error;
+
+/// Longest topic (and pattern), in bytes.
+pub const MAX_TOPIC_LEN: usize = 255;
+
+/// Checks `topic` against the topic rules.
+///
+/// # Errors
+/// [`Error::InvalidTopic`] naming the topic and the rule it broke.
+///
+/// ```
+/// use event_bus_core::topic::validate_topic;
+/// assert!(validate_topic("registry:bots:config").is_ok());
+/// assert!(validate_topic("").is_err());
+/// assert!(validate_topic("a::b").is_err());
+/// assert!(validate_topic("has space").is_err());
+/// ```
+pub fn validate_topic(topic: &str) -> Result<(), Error> {
+    let reason = if topic.is_empty() {
+        "must not be empty".to_owned()
+    } else if topic.len() > MAX_TOPIC_LEN {
+        format!(
+            "is {} bytes long; at most {MAX_TOPIC_LEN} allowed",
+            topic.len()
+        )
+    } else if let Some(c) = topic.chars().find(|c| c.is_whitespace() || c.is_control()) {
+        format!("must not contain whitespace or control characters (found {c:?})")
+    } else if topic.split(':').any(str::is_empty) {
+        "segments separated by `:` must not be empty".to_owned()
+    } else {
+        return Ok(());
+    };
+    Err(Error::InvalidTopic {
+        topic: topic.to_owned(),
+        reason,
+    })
+}

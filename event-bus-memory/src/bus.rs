@@ -1,0 +1,98 @@
+//! The in-process event bus.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use event_bus_core::{
+    Dispatcher, Error, Event, EventBus, Handler, Health, MetricsSnapshot, Pattern, Subscription,
+    topic::validate_topic,
+};
+
+use crate::config::MemoryConfig;
+
+/// An event bus inside one process. Cheap to clone; clones share one bus.
+#[derive(Clone)]
+pub struct MemoryEventBus {
+    dispatcher: Dispatcher,
+}
+
+impl MemoryEventBus {
+    /// A bus with `config`.
+    ///
+    /// # Errors
+    /// [`Error::Config`] naming a bad `dispatcher.*` value.
+    pub fn new(config: MemoryConfig) -> Result<Self, Error> {
+        Ok(Self {
+            dispatcher: Dispatcher::new(config.dispatcher)?,
+        })
+    }
+
+    /// The dispatcher behind this bus.
+    pub fn dispatcher(&self) -> &Dispatcher {
+        &self.dispatcher
+    }
+}
+
+impl std::fmt::Debug for MemoryEventBus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryEventBus")
+            .field("config", self.dispatcher.config())
+            .field("closed", &self.dispatcher.is_closed())
+            .finish()
+    }
+}
+
+#[async_trait]
+impl EventBus for MemoryEventBus {
+    fn backend(&self) -> &'static str {
+        "memory"
+    }
+
+    async fn connect(&self) -> Result<(), Error> {
+        if self.dispatcher.is_closed() {
+            return Err(Error::Closed);
+        }
+        self.dispatcher.start();
+        Ok(())
+    }
+
+    async fn publish(&self, event: Event) -> Result<(), Error> {
+        validate_topic(&event.topic)?;
+        self.dispatcher.dispatch(event).await?;
+        self.dispatcher.metrics().add_published(1);
+        Ok(())
+    }
+
+    async fn subscribe_handler(
+        &self,
+        pattern: &str,
+        handler: Arc<dyn Handler>,
+    ) -> Result<Subscription, Error> {
+        let pattern = Pattern::parse(pattern)?;
+        let id = self.dispatcher.subscribe(pattern.clone(), handler)?;
+        Ok(Subscription::new(
+            id,
+            pattern,
+            Arc::new(self.dispatcher.clone()),
+        ))
+    }
+
+    async fn flush(&self) -> Result<(), Error> {
+        self.dispatcher.flush().await;
+        Ok(())
+    }
+
+    fn metrics(&self) -> MetricsSnapshot {
+        self.dispatcher.metrics().snapshot()
+    }
+
+    async fn health(&self) -> Health {
+        let open = !self.dispatcher.is_closed();
+        Health::new("memory", open, open, None)
+    }
+
+    async fn close(&self) -> Result<(), Error> {
+        self.dispatcher.close().await;
+        Ok(())
+    }
+}

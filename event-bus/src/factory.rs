@@ -1,0 +1,29 @@
+//! Building a bus from configuration.
+
+use std::sync::Arc;
+
+use event_bus_core::{Error, EventBus};
+
+use crate::backend::Config;
+
+/// Builds the bus `config` selects. Call [`EventBus::connect`] before use (network
+/// backends otherwise connect on first use).
+///
+/// # Errors
+/// [`Error::Config`] for bad settings (naming the key).
+///
+/// ```
+/// use event_bus::prelude::*;
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Error> {
+/// let bus = create_event_bus(Config::from_json_str(r#"{"backend": "memory"}"#)?)?;
+/// bus.connect().await?;
+/// assert_eq!(bus.backend(), "memory");
+/// bus.close().await?;
+/// # Ok(()) }
+/// ```
+pub fn create_event_bus(config: Config) -> Result<Arc<dyn EventBus>, Error> {
+    Ok(match config {
+        #[cfg(feature = "memory")]
+        Config::Memory(c) => Arc::new(event_bus_memory::MemoryEventBus::new(c)?),
+    })
+}

@@ -1,0 +1,22 @@
+#![doc = include_str!("../../README.md")]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+mod backend;
+mod factory;
+
+pub use backend::{BackendName, Config};
+pub use event_bus_core::*;
+pub use factory::create_event_bus;
+
+/// In-process backend.
+#[cfg(feature = "memory")]
+#[cfg_attr(docsrs, doc(cfg(feature = "memory")))]
+pub use event_bus_memory::{MemoryConfig, MemoryEventBus};
+
+/// The names most programs need: `use event_bus::prelude::*;`.
+pub mod prelude {
+    pub use crate::{
+        Config, Error, Event, EventBus, EventBusExt, EventType, Priority, Subscription,
+        create_event_bus,
+    };
+}
