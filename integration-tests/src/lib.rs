@@ -1,1 +1,8 @@
-//! Shared test support.
+//! Test support shared by the conformance suite and the backend fault tests: unique
+//! namespaces, waiting on conditions, recording handlers, a fault-injecting TCP proxy,
+//! one factory per backend, and the conformance cases themselves.
+
+pub mod conformance;
+pub mod factories;
+pub mod proxy;
+pub mod support;

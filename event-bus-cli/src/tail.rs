@@ -1,0 +1,151 @@
+//! `eventbus sub`: subscribe to patterns and print each event as one line.
+
+use std::{
+    collections::{HashSet, VecDeque},
+    convert::Infallible,
+    io::Write,
+};
+
+use event_bus::{Event, EventBusExt, envelope};
+use tokio::sync::mpsc;
+
+use crate::backend::{self, BackendArgs, Failure};
+
+/// Arguments of `eventbus sub`.
+#[derive(clap::Args, Debug)]
+pub(crate) struct SubArgs {
+    /// Topic patterns: `*` and `?` wildcards, `[abc]`/`[!abc]` sets, `\` escapes.
+    #[arg(required = true, value_name = "PATTERN")]
+    patterns: Vec<String>,
+    /// Print each event as its wire envelope, one JSON object per line (for `jq`).
+    #[arg(long)]
+    json: bool,
+    /// Exit after printing this many events.
+    #[arg(long, value_name = "N")]
+    count: Option<u64>,
+}
+
+/// How many recent event ids are remembered so that an event matching several of the
+/// patterns is printed once.
+const SEEN_WINDOW: usize = 4096;
+
+/// Runs `eventbus sub`.
+pub(crate) async fn run(args: SubArgs, backend: &BackendArgs) -> Result<(), Failure> {
+    let config = backend.config_value()?;
+    let name = backend::backend_of(&config).to_owned();
+    let bus = backend::connect(config).await?;
+    let (tx, mut rx) = mpsc::channel::<Event>(1024);
+    let mut subscriptions = Vec::new();
+    for pattern in &args.patterns {
+        let tx = tx.clone();
+        let handler = move |event: Event| {
+            let tx = tx.clone();
+            async move {
+                // The receiver only goes away while we are unsubscribing.
+                let _ = tx.send(event).await;
+                Ok::<(), Infallible>(())
+            }
+        };
+        match bus.subscribe(pattern, handler).await {
+            Ok(sub) => subscriptions.push(sub),
+            Err(e) => {
+                let _ = bus.close().await;
+                return Err(e.into());
+            }
+        }
+    }
+    drop(tx);
+    eprintln!(
+        "subscribed to {} on {name}; Ctrl-C to stop",
+        args.patterns.join(" ")
+    );
+    let result = print_events(&mut rx, &args).await;
+    for sub in subscriptions {
+        sub.cancel().await;
+    }
+    bus.close().await?;
+    result
+}
+
+async fn print_events(rx: &mut mpsc::Receiver<Event>, args: &SubArgs) -> Result<(), Failure> {
+    let mut seen = HashSet::new();
+    let mut order = VecDeque::new();
+    let mut printed = 0u64;
+    if args.count == Some(0) {
+        return Ok(());
+    }
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    loop {
+        let event = tokio::select! {
+            event = rx.recv() => match event {
+                Some(event) => event,
+                None => return Ok(()),
+            },
+            _ = &mut ctrl_c => return Ok(()),
+        };
+        if !seen.insert(event.id) {
+            continue;
+        }
+        order.push_back(event.id);
+        if order.len() > SEEN_WINDOW {
+            if let Some(old) = order.pop_front() {
+                seen.remove(&old);
+            }
+        }
+        let line = if args.json {
+            envelope::encode(&event)?
+        } else {
+            human_line(&event)
+        };
+        let mut out = std::io::stdout().lock();
+        if writeln!(out, "{line}").and_then(|()| out.flush()).is_err() {
+            return Ok(()); // stdout closed (e.g. piped into `head`)
+        }
+        printed += 1;
+        if args.count.is_some_and(|n| printed >= n) {
+            return Ok(());
+        }
+    }
+}
+
+/// `2026-01-02T10:00:00.123Z orders:eu created normal {"id":42} source=checkout tenant=acme`.
+pub(crate) fn human_line(event: &Event) -> String {
+    let mut line = format!(
+        "{} {} {} {} {}",
+        event.timestamp.format("%Y-%m-%dT%H:%M:%S%.3fZ"),
+        event.topic,
+        event.event_type,
+        event.priority,
+        event.payload
+    );
+    if let Some(source) = &event.source {
+        line.push_str(&format!(" source={source}"));
+    }
+    if let Some(id) = &event.correlation_id {
+        line.push_str(&format!(" correlation_id={id}"));
+    }
+    for (key, value) in &event.metadata {
+        line.push_str(&format!(" {key}={value}"));
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use event_bus::{EventType, Priority};
+
+    #[test]
+    fn human_line_shows_every_field_that_is_set() {
+        let event = Event::new(EventType::Updated, "orders:eu", serde_json::json!({"id": 1}))
+            .with_priority(Priority::HIGH)
+            .with_source("checkout")
+            .with_metadata("tenant", "acme");
+        let line = human_line(&event);
+        assert!(
+            line.ends_with(r#"orders:eu updated high {"id":1} source=checkout tenant=acme"#),
+            "{line}"
+        );
+    }
+}

@@ -1,0 +1,5 @@
+//! The conformance suite, once per backend. Adding a backend is one line.
+
+use integration_tests::conformance_suite;
+
+conformance_suite!(memory, integration_tests::factories::memory);
