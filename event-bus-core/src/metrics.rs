@@ -1,8 +1,12 @@
 //! Bus metrics: counters, gauges and a latency histogram, with a Prometheus rendering.
 
 use std::{
+    collections::BTreeMap,
     fmt::Write as _,
-    sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed},
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicI64, AtomicU64, Ordering::Relaxed},
+    },
     time::Duration,
 };
 
@@ -17,24 +21,117 @@ pub const LATENCY_BUCKETS_US: [u64; 16] = [
 
 /// Live metrics of one bus, updated by the dispatcher and the backend. Cheap to update
 /// from many tasks (relaxed atomics). Read it with [`Metrics::snapshot`].
-#[derive(Debug, Default)]
+///
+/// Handler outcomes and latencies are kept per subscription, by that subscription's
+/// worker alone, so the hot path never bounces a shared cache line between cores; a
+/// snapshot adds them up.
+#[derive(Default)]
 pub struct Metrics {
     published: AtomicU64,
     received: AtomicU64,
-    delivered: AtomicU64,
-    failed: AtomicU64,
-    timed_out: AtomicU64,
-    panicked: AtomicU64,
     dropped: AtomicU64,
     rejected: AtomicU64,
     auto_unsubscribed: AtomicU64,
     reconnects: AtomicU64,
     malformed: AtomicU64,
-    queue_depth: AtomicI64,
     subscriptions: AtomicI64,
-    in_flight: AtomicI64,
+    /// Outcomes of subscriptions whose worker has finished.
+    retired: HandlerStats,
+    /// Live subscriptions' own statistics, by subscription sequence number.
+    sources: Mutex<BTreeMap<u64, Arc<dyn StatsSource>>>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.snapshot().fmt(f)
+    }
+}
+
+/// Something that adds its live numbers to a snapshot: one per subscription.
+pub(crate) trait StatsSource: Send + Sync {
+    /// The subscription's handler statistics.
+    fn stats(&self) -> &HandlerStats;
+    /// Events waiting in the subscription's queue.
+    fn queue_depth(&self) -> u64;
+}
+
+/// Handler outcomes of one subscription, written only by its worker.
+#[derive(Default)]
+pub(crate) struct HandlerStats {
+    delivered: AtomicU64,
+    failed: AtomicU64,
+    timed_out: AtomicU64,
+    panicked: AtomicU64,
+    in_flight: AtomicU64,
     latency_buckets: [AtomicU64; LATENCY_BUCKETS_US.len() + 1],
     latency_sum_us: AtomicU64,
+}
+
+/// Which handler outcome to count.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Outcome {
+    Delivered,
+    Failed,
+    TimedOut,
+    Panicked,
+}
+
+/// Adds `n` to a counter that has a single writer: a plain load and store, no locked
+/// read-modify-write. Readers see a value that is at most one update behind.
+fn bump(counter: &AtomicU64, n: u64) {
+    counter.store(counter.load(Relaxed).wrapping_add(n), Relaxed);
+}
+
+impl HandlerStats {
+    /// Marks a handler call as running (`true`) or finished. Single writer: the worker.
+    pub(crate) fn set_in_flight(&self, running: bool) {
+        self.in_flight.store(u64::from(running), Relaxed);
+    }
+
+    /// Counts one finished call and its latency. Single writer: the worker.
+    pub(crate) fn record(&self, outcome: Outcome, latency: Duration) {
+        let counter = match outcome {
+            Outcome::Delivered => &self.delivered,
+            Outcome::Failed => &self.failed,
+            Outcome::TimedOut => &self.timed_out,
+            Outcome::Panicked => &self.panicked,
+        };
+        bump(counter, 1);
+        let us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+        let bucket = LATENCY_BUCKETS_US.partition_point(|&bound| bound < us);
+        bump(&self.latency_buckets[bucket], 1);
+        bump(&self.latency_sum_us, us);
+    }
+
+    /// Adds these statistics into `into` with atomic adds (many writers).
+    fn fold_into(&self, into: &Self) {
+        let pairs = [
+            (&self.delivered, &into.delivered),
+            (&self.failed, &into.failed),
+            (&self.timed_out, &into.timed_out),
+            (&self.panicked, &into.panicked),
+            (&self.latency_sum_us, &into.latency_sum_us),
+        ];
+        for (from, to) in pairs {
+            to.fetch_add(from.load(Relaxed), Relaxed);
+        }
+        for (from, to) in self.latency_buckets.iter().zip(&into.latency_buckets) {
+            to.fetch_add(from.load(Relaxed), Relaxed);
+        }
+    }
+
+    fn add_to(&self, s: &mut MetricsSnapshot) {
+        let load = |a: &AtomicU64| a.load(Relaxed);
+        s.delivered += load(&self.delivered);
+        s.failed += load(&self.failed);
+        s.timed_out += load(&self.timed_out);
+        s.panicked += load(&self.panicked);
+        s.in_flight += load(&self.in_flight);
+        s.latency.sum_us += load(&self.latency_sum_us);
+        for (count, bucket) in s.latency.counts.iter_mut().zip(&self.latency_buckets) {
+            *count += load(bucket);
+        }
+    }
 }
 
 macro_rules! counters {
@@ -50,14 +147,6 @@ counters! {
     add_published => published;
     /// Counts events handed to the dispatcher (published locally or received from the server).
     add_received => received;
-    /// Counts handler calls that returned `Ok`.
-    add_delivered => delivered;
-    /// Counts handler calls that returned `Err`.
-    add_failed => failed;
-    /// Counts handler calls cancelled by the handler timeout.
-    add_timed_out => timed_out;
-    /// Counts handler calls that panicked.
-    add_panicked => panicked;
     /// Counts queued events discarded (overflow policy, cancel, close deadline).
     add_dropped => dropped;
     /// Counts publishes refused by the `reject` overflow policy.
@@ -71,54 +160,55 @@ counters! {
 }
 
 impl Metrics {
-    /// Adds `delta` to the queued-events gauge.
-    pub fn add_queue_depth(&self, delta: i64) {
-        self.queue_depth.fetch_add(delta, Relaxed);
-    }
-
     /// Adds `delta` to the live-subscriptions gauge.
-    pub fn add_subscriptions(&self, delta: i64) {
+    pub(crate) fn add_subscriptions(&self, delta: i64) {
         self.subscriptions.fetch_add(delta, Relaxed);
     }
 
-    /// Adds `delta` to the running-handler-calls gauge.
-    pub fn add_in_flight(&self, delta: i64) {
-        self.in_flight.fetch_add(delta, Relaxed);
+    fn sources(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, Arc<dyn StatsSource>>> {
+        self.sources.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Records one delivery latency (queued until the handler finished).
-    pub fn record_latency(&self, latency: Duration) {
-        let us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
-        let bucket = LATENCY_BUCKETS_US.partition_point(|&bound| bound < us);
-        self.latency_buckets[bucket].fetch_add(1, Relaxed);
-        self.latency_sum_us.fetch_add(us, Relaxed);
+    /// Starts counting a subscription's own statistics under `key`.
+    pub(crate) fn attach(&self, key: u64, source: Arc<dyn StatsSource>) {
+        self.sources().insert(key, source);
     }
 
-    /// A consistent-enough copy of every value (each value is read atomically).
+    /// Stops reading subscription `key` live and keeps its totals.
+    pub(crate) fn detach(&self, key: u64) {
+        let mut sources = self.sources();
+        if let Some(source) = sources.remove(&key) {
+            source.stats().fold_into(&self.retired);
+        }
+    }
+
+    /// A copy of every value. Each value is read atomically; values of subscriptions
+    /// being updated at the same moment may be one event apart.
     pub fn snapshot(&self) -> MetricsSnapshot {
         let load = |a: &AtomicU64| a.load(Relaxed);
-        let gauge = |a: &AtomicI64| a.load(Relaxed).max(0).unsigned_abs();
-        MetricsSnapshot {
+        let mut s = MetricsSnapshot {
             published: load(&self.published),
             received: load(&self.received),
-            delivered: load(&self.delivered),
-            failed: load(&self.failed),
-            timed_out: load(&self.timed_out),
-            panicked: load(&self.panicked),
             dropped: load(&self.dropped),
             rejected: load(&self.rejected),
             auto_unsubscribed: load(&self.auto_unsubscribed),
             reconnects: load(&self.reconnects),
             malformed: load(&self.malformed),
-            queue_depth: gauge(&self.queue_depth),
-            subscriptions: gauge(&self.subscriptions),
-            in_flight: gauge(&self.in_flight),
+            subscriptions: self.subscriptions.load(Relaxed).max(0).unsigned_abs(),
             latency: LatencyHistogram {
                 bucket_bounds_us: LATENCY_BUCKETS_US.to_vec(),
-                counts: self.latency_buckets.iter().map(load).collect(),
-                sum_us: load(&self.latency_sum_us),
+                counts: vec![0; LATENCY_BUCKETS_US.len() + 1],
+                sum_us: 0,
             },
+            ..MetricsSnapshot::default()
+        };
+        let sources = self.sources();
+        self.retired.add_to(&mut s);
+        for source in sources.values() {
+            source.stats().add_to(&mut s);
+            s.queue_depth += source.queue_depth();
         }
+        s
     }
 }
 
@@ -301,13 +391,16 @@ mod tests {
     #[test]
     fn histogram_buckets_and_quantiles() {
         let m = Metrics::default();
+        let stats = HandlerStats::default();
         for _ in 0..90 {
-            m.record_latency(Duration::from_micros(40));
+            stats.record(Outcome::Delivered, Duration::from_micros(40));
         }
         for _ in 0..10 {
-            m.record_latency(Duration::from_millis(3));
+            stats.record(Outcome::Failed, Duration::from_millis(3));
         }
+        stats.fold_into(&m.retired);
         let s = m.snapshot();
+        assert_eq!((s.delivered, s.failed), (90, 10));
         assert_eq!(s.latency.count(), 100);
         assert_eq!(
             s.latency.quantile_upper_bound(0.5),

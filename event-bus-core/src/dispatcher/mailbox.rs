@@ -20,6 +20,8 @@ pub(crate) enum Status {
 pub(crate) struct MailboxState {
     pub(crate) queue: PriorityQueue,
     pub(crate) status: Status,
+    /// The worker holds an event it popped (its handler is running or about to run).
+    pub(crate) busy: bool,
 }
 
 /// A subscription's queue. The publisher side pushes under the lock and wakes the
@@ -30,6 +32,8 @@ pub(crate) struct Mailbox {
     pub(crate) ready: Notify,
     /// Signalled when the queue stops being full, or the status changes.
     pub(crate) space: Notify,
+    /// Signalled when the worker finds the queue empty and stops being busy.
+    pub(crate) idle: Notify,
 }
 
 impl Mailbox {
@@ -38,9 +42,11 @@ impl Mailbox {
             state: Mutex::new(MailboxState {
                 queue: PriorityQueue::default(),
                 status: Status::Open,
+                busy: false,
             }),
             ready: Notify::new(),
             space: Notify::new(),
+            idle: Notify::new(),
         }
     }
 
@@ -48,6 +54,25 @@ impl Mailbox {
     /// outside it), but if one did the state is still consistent, so poisoning is ignored.
     pub(crate) fn lock(&self) -> MutexGuard<'_, MailboxState> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Nothing queued and no handler call pending.
+    pub(crate) fn is_idle(&self) -> bool {
+        let state = self.lock();
+        state.queue.is_empty() && !state.busy
+    }
+
+    /// Waits until [`is_idle`](Self::is_idle).
+    pub(crate) async fn wait_idle(&self) {
+        loop {
+            let idle = self.idle.notified();
+            tokio::pin!(idle);
+            idle.as_mut().enable();
+            if self.is_idle() {
+                return;
+            }
+            idle.await;
+        }
     }
 
     /// Moves to `status` unless already cancelled; wakes the worker and blocked
@@ -68,6 +93,7 @@ impl Mailbox {
         };
         self.ready.notify_one();
         self.space.notify_waiters();
+        self.idle.notify_waiters();
         discarded
     }
 }

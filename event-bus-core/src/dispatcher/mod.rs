@@ -33,23 +33,21 @@
 mod mailbox;
 mod queue;
 mod registry;
+#[cfg(test)]
+mod tests;
 mod worker;
 
 use std::{
     future::Future,
     sync::{
         Arc, RwLock, RwLockReadGuard, RwLockWriteGuard,
-        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::Duration,
 };
 
 use async_trait::async_trait;
-use tokio::{
-    sync::{Notify, Semaphore},
-    task::JoinHandle,
-    time::Instant,
-};
+use tokio::{sync::Semaphore, task::JoinHandle, time::Instant};
 
 use self::{
     mailbox::{Mailbox, MailboxState, Status},
@@ -83,7 +81,6 @@ struct Ctx {
     config: DispatcherConfig,
     metrics: Arc<Metrics>,
     concurrency: Semaphore,
-    pending: Pending,
 }
 
 struct Shared {
@@ -93,36 +90,6 @@ struct Shared {
     next_seq: AtomicU64,
     on_removed: Option<RemovalHook>,
     metrics_task: std::sync::Mutex<Option<JoinHandle<()>>>,
-}
-
-/// Events queued or being handled, so `flush` can wait for zero.
-struct Pending {
-    count: AtomicUsize,
-    idle: Notify,
-}
-
-impl Pending {
-    fn add(&self, n: usize) {
-        self.count.fetch_add(n, Ordering::AcqRel);
-    }
-
-    fn done(&self, n: usize) {
-        if n > 0 && self.count.fetch_sub(n, Ordering::AcqRel) == n {
-            self.idle.notify_waiters();
-        }
-    }
-
-    async fn wait_idle(&self) {
-        loop {
-            let idle = self.idle.notified();
-            tokio::pin!(idle);
-            idle.as_mut().enable();
-            if self.count.load(Ordering::Acquire) == 0 {
-                return;
-            }
-            idle.await;
-        }
-    }
 }
 
 /// Result of one attempt to queue an event.
@@ -156,10 +123,6 @@ impl Dispatcher {
             concurrency: Semaphore::new(config.max_concurrent_handlers),
             config,
             metrics: Arc::new(Metrics::default()),
-            pending: Pending {
-                count: AtomicUsize::new(0),
-                idle: Notify::new(),
-            },
         };
         Ok(Self {
             shared: Arc::new(Shared {
@@ -243,6 +206,7 @@ impl Dispatcher {
             mailbox: Mailbox::new(),
             cancelled: AtomicBool::new(false),
             worker: std::sync::Mutex::new(None),
+            stats: Default::default(),
         });
         let id = entry.id;
         {
@@ -254,6 +218,7 @@ impl Dispatcher {
             registry.insert(entry.clone());
         }
         self.metrics().add_subscriptions(1);
+        self.metrics().attach(entry.seq, entry.clone());
         worker::spawn(entry, self.shared.ctx.clone(), Arc::downgrade(&self.shared));
         tracing::debug!(sub = %id, "subscribed");
         Ok(id)
@@ -400,15 +365,11 @@ impl Dispatcher {
                     _ => guard.queue.pop_oldest(),
                 };
                 if let Some(victim) = victim {
-                    ctx.metrics.add_queue_depth(-1);
-                    ctx.pending.done(1);
                     ctx.discard(&victim.event);
                 }
             }
             let was_empty = guard.queue.is_empty();
             guard.queue.push(event.clone(), now);
-            ctx.pending.add(1);
-            ctx.metrics.add_queue_depth(1);
             // A worker only parks on an empty queue. Waking one that is busy leaves a
             // permit behind, which costs it one extra look at its queue.
             if was_empty {
@@ -421,12 +382,13 @@ impl Dispatcher {
     /// Waits until every dispatched event has been handled or discarded. Must not be
     /// called from a handler.
     pub async fn flush(&self) {
-        self.shared.ctx.pending.wait_idle().await;
-    }
-
-    /// Number of events queued or being handled.
-    pub fn pending(&self) -> usize {
-        self.shared.ctx.pending.count.load(Ordering::Acquire)
+        loop {
+            let entries: Vec<Arc<SubEntry>> = self.shared.read().entries().cloned().collect();
+            let Some(busy) = entries.iter().find(|e| !e.mailbox.is_idle()) else {
+                return;
+            };
+            busy.mailbox.wait_idle().await;
+        }
     }
 
     /// Closes the dispatcher; see the [module docs](self#closing). A second call returns
@@ -485,9 +447,7 @@ impl Ctx {
         entry.cancelled.store(true, Ordering::Release);
         let discarded = entry.mailbox.set_status(Status::Cancelled);
         if discarded > 0 {
-            self.metrics.add_queue_depth(-(discarded as i64));
             self.metrics.add_dropped(discarded as u64);
-            self.pending.done(discarded);
         }
     }
 

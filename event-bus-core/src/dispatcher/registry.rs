@@ -11,7 +11,12 @@ use std::{
 use tokio::task::JoinHandle;
 
 use super::mailbox::Mailbox;
-use crate::{handler::Handler, pattern::Pattern, subscription::SubscriptionId};
+use crate::{
+    handler::Handler,
+    metrics::{HandlerStats, StatsSource},
+    pattern::Pattern,
+    subscription::SubscriptionId,
+};
 
 /// One live subscription.
 pub(crate) struct SubEntry {
@@ -25,6 +30,18 @@ pub(crate) struct SubEntry {
     /// after its deadline); the worker checks it before each handler call.
     pub(crate) cancelled: AtomicBool,
     pub(crate) worker: Mutex<Option<JoinHandle<()>>>,
+    /// Handler outcomes, written by the worker only.
+    pub(crate) stats: HandlerStats,
+}
+
+impl StatsSource for SubEntry {
+    fn stats(&self) -> &HandlerStats {
+        &self.stats
+    }
+
+    fn queue_depth(&self) -> u64 {
+        self.mailbox.lock().queue.len() as u64
+    }
 }
 
 impl SubEntry {

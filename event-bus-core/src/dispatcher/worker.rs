@@ -8,7 +8,10 @@ use std::{
 };
 
 use super::{Ctx, Shared, mailbox::Status, registry::SubEntry};
-use crate::{error::BoxError, event::Event, handler::Handler, subscription::SubscriptionId};
+use crate::{
+    error::BoxError, event::Event, handler::Handler, metrics::Outcome as Counted,
+    subscription::SubscriptionId,
+};
 use futures_util::FutureExt;
 
 tokio::task_local! {
@@ -33,14 +36,23 @@ enum Outcome {
 pub(crate) fn spawn(entry: Arc<SubEntry>, ctx: Arc<Ctx>, shared: Weak<Shared>) {
     let id = entry.id;
     let worker = entry.clone();
-    let handle = tokio::spawn(CURRENT_SUBSCRIPTION.scope(id, run(worker, ctx, shared)));
+    let handle = tokio::spawn(CURRENT_SUBSCRIPTION.scope(id, async move {
+        let (seq, metrics) = (worker.seq, ctx.metrics.clone());
+        run(&worker, &ctx, shared).await;
+        {
+            let mut state = worker.mailbox.lock();
+            state.busy = false;
+        }
+        worker.mailbox.idle.notify_waiters();
+        metrics.detach(seq);
+    }));
     *entry
         .worker
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(handle);
 }
 
-async fn run(entry: Arc<SubEntry>, ctx: Arc<Ctx>, shared: Weak<Shared>) {
+async fn run(entry: &SubEntry, ctx: &Ctx, shared: Weak<Shared>) {
     let mut consecutive_failures = 0u32;
     loop {
         let next = {
@@ -50,46 +62,47 @@ async fn run(entry: Arc<SubEntry>, ctx: Arc<Ctx>, shared: Weak<Shared>) {
                 Status::Open | Status::Draining => {}
             }
             let was_full = state.queue.len() >= ctx.config.queue_maxsize;
-            match state.queue.pop() {
+            let item = state.queue.pop();
+            // Busy until the next look at the queue, so that `flush` waits for the call
+            // and for an automatic unsubscribe it may cause.
+            state.busy = item.is_some();
+            match item {
                 Some(item) => Some((item, was_full)),
                 None if state.status == Status::Draining => return,
                 None => None,
             }
         };
         let Some((item, was_full)) = next else {
+            entry.mailbox.idle.notify_waiters();
             entry.mailbox.ready.notified().await;
             continue;
         };
-        ctx.metrics.add_queue_depth(-1);
         if was_full {
             entry.mailbox.space.notify_waiters();
         }
         let permit = ctx.concurrency.acquire().await;
         if entry.is_cancelled() || permit.is_err() {
             ctx.metrics.add_dropped(1);
-            ctx.pending.done(1);
             return;
         }
-        ctx.metrics.add_in_flight(1);
+        entry.stats.set_in_flight(true);
         let outcome = call(
             entry.handler.as_ref(),
             item.event.clone(),
             ctx.config.handler_timeout(),
         )
         .await;
-        ctx.metrics.add_in_flight(-1);
+        entry.stats.set_in_flight(false);
         drop(permit);
-        ctx.metrics.record_latency(item.enqueued.elapsed());
-        let failed = record(&entry, &ctx, &item.event, outcome);
-        ctx.pending.done(1);
-        if !failed {
+        let latency = item.enqueued.elapsed();
+        if !record(entry, ctx, &item.event, outcome, latency) {
             consecutive_failures = 0;
             continue;
         }
         consecutive_failures += 1;
         if consecutive_failures >= ctx.config.handler_max_failures {
             if let Some(shared) = shared.upgrade() {
-                shared.auto_unsubscribe(&entry, consecutive_failures);
+                shared.auto_unsubscribe(entry, consecutive_failures);
             }
             return;
         }
@@ -120,25 +133,26 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
 }
 
 /// Counts and logs one outcome; returns whether it was a failure.
-fn record(entry: &SubEntry, ctx: &Ctx, event: &Event, outcome: Outcome) -> bool {
+fn record(entry: &SubEntry, ctx: &Ctx, event: &Event, outcome: Outcome, latency: Duration) -> bool {
     let (sub, pattern) = (entry.id, entry.pattern.as_str());
     let (event_id, topic) = (event.id, event.topic.as_str());
+    let stats = &entry.stats;
     match outcome {
         Outcome::Success => {
-            ctx.metrics.add_delivered(1);
+            stats.record(Counted::Delivered, latency);
             return false;
         }
         Outcome::Failed(error) => {
-            ctx.metrics.add_failed(1);
+            stats.record(Counted::Failed, latency);
             tracing::warn!(%sub, pattern, %event_id, topic, error = %error, "handler failed");
         }
         Outcome::TimedOut => {
-            ctx.metrics.add_timed_out(1);
+            stats.record(Counted::TimedOut, latency);
             let timeout_s = ctx.config.handler_timeout_seconds;
             tracing::warn!(%sub, pattern, %event_id, topic, timeout_s, "handler timed out and was cancelled");
         }
         Outcome::Panicked(message) => {
-            ctx.metrics.add_panicked(1);
+            stats.record(Counted::Panicked, latency);
             tracing::error!(%sub, pattern, %event_id, topic, panic = %message, "handler panicked");
         }
     }

@@ -38,6 +38,7 @@ pub async fn more_urgent_first_under_backlog(factory: Factory) {
     let topic = format!("{ns}:prio");
     let (r, gate) = gated(bus.as_ref(), &topic).await;
     bus.publish(event(&topic, 0)).await.unwrap(); // occupies the handler
+    assert!(wait_until(DEADLINE, || bus.metrics().in_flight == 1).await);
     let order = [
         (1, Priority::LOW),
         (2, Priority::NORMAL),

@@ -1,0 +1,172 @@
+//! Dispatcher behaviour that does not depend on a backend: overflow policies, flush and
+//! the close deadline. (The conformance suite covers the rest on every backend.)
+
+use std::sync::{
+    Arc, Mutex,
+    atomic::{AtomicUsize, Ordering},
+};
+
+use tokio::sync::Semaphore;
+
+use super::Dispatcher;
+use crate::{
+    DispatcherConfig, Error, Event, EventType, OverflowPolicy, Pattern, Priority, handler::Handler,
+};
+
+fn ev(n: u64, p: Priority) -> Event {
+    Event::new(EventType::Created, "t", serde_json::json!(n)).with_priority(p)
+}
+
+fn dispatcher(queue_maxsize: usize, overflow: OverflowPolicy) -> Dispatcher {
+    Dispatcher::new(DispatcherConfig {
+        queue_maxsize,
+        overflow,
+        metrics_log_interval_s: 0,
+        shutdown_timeout_seconds: 0.2,
+        ..DispatcherConfig::default()
+    })
+    .unwrap()
+}
+
+/// A handler that records payloads and waits for a gate permit before each call.
+fn gated() -> (Arc<dyn Handler>, Arc<Semaphore>, Arc<Mutex<Vec<u64>>>) {
+    let gate = Arc::new(Semaphore::new(0));
+    let seen: Arc<Mutex<Vec<u64>>> = Arc::default();
+    let (g, s) = (gate.clone(), seen.clone());
+    let handler = Arc::new(move |e: Event| {
+        let (g, s) = (g.clone(), s.clone());
+        async move {
+            g.acquire().await.map(|p| p.forget()).ok();
+            s.lock().unwrap().push(e.payload.as_u64().unwrap());
+            Ok::<(), std::io::Error>(())
+        }
+    });
+    (handler, gate, seen)
+}
+
+/// Fills a queue of 2 behind a busy handler: event 0 runs, 1 and 2 wait.
+async fn fill(d: &Dispatcher) -> (Arc<Semaphore>, Arc<Mutex<Vec<u64>>>) {
+    let (handler, gate, seen) = gated();
+    d.subscribe(Pattern::parse("t").unwrap(), handler).unwrap();
+    d.dispatch(ev(0, Priority::NORMAL)).await.unwrap();
+    while d.metrics().snapshot().in_flight == 0 {
+        tokio::task::yield_now().await;
+    }
+    d.dispatch(ev(1, Priority::NORMAL)).await.unwrap();
+    d.dispatch(ev(2, Priority::LOW)).await.unwrap();
+    (gate, seen)
+}
+
+#[tokio::test]
+async fn reject_hands_the_event_back() {
+    let d = dispatcher(2, OverflowPolicy::Reject);
+    let (gate, seen) = fill(&d).await;
+    let err = d.dispatch(ev(3, Priority::CRITICAL)).await.unwrap_err();
+    assert!(matches!(&err, Error::QueueFull { .. }));
+    assert_eq!(err.into_event().unwrap().payload, 3);
+    gate.add_permits(10);
+    d.flush().await;
+    assert_eq!(*seen.lock().unwrap(), [0, 1, 2]);
+    let m = d.metrics().snapshot();
+    assert_eq!((m.rejected, m.dropped), (1, 0));
+}
+
+#[tokio::test]
+async fn drop_oldest_discards_the_first_queued() {
+    let d = dispatcher(2, OverflowPolicy::DropOldest);
+    let (gate, seen) = fill(&d).await;
+    d.dispatch(ev(3, Priority::LOW)).await.unwrap();
+    gate.add_permits(10);
+    d.flush().await;
+    assert_eq!(*seen.lock().unwrap(), [0, 2, 3]);
+    assert_eq!(d.metrics().snapshot().dropped, 1);
+}
+
+#[tokio::test]
+async fn drop_lowest_priority_keeps_the_urgent() {
+    let d = dispatcher(2, OverflowPolicy::DropLowestPriority);
+    let (gate, seen) = fill(&d).await;
+    d.dispatch(ev(3, Priority::HIGH)).await.unwrap(); // evicts 2 (low)
+    d.dispatch(ev(4, Priority::LOW)).await.unwrap(); // least urgent itself: dropped
+    gate.add_permits(10);
+    d.flush().await;
+    assert_eq!(*seen.lock().unwrap(), [0, 3, 1]);
+    assert_eq!(d.metrics().snapshot().dropped, 2);
+}
+
+#[tokio::test]
+async fn block_waits_for_room() {
+    let d = dispatcher(2, OverflowPolicy::Block);
+    let (gate, seen) = fill(&d).await;
+    let blocked = {
+        let d = d.clone();
+        tokio::spawn(async move { d.dispatch(ev(3, Priority::NORMAL)).await })
+    };
+    tokio::task::yield_now().await;
+    assert!(!blocked.is_finished());
+    gate.add_permits(10);
+    blocked.await.unwrap().unwrap();
+    d.flush().await;
+    assert_eq!(*seen.lock().unwrap(), [0, 1, 2, 3]);
+    assert_eq!(d.metrics().snapshot().dropped, 0);
+}
+
+#[tokio::test]
+async fn close_deadline_counts_what_it_discards() {
+    let d = dispatcher(10, OverflowPolicy::Block);
+    let (_gate, seen) = fill(&d).await;
+    // Never released: the running call ends by its 5 s timeout? No: close cancels queued
+    // events at the 0.2 s deadline, then waits for the running call up to its timeout.
+    let started = tokio::time::Instant::now();
+    tokio::time::pause();
+    d.close().await;
+    tokio::time::resume();
+    assert!(started.elapsed() < std::time::Duration::from_secs(60));
+    let m = d.metrics().snapshot();
+    assert_eq!(m.dropped, 2, "the two queued events are counted");
+    assert_eq!(m.timed_out, 1, "the running call hit its timeout");
+    assert!(seen.lock().unwrap().is_empty());
+    assert_eq!(d.metrics().snapshot().queue_depth, 0);
+    assert!(matches!(
+        d.dispatch(ev(9, Priority::NORMAL)).await,
+        Err(Error::Closed)
+    ));
+}
+
+#[tokio::test]
+async fn flush_waits_for_every_handler() {
+    let d = dispatcher(1000, OverflowPolicy::Block);
+    let count = Arc::new(AtomicUsize::new(0));
+    let c = count.clone();
+    d.subscribe(
+        Pattern::parse("*").unwrap(),
+        Arc::new(move |_e: Event| {
+            let c = c.clone();
+            async move {
+                tokio::task::yield_now().await;
+                c.fetch_add(1, Ordering::SeqCst);
+                Ok::<(), std::io::Error>(())
+            }
+        }),
+    )
+    .unwrap();
+    for i in 0..500 {
+        d.dispatch(ev(i, Priority::NORMAL)).await.unwrap();
+    }
+    d.flush().await;
+    assert_eq!(count.load(Ordering::SeqCst), 500);
+}
+
+#[tokio::test]
+async fn invalid_config_names_the_key() {
+    let err = Dispatcher::new(DispatcherConfig {
+        queue_maxsize: 0,
+        ..DispatcherConfig::default()
+    })
+    .err()
+    .unwrap();
+    assert!(
+        err.to_string().contains("dispatcher.queue_maxsize"),
+        "{err}"
+    );
+}
