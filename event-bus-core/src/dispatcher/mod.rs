@@ -350,22 +350,29 @@ impl Dispatcher {
         }
         let now = Instant::now();
         for (guard, target) in guards.iter_mut().zip(targets) {
-            if guard.status != Status::Open {
-                continue;
+            match guard.status {
+                Status::Open => {}
+                // Raced with close(): not delivered, so counted.
+                Status::Draining => {
+                    ctx.discard(event, "bus closing");
+                    continue;
+                }
+                // Raced with cancel(): that subscription no longer wants it.
+                Status::Cancelled => continue,
             }
             if is_full(guard) {
                 let victim = match ctx.config.overflow {
                     OverflowPolicy::DropLowestPriority
                         if guard.queue.least_urgent() <= Some(event.priority) =>
                     {
-                        ctx.discard(event);
+                        ctx.discard(event, "queue full");
                         continue;
                     }
                     OverflowPolicy::DropLowestPriority => guard.queue.pop_least_urgent(),
                     _ => guard.queue.pop_oldest(),
                 };
                 if let Some(victim) = victim {
-                    ctx.discard(&victim.event);
+                    ctx.discard(&victim.event, "queue full");
                 }
             }
             let was_empty = guard.queue.is_empty();
@@ -392,7 +399,9 @@ impl Dispatcher {
     }
 
     /// Closes the dispatcher; see the [module docs](self#closing). A second call returns
-    /// at once. May be called from a handler.
+    /// at once. Called from a handler, it stops intake and returns without waiting for
+    /// the queues to drain (a handler's own timeout would otherwise cut the wait short);
+    /// the workers still drain them.
     pub async fn close(&self) {
         if self.shared.closed.swap(true, Ordering::AcqRel) {
             return;
@@ -402,11 +411,11 @@ impl Dispatcher {
         }
         let entries = self.shared.write().drain();
         self.metrics().add_subscriptions(-(entries.len() as i64));
-        let me = worker::current_subscription();
+        let in_handler = worker::current_subscription().is_some();
         let mut workers = Vec::new();
         for entry in &entries {
             entry.mailbox.set_status(Status::Draining);
-            if Some(entry.id) != me {
+            if !in_handler {
                 workers.extend(entry.take_worker().map(|h| (entry, h)));
             }
         }
@@ -451,10 +460,10 @@ impl Ctx {
         }
     }
 
-    /// Counts and logs one event discarded by the overflow policy.
-    fn discard(&self, event: &Event) {
+    /// Counts and logs one discarded event.
+    fn discard(&self, event: &Event, reason: &'static str) {
         self.metrics.add_dropped(1);
-        tracing::debug!(event_id = %event.id, topic = %event.topic, "queue full: event dropped");
+        tracing::debug!(event_id = %event.id, topic = %event.topic, reason, "event dropped");
     }
 }
 
