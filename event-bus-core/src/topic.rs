@@ -24,6 +24,9 @@ pub const MAX_TOPIC_LEN: usize = 255;
 /// assert!(validate_topic("has space").is_err());
 /// ```
 pub fn validate_topic(topic: &str) -> Result<(), Error> {
+    if is_plain_ascii_topic(topic) {
+        return Ok(());
+    }
     let reason = if topic.is_empty() {
         "must not be empty".to_owned()
     } else if topic.len() > MAX_TOPIC_LEN {
@@ -42,4 +45,49 @@ pub fn validate_topic(topic: &str) -> Result<(), Error> {
         topic: topic.to_owned(),
         reason,
     })
+}
+
+/// The fast path for the common case, in one pass over the bytes: printable ASCII
+/// without spaces, non-empty segments, within the length limit. Anything else (including
+/// every non-ASCII topic) goes through the full check, which also explains the error.
+fn is_plain_ascii_topic(topic: &str) -> bool {
+    let bytes = topic.as_bytes();
+    if bytes.is_empty() || bytes.len() > MAX_TOPIC_LEN {
+        return false;
+    }
+    let mut previous = b':';
+    for &b in bytes {
+        if !(0x21..0x7f).contains(&b) || (b == b':' && previous == b':') {
+            return false;
+        }
+        previous = b;
+    }
+    previous != b':'
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fast_path_agrees_with_the_rules() {
+        for (topic, ok) in [
+            ("a", true),
+            ("a:b:c", true),
+            ("a*b?[c]\\d", true),
+            ("", false),
+            (":a", false),
+            ("a:", false),
+            ("a::b", false),
+            ("a b", false),
+            ("a\tb", false),
+            ("a\u{7f}", false),
+            ("ü:ß", true),
+            ("ü\u{a0}x", false),
+        ] {
+            assert_eq!(validate_topic(topic).is_ok(), ok, "{topic:?}");
+        }
+        assert!(validate_topic(&"a".repeat(MAX_TOPIC_LEN)).is_ok());
+        assert!(validate_topic(&"a".repeat(MAX_TOPIC_LEN + 1)).is_err());
+    }
 }

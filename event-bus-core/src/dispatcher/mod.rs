@@ -30,6 +30,7 @@
 //! `dispatcher.shutdown_timeout_seconds`, then cancels what is left (counted as dropped),
 //! waits for running calls to finish or time out, and returns.
 
+mod hasher;
 mod mailbox;
 mod queue;
 mod registry;
@@ -79,6 +80,8 @@ pub struct Dispatcher {
 /// State the workers need on every event.
 struct Ctx {
     config: DispatcherConfig,
+    /// `config.handler_timeout()`, computed once.
+    handler_timeout: Duration,
     metrics: Arc<Metrics>,
     concurrency: Semaphore,
 }
@@ -120,6 +123,7 @@ impl Dispatcher {
     ) -> Result<Self, Error> {
         config.validate()?;
         let ctx = Ctx {
+            handler_timeout: config.handler_timeout(),
             concurrency: Semaphore::new(config.max_concurrent_handlers),
             config,
             metrics: Arc::new(Metrics::default()),
@@ -287,10 +291,10 @@ impl Dispatcher {
                 return Err(Error::Closed);
             };
             self.metrics().add_received(1);
-            if targets.is_empty() {
-                return Ok(());
+            match targets.as_slice() {
+                [] => Ok(()),
+                targets => self.deliver(targets, event).await,
             }
-            self.deliver(&targets, event).await
         }
     }
 

@@ -10,7 +10,7 @@ use std::{
 
 use tokio::task::JoinHandle;
 
-use super::mailbox::Mailbox;
+use super::{hasher::FnvBuild, mailbox::Mailbox};
 use crate::{
     handler::Handler,
     metrics::{HandlerStats, StatsSource},
@@ -64,8 +64,8 @@ impl SubEntry {
 #[derive(Default)]
 pub(crate) struct Registry {
     by_id: HashMap<SubscriptionId, Arc<SubEntry>>,
-    exact: HashMap<String, Vec<Arc<SubEntry>>>,
-    by_prefix: HashMap<String, Vec<Arc<SubEntry>>>,
+    exact: HashMap<String, Vec<Arc<SubEntry>>, FnvBuild>,
+    by_prefix: HashMap<String, Vec<Arc<SubEntry>>, FnvBuild>,
     /// Distinct prefix length -> number of `by_prefix` keys of that length.
     prefix_lens: BTreeMap<usize, usize>,
 }
@@ -127,12 +127,8 @@ impl Registry {
     }
 
     /// Subscriptions whose pattern matches `topic` and passes `filter`, in creation order.
-    pub(crate) fn matching(
-        &self,
-        topic: &str,
-        filter: impl Fn(&Pattern) -> bool,
-    ) -> Vec<Arc<SubEntry>> {
-        let mut out: Vec<Arc<SubEntry>> = Vec::new();
+    pub(crate) fn matching(&self, topic: &str, filter: impl Fn(&Pattern) -> bool) -> Targets {
+        let mut out = Targets::default();
         if let Some(group) = self.exact.get(topic) {
             out.extend(group.iter().filter(|e| filter(&e.pattern)).cloned());
         }
@@ -152,9 +148,44 @@ impl Registry {
                 );
             }
         }
-        if out.len() > 1 {
-            out.sort_unstable_by_key(|e| e.seq);
+        if let Targets::Many(many) = &mut out {
+            many.sort_unstable_by_key(|e| e.seq);
         }
         out
+    }
+}
+
+/// The subscriptions an event goes to. Most events match one subscription, which
+/// needs no allocation.
+#[derive(Default)]
+pub(crate) enum Targets {
+    #[default]
+    None,
+    One(Arc<SubEntry>),
+    Many(Vec<Arc<SubEntry>>),
+}
+
+impl Targets {
+    pub(crate) fn as_slice(&self) -> &[Arc<SubEntry>] {
+        match self {
+            Self::None => &[],
+            Self::One(one) => std::slice::from_ref(one),
+            Self::Many(many) => many,
+        }
+    }
+}
+
+impl Extend<Arc<SubEntry>> for Targets {
+    fn extend<I: IntoIterator<Item = Arc<SubEntry>>>(&mut self, iter: I) {
+        for entry in iter {
+            *self = match std::mem::take(self) {
+                Self::None => Self::One(entry),
+                Self::One(first) => Self::Many(vec![first, entry]),
+                Self::Many(mut many) => {
+                    many.push(entry);
+                    Self::Many(many)
+                }
+            };
+        }
     }
 }

@@ -80,7 +80,10 @@ async fn run(entry: &SubEntry, ctx: &Ctx, shared: Weak<Shared>) {
         if was_full {
             entry.mailbox.space.notify_waiters();
         }
-        let permit = ctx.concurrency.acquire().await;
+        let permit = match ctx.concurrency.try_acquire() {
+            Ok(permit) => Ok(permit),
+            Err(_) => ctx.concurrency.acquire().await,
+        };
         if entry.is_cancelled() || permit.is_err() {
             ctx.metrics.add_dropped(1);
             return;
@@ -89,7 +92,7 @@ async fn run(entry: &SubEntry, ctx: &Ctx, shared: Weak<Shared>) {
         let outcome = call(
             entry.handler.as_ref(),
             item.event.clone(),
-            ctx.config.handler_timeout(),
+            ctx.handler_timeout,
         )
         .await;
         entry.stats.set_in_flight(false);
