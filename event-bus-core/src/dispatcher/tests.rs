@@ -28,10 +28,13 @@ fn dispatcher(queue_maxsize: usize, overflow: OverflowPolicy) -> Dispatcher {
     .unwrap()
 }
 
+/// Payloads a handler saw, in order.
+type Seen = Arc<Mutex<Vec<u64>>>;
+
 /// A handler that records payloads and waits for a gate permit before each call.
-fn gated() -> (Arc<dyn Handler>, Arc<Semaphore>, Arc<Mutex<Vec<u64>>>) {
+fn gated() -> (Arc<dyn Handler>, Arc<Semaphore>, Seen) {
     let gate = Arc::new(Semaphore::new(0));
-    let seen: Arc<Mutex<Vec<u64>>> = Arc::default();
+    let seen: Seen = Arc::default();
     let (g, s) = (gate.clone(), seen.clone());
     let handler = Arc::new(move |e: Event| {
         let (g, s) = (g.clone(), s.clone());
@@ -45,7 +48,7 @@ fn gated() -> (Arc<dyn Handler>, Arc<Semaphore>, Arc<Mutex<Vec<u64>>>) {
 }
 
 /// Fills a queue of 2 behind a busy handler: event 0 runs, 1 and 2 wait.
-async fn fill(d: &Dispatcher) -> (Arc<Semaphore>, Arc<Mutex<Vec<u64>>>) {
+async fn fill(d: &Dispatcher) -> (Arc<Semaphore>, Seen) {
     let (handler, gate, seen) = gated();
     d.subscribe(Pattern::parse("t").unwrap(), handler).unwrap();
     d.dispatch(ev(0, Priority::NORMAL)).await.unwrap();

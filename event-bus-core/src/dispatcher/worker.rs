@@ -33,18 +33,18 @@ enum Outcome {
     Panicked(String),
 }
 
-pub(crate) fn spawn(entry: Arc<SubEntry>, ctx: Arc<Ctx>, shared: Weak<Shared>) {
+/// Starts the worker of `entry` and stores its handle in the entry.
+pub(crate) fn spawn(entry: &Arc<SubEntry>, ctx: Arc<Ctx>, shared: Weak<Shared>) {
     let id = entry.id;
     let worker = entry.clone();
     let handle = tokio::spawn(CURRENT_SUBSCRIPTION.scope(id, async move {
-        let (seq, metrics) = (worker.seq, ctx.metrics.clone());
         run(&worker, &ctx, shared).await;
         {
             let mut state = worker.mailbox.lock();
             state.busy = false;
         }
         worker.mailbox.idle.notify_waiters();
-        metrics.detach(seq);
+        ctx.metrics.detach(worker.seq);
     }));
     *entry
         .worker
