@@ -146,7 +146,9 @@ mod tests {
             json!({"backend": "redis", "url": "redis://h"})
         );
         assert_eq!(
-            args("postgres", Some("postgres://h")).config_value().unwrap()["connection_string"],
+            args("postgres", Some("postgres://h"))
+                .config_value()
+                .unwrap()["connection_string"],
             "postgres://h"
         );
         assert_eq!(

@@ -90,6 +90,9 @@ fn init_tracing() {
 }
 
 /// Exits with a usage failure if `result` is an error; for parse helpers.
-pub(crate) fn usage<T, E: std::fmt::Display>(result: Result<T, E>, what: &str) -> Result<T, Failure> {
+pub(crate) fn usage<T, E: std::fmt::Display>(
+    result: Result<T, E>,
+    what: &str,
+) -> Result<T, Failure> {
     result.map_err(|e| Failure::usage(format!("{what}: {e}")))
 }

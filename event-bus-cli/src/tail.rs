@@ -88,10 +88,10 @@ async fn print_events(rx: &mut mpsc::Receiver<Event>, args: &SubArgs) -> Result<
             continue;
         }
         order.push_back(event.id);
-        if order.len() > SEEN_WINDOW {
-            if let Some(old) = order.pop_front() {
-                seen.remove(&old);
-            }
+        if order.len() > SEEN_WINDOW
+            && let Some(old) = order.pop_front()
+        {
+            seen.remove(&old);
         }
         let line = if args.json {
             envelope::encode(&event)?
@@ -138,10 +138,14 @@ mod tests {
 
     #[test]
     fn human_line_shows_every_field_that_is_set() {
-        let event = Event::new(EventType::Updated, "orders:eu", serde_json::json!({"id": 1}))
-            .with_priority(Priority::HIGH)
-            .with_source("checkout")
-            .with_metadata("tenant", "acme");
+        let event = Event::new(
+            EventType::Updated,
+            "orders:eu",
+            serde_json::json!({"id": 1}),
+        )
+        .with_priority(Priority::HIGH)
+        .with_source("checkout")
+        .with_metadata("tenant", "acme");
         let line = human_line(&event);
         assert!(
             line.ends_with(r#"orders:eu updated high {"id":1} source=checkout tenant=acme"#),

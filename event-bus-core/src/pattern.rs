@@ -232,24 +232,27 @@ fn parse_class(chars: &mut std::iter::Peekable<std::str::Chars<'_>>) -> Result<T
 
 /// Iterative glob matching with single-star backtracking: O(pattern × topic) worst case.
 fn glob_match(tokens: &[Token], topic: &str) -> bool {
-    let text: Vec<char> = topic.chars().collect();
+    // Byte offsets into `topic`, always on character boundaries; no allocation, as this
+    // runs for every candidate wildcard subscription of every event.
+    let char_at = |i: usize| topic.get(i..).and_then(|rest| rest.chars().next());
     let (mut t, mut p) = (0usize, 0usize);
     let mut star: Option<(usize, usize)> = None;
-    while t < text.len() {
+    while let Some(c) = char_at(t) {
         match tokens.get(p) {
             Some(Token::AnyRun) => {
                 star = Some((p, t));
                 p += 1;
             }
-            Some(tok) if tok.matches(text[t]) => {
+            Some(tok) if tok.matches(c) => {
                 p += 1;
-                t += 1;
+                t += c.len_utf8();
             }
             _ => match star {
                 Some((sp, st)) => {
+                    let next = st + char_at(st).map_or(1, char::len_utf8);
                     p = sp + 1;
-                    t = st + 1;
-                    star = Some((sp, st + 1));
+                    t = next;
+                    star = Some((sp, next));
                 }
                 None => return false,
             },

@@ -94,6 +94,14 @@ pub enum Config {
     #[cfg(feature = "memory")]
     #[cfg_attr(docsrs, doc(cfg(feature = "memory")))]
     Memory(event_bus_memory::MemoryConfig),
+    /// `{"backend": "redis", "url": "redis://...", ...}`.
+    #[cfg(feature = "redis")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+    Redis(event_bus_redis::RedisConfig),
+    /// `{"backend": "postgres", "connection_string": "...", ...}`.
+    #[cfg(feature = "postgres")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
+    Postgres(event_bus_postgres::PostgresConfig),
 }
 
 impl Config {
@@ -102,6 +110,10 @@ impl Config {
         match *self {
             #[cfg(feature = "memory")]
             Self::Memory(_) => BackendName::Memory,
+            #[cfg(feature = "redis")]
+            Self::Redis(_) => BackendName::Redis,
+            #[cfg(feature = "postgres")]
+            Self::Postgres(_) => BackendName::Postgres,
         }
     }
 
@@ -136,6 +148,14 @@ impl Config {
         match name {
             #[cfg(feature = "memory")]
             BackendName::Memory => Ok(Self::Memory(from_json_value(rest)?)),
+            #[cfg(feature = "redis")]
+            BackendName::Redis => {
+                let config: event_bus_redis::RedisConfig = from_json_value(rest)?;
+                config.validate()?;
+                Ok(Self::Redis(config))
+            }
+            #[cfg(feature = "postgres")]
+            BackendName::Postgres => Ok(Self::Postgres(from_json_value(rest)?)),
             #[allow(unreachable_patterns)]
             other => {
                 let _ = rest;

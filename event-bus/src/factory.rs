@@ -25,5 +25,9 @@ pub fn create_event_bus(config: Config) -> Result<Arc<dyn EventBus>, Error> {
     Ok(match config {
         #[cfg(feature = "memory")]
         Config::Memory(c) => Arc::new(event_bus_memory::MemoryEventBus::new(c)?),
+        #[cfg(feature = "redis")]
+        Config::Redis(c) => Arc::new(event_bus_redis::RedisEventBus::new(c)?),
+        #[cfg(feature = "postgres")]
+        Config::Postgres(c) => Arc::new(event_bus_postgres::PostgresEventBus::new(c)?),
     })
 }

@@ -8,7 +8,8 @@ use futures_util::future::BoxFuture;
 /// Builds a connected bus for namespace `ns` (channel prefix for network backends) with
 /// the given dispatcher settings. Two calls with the same `ns` on a network backend give
 /// two buses that see each other's events.
-pub type Factory = fn(ns: String, dispatcher: DispatcherConfig) -> BoxFuture<'static, Arc<dyn EventBus>>;
+pub type Factory =
+    fn(ns: String, dispatcher: DispatcherConfig) -> BoxFuture<'static, Arc<dyn EventBus>>;
 
 /// The in-process backend (the namespace is irrelevant: each bus is its own world).
 pub fn memory(_ns: String, dispatcher: DispatcherConfig) -> BoxFuture<'static, Arc<dyn EventBus>> {
@@ -16,6 +17,34 @@ pub fn memory(_ns: String, dispatcher: DispatcherConfig) -> BoxFuture<'static, A
         let bus = event_bus::MemoryEventBus::new(event_bus::MemoryConfig { dispatcher })
             .expect("valid memory config");
         bus.connect().await.expect("memory connect");
+        Arc::new(bus) as Arc<dyn EventBus>
+    })
+}
+
+/// PostgreSQL: channel prefix `ns` on the server [`postgres_server`](crate::postgres_server)
+/// finds.
+pub fn postgres(ns: String, dispatcher: DispatcherConfig) -> BoxFuture<'static, Arc<dyn EventBus>> {
+    Box::pin(async move {
+        let config = event_bus::PostgresConfig::new(crate::postgres_server::url().await)
+            .with_channel_prefix(ns)
+            .with_dispatcher(dispatcher);
+        let bus = event_bus::PostgresEventBus::new(config).expect("valid postgres config");
+        bus.connect().await.expect("postgres connect");
+        Arc::new(bus) as Arc<dyn EventBus>
+    })
+}
+
+/// Redis: channel prefix `ns` on the server [`redis_server`](crate::redis_server) finds.
+pub fn redis(ns: String, dispatcher: DispatcherConfig) -> BoxFuture<'static, Arc<dyn EventBus>> {
+    Box::pin(async move {
+        let config = event_bus::RedisConfig {
+            channel_prefix: ns,
+            dispatcher,
+            ..event_bus::RedisConfig::from_url(crate::redis_server::url().await)
+                .expect("valid Redis URL")
+        };
+        let bus = event_bus::RedisEventBus::new(config).expect("valid redis config");
+        bus.connect().await.expect("redis connect");
         Arc::new(bus) as Arc<dyn EventBus>
     })
 }

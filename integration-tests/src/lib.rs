@@ -4,5 +4,7 @@
 
 pub mod conformance;
 pub mod factories;
+pub mod postgres_server;
 pub mod proxy;
+pub mod redis_server;
 pub mod support;

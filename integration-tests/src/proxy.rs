@@ -36,7 +36,13 @@ impl TcpProxy {
         let refuse = Arc::new(AtomicBool::new(false));
         let (stall, _) = watch::channel(false);
         let (cut, _) = watch::channel(0u64);
-        let accept = tokio::spawn(accept_loop(listener, upstream, refuse.clone(), stall.clone(), cut.clone()));
+        let accept = tokio::spawn(accept_loop(
+            listener,
+            upstream,
+            refuse.clone(),
+            stall.clone(),
+            cut.clone(),
+        ));
         Self {
             addr,
             refuse,

@@ -59,7 +59,9 @@ impl Recorder {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Event>> {
-        self.events.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.events
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Everything recorded so far.
@@ -98,7 +100,10 @@ impl Recorder {
             }
             if tokio::time::timeout_at(deadline, changed).await.is_err() {
                 let got = self.topics();
-                panic!("waited {timeout:?} for {n} events, got {}: {got:?}", got.len());
+                panic!(
+                    "waited {timeout:?} for {n} events, got {}: {got:?}",
+                    got.len()
+                );
             }
         }
     }

@@ -3,3 +3,5 @@
 use integration_tests::conformance_suite;
 
 conformance_suite!(memory, integration_tests::factories::memory);
+conformance_suite!(redis, integration_tests::factories::redis);
+conformance_suite!(postgres, integration_tests::factories::postgres);

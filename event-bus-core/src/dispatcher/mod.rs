@@ -223,7 +223,11 @@ impl Dispatcher {
         }
         self.metrics().add_subscriptions(1);
         self.metrics().attach(entry.seq, entry.clone());
-        worker::spawn(&entry, self.shared.ctx.clone(), Arc::downgrade(&self.shared));
+        worker::spawn(
+            &entry,
+            self.shared.ctx.clone(),
+            Arc::downgrade(&self.shared),
+        );
         tracing::debug!(sub = %id, "subscribed");
         Ok(id)
     }

@@ -34,7 +34,11 @@ pub async fn slow_handler_times_out_and_counts(factory: Factory) {
     bus.publish(event(format!("{ns}:slow"), 1)).await.unwrap();
     assert!(wait_until(DEADLINE, || bus.metrics().timed_out == 1).await);
     bus.flush().await.unwrap();
-    assert_eq!(finished.load(Ordering::SeqCst), 0, "the timed-out call was not cancelled");
+    assert_eq!(
+        finished.load(Ordering::SeqCst),
+        0,
+        "the timed-out call was not cancelled"
+    );
     assert_eq!(bus.metrics().in_flight, 0);
     bus.close().await.unwrap();
 }
@@ -74,12 +78,22 @@ pub async fn success_resets_the_failure_count(factory: Factory) {
     let topic = format!("{ns}:flaky");
     let sub = bus
         .subscribe(&topic, |e: Event| async move {
-            if e.payload == "ok" { Ok(()) } else { Err("told to fail") }
+            if e.payload == "ok" {
+                Ok(())
+            } else {
+                Err("told to fail")
+            }
         })
         .await
         .unwrap();
     for p in ["fail", "fail", "ok", "fail", "fail"] {
-        bus.publish(event_bus::Event::new(event_bus::EventType::Updated, &topic, p.into())).await.unwrap();
+        bus.publish(event_bus::Event::new(
+            event_bus::EventType::Updated,
+            &topic,
+            p.into(),
+        ))
+        .await
+        .unwrap();
     }
     bus.flush().await.unwrap();
     assert!(sub.is_active());

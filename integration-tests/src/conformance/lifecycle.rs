@@ -59,8 +59,14 @@ pub async fn cancel_waits_for_a_running_handler(factory: Factory) {
     }
     assert!(wait_until(DEADLINE, || started.load(Ordering::SeqCst) >= 1).await);
     sub.cancel().await;
-    let (s_after, f_after) = (started.load(Ordering::SeqCst), finished.load(Ordering::SeqCst));
-    assert_eq!(s_after, f_after, "cancel returned while the handler was running");
+    let (s_after, f_after) = (
+        started.load(Ordering::SeqCst),
+        finished.load(Ordering::SeqCst),
+    );
+    assert_eq!(
+        s_after, f_after,
+        "cancel returned while the handler was running"
+    );
     bus.publish(event(&topic, 9)).await.unwrap();
     bus.flush().await.unwrap();
     tokio::time::sleep(Duration::from_millis(150)).await; // give a wrong implementation the chance to misbehave
@@ -102,8 +108,14 @@ pub async fn handler_can_cancel_its_own_subscription(factory: Factory) {
 pub async fn dropping_a_subscription_keeps_it_alive(factory: Factory) {
     let (ns, bus) = bus(factory).await;
     let r = Recorder::new();
-    drop(bus.subscribe(&format!("{ns}:dropped"), r.handler()).await.unwrap());
-    bus.publish(event(format!("{ns}:dropped"), 1)).await.unwrap();
+    drop(
+        bus.subscribe(&format!("{ns}:dropped"), r.handler())
+            .await
+            .unwrap(),
+    );
+    bus.publish(event(format!("{ns}:dropped"), 1))
+        .await
+        .unwrap();
     r.wait_for(1, DEADLINE).await;
     assert_eq!(bus.metrics().subscriptions, 1);
     bus.close().await.unwrap();
@@ -113,11 +125,20 @@ pub async fn dropping_a_subscription_keeps_it_alive(factory: Factory) {
 pub async fn closed_bus_rejects_publish_and_subscribe(factory: Factory) {
     let (ns, bus) = bus(factory).await;
     let r = Recorder::new();
-    let sub = bus.subscribe(&format!("{ns}:x"), r.handler()).await.unwrap();
+    let sub = bus
+        .subscribe(&format!("{ns}:x"), r.handler())
+        .await
+        .unwrap();
     bus.close().await.unwrap();
     assert!(!sub.is_active());
-    assert!(matches!(bus.publish(event(format!("{ns}:x"), 1)).await, Err(Error::Closed)));
-    assert!(matches!(bus.subscribe(&format!("{ns}:x"), r.handler()).await, Err(Error::Closed)));
+    assert!(matches!(
+        bus.publish(event(format!("{ns}:x"), 1)).await,
+        Err(Error::Closed)
+    ));
+    assert!(matches!(
+        bus.subscribe(&format!("{ns}:x"), r.handler()).await,
+        Err(Error::Closed)
+    ));
     assert!(!bus.health().await.open);
     bus.close().await.unwrap();
     sub.cancel().await;
@@ -140,7 +161,10 @@ pub async fn handler_can_close_the_bus(factory: Factory) {
     .unwrap();
     bus.publish(event(format!("{ns}:close"), 1)).await.unwrap();
     assert!(wait_until(DEADLINE, || bus.metrics().delivered == 1).await);
-    assert!(matches!(bus.publish(event(format!("{ns}:close"), 2)).await, Err(Error::Closed)));
+    assert!(matches!(
+        bus.publish(event(format!("{ns}:close"), 2)).await,
+        Err(Error::Closed)
+    ));
 }
 
 /// Close delivers what the dispatcher already accepted before returning.
@@ -179,10 +203,15 @@ pub async fn close_drains_accepted_events(factory: Factory) {
 pub async fn idle_bus_counts_no_reconnects_or_errors(factory: Factory) {
     let (ns, bus) = bus(factory).await;
     let r = Recorder::new();
-    bus.subscribe(&format!("{ns}:idle"), r.handler()).await.unwrap();
+    bus.subscribe(&format!("{ns}:idle"), r.handler())
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await; // idling is the behaviour under test
     let m = bus.metrics();
-    assert_eq!((m.reconnects, m.failed, m.malformed, m.dropped), (0, 0, 0, 0));
+    assert_eq!(
+        (m.reconnects, m.failed, m.malformed, m.dropped),
+        (0, 0, 0, 0)
+    );
     assert!(bus.health().await.is_healthy());
     bus.close().await.unwrap();
 }

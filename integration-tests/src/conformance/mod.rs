@@ -43,7 +43,10 @@ pub async fn bus(factory: Factory) -> (String, Arc<dyn EventBus>) {
 }
 
 /// A fresh namespace and a bus in it, with `dispatcher` settings.
-pub async fn bus_with(factory: Factory, dispatcher: DispatcherConfig) -> (String, Arc<dyn EventBus>) {
+pub async fn bus_with(
+    factory: Factory,
+    dispatcher: DispatcherConfig,
+) -> (String, Arc<dyn EventBus>) {
     let ns = namespace();
     let bus = factory(ns.clone(), dispatcher).await;
     (ns, bus)

@@ -12,10 +12,7 @@ use crate::{
 };
 
 /// Subscribes a recorder behind a gate that lets one call through per permit.
-async fn gated(
-    bus: &dyn event_bus::EventBus,
-    pattern: &str,
-) -> (Recorder, Arc<Semaphore>) {
+async fn gated(bus: &dyn event_bus::EventBus, pattern: &str) -> (Recorder, Arc<Semaphore>) {
     let gate = Arc::new(Semaphore::new(0));
     let r = Recorder::new();
     let (g, inner) = (gate.clone(), r.handler());
@@ -48,11 +45,18 @@ pub async fn more_urgent_first_under_backlog(factory: Factory) {
         (6, Priority::HIGH),
     ];
     for (n, p) in order {
-        bus.publish(event(&topic, n).with_priority(p)).await.unwrap();
+        bus.publish(event(&topic, n).with_priority(p))
+            .await
+            .unwrap();
     }
     assert!(wait_until(DEADLINE, || bus.metrics().queue_depth == 6).await);
     gate.add_permits(7);
-    let got: Vec<u64> = r.wait_for(7, DEADLINE).await.iter().map(|e| e.payload.as_u64().unwrap()).collect();
+    let got: Vec<u64> = r
+        .wait_for(7, DEADLINE)
+        .await
+        .iter()
+        .map(|e| e.payload.as_u64().unwrap())
+        .collect();
     assert_eq!(got, [0, 4, 3, 6, 2, 1, 5]);
     bus.close().await.unwrap();
 }
@@ -63,11 +67,18 @@ pub async fn fifo_at_equal_priority(factory: Factory) {
     let topic = format!("{ns}:fifo");
     let (r, gate) = gated(bus.as_ref(), &topic).await;
     for i in 0..200 {
-        bus.publish(event(&topic, i).with_priority(Priority::HIGH)).await.unwrap();
+        bus.publish(event(&topic, i).with_priority(Priority::HIGH))
+            .await
+            .unwrap();
     }
     assert!(wait_until(DEADLINE, || bus.metrics().received == 200).await);
     gate.add_permits(200);
-    let got: Vec<u64> = r.wait_for(200, DEADLINE).await.iter().map(|e| e.payload.as_u64().unwrap()).collect();
+    let got: Vec<u64> = r
+        .wait_for(200, DEADLINE)
+        .await
+        .iter()
+        .map(|e| e.payload.as_u64().unwrap())
+        .collect();
     assert_eq!(got, (0..200).collect::<Vec<_>>());
     bus.close().await.unwrap();
 }

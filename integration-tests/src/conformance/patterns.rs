@@ -67,17 +67,26 @@ pub async fn pattern_table_matches_like_the_core(factory: Factory) {
     let mut recorders = BTreeMap::new();
     for p in &patterns {
         let r = Recorder::new();
-        bus.subscribe(&format!("{ns}:{p}"), r.handler()).await.unwrap();
+        bus.subscribe(&format!("{ns}:{p}"), r.handler())
+            .await
+            .unwrap();
         recorders.insert(*p, r);
     }
     for (i, t) in topics.iter().enumerate() {
-        bus.publish(event(format!("{ns}:{t}"), i as u64)).await.unwrap();
+        bus.publish(event(format!("{ns}:{t}"), i as u64))
+            .await
+            .unwrap();
     }
     bus.flush().await.unwrap();
     for (p, r) in &recorders {
         let core = Pattern::parse(&format!("{ns}:{p}")).unwrap();
         let got: BTreeSet<String> = r.topics().into_iter().collect();
-        assert_eq!(got.len(), r.len(), "pattern {p:?} got a duplicate: {:?}", r.topics());
+        assert_eq!(
+            got.len(),
+            r.len(),
+            "pattern {p:?} got a duplicate: {:?}",
+            r.topics()
+        );
         let want: BTreeSet<String> = topics
             .iter()
             .map(|t| format!("{ns}:{t}"))
@@ -97,13 +106,25 @@ pub async fn pattern_table_matches_like_the_core(factory: Factory) {
 pub async fn invalid_topics_and_patterns_are_rejected(factory: Factory) {
     let (ns, bus) = bus(factory).await;
     let all = Recorder::new();
-    bus.subscribe(&format!("{ns}:*"), all.handler()).await.unwrap();
-    for bad in [String::new(), format!("{ns}::x"), format!("{ns}:has space"), format!("{ns}:{}", "x".repeat(300))] {
+    bus.subscribe(&format!("{ns}:*"), all.handler())
+        .await
+        .unwrap();
+    for bad in [
+        String::new(),
+        format!("{ns}::x"),
+        format!("{ns}:has space"),
+        format!("{ns}:{}", "x".repeat(300)),
+    ] {
         let err = bus.publish(event(bad.clone(), 0)).await.unwrap_err();
         assert!(matches!(err, Error::InvalidTopic { .. }), "{bad:?}: {err}");
         assert!(err.into_event().is_none());
     }
-    for bad in [format!("{ns}:["), format!("{ns}:a\\"), format!("{ns}:[z-a]"), String::new()] {
+    for bad in [
+        format!("{ns}:["),
+        format!("{ns}:a\\"),
+        format!("{ns}:[z-a]"),
+        String::new(),
+    ] {
         let err = bus.subscribe(&bad, all.handler()).await.unwrap_err();
         assert!(
             matches!(err, Error::InvalidPattern { .. }),

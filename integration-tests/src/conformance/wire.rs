@@ -37,7 +37,9 @@ pub async fn one_mebibyte_payload_is_delivered(factory: Factory) {
     let topic = format!("{ns}:big");
     let r = Recorder::new();
     bus.subscribe(&topic, r.handler()).await.unwrap();
-    let body: String = (0..1 << 20).map(|i| char::from(b'a' + (i % 26) as u8)).collect();
+    let body: String = (0..1 << 20)
+        .map(|i| char::from(b'a' + (i % 26) as u8))
+        .collect();
     let sent = Event::new(EventType::Created, &topic, json!({ "body": body }));
     bus.publish(sent.clone()).await.unwrap();
     let got = r.wait_for(1, DEADLINE).await;

@@ -1,0 +1,68 @@
+//! The bus side of the benchmark: S subscriptions on one bus, P publishing tasks on
+//! another bus of the same config (the same bus for memory).
+
+use std::{convert::Infallible, future::ready, sync::Arc, time::Duration};
+
+use event_bus::{Event, EventBus, EventBusExt};
+use serde_json::Value;
+
+use super::{Collector, Workload, finish};
+use crate::backend::{self, Failure};
+
+/// Publishes the workload through the bus `config` describes.
+pub(crate) async fn run(
+    config: Value,
+    w: Workload,
+    c: Arc<Collector>,
+) -> Result<(Duration, String), Failure> {
+    let name = backend::backend_of(&config).to_owned();
+    let sub_bus = backend::connect(config.clone()).await?;
+    let pub_bus = if name == "memory" {
+        sub_bus.clone()
+    } else {
+        backend::connect(config).await?
+    };
+    let result = publish_all(&sub_bus, &pub_bus, &w, &c).await;
+    let closed_pub = pub_bus.close().await;
+    sub_bus.close().await?;
+    closed_pub?;
+    Ok((result?, format!("event-bus ({name})")))
+}
+
+async fn publish_all(
+    sub_bus: &Arc<dyn EventBus>,
+    pub_bus: &Arc<dyn EventBus>,
+    w: &Workload,
+    c: &Arc<Collector>,
+) -> Result<Duration, Failure> {
+    for i in 0..w.subscribers {
+        let c = c.clone();
+        sub_bus
+            .subscribe(&w.topic, move |e: Event| {
+                c.record(i, &e.payload);
+                ready(Ok::<(), Infallible>(()))
+            })
+            .await?;
+    }
+    let prepared: Vec<_> = (0..w.publishers).map(|p| w.prepare(p)).collect();
+    let start = tokio::time::Instant::now();
+    let publishers = prepared
+        .into_iter()
+        .map(|batches| {
+            let (bus, c) = (pub_bus.clone(), c.clone());
+            tokio::spawn(async move {
+                for (seqs, mut events) in batches {
+                    c.stamp(seqs);
+                    let result = if events.len() == 1 {
+                        bus.publish(events.remove(0)).await
+                    } else {
+                        bus.publish_batch(events).await
+                    };
+                    result.map_err(|e| e.to_string())?;
+                }
+                Ok(())
+            })
+        })
+        .collect();
+    finish(c, publishers, start, w.timeout).await
+}

@@ -1,0 +1,135 @@
+//! The raw PostgreSQL transport: `pg_notify` of the wire envelope (encoded at send time,
+//! as the bus does) on one connection per publisher, one `LISTEN` connection per
+//! subscriber decoding every notification.
+
+use std::{sync::Arc, time::Duration};
+
+use event_bus::envelope;
+use futures_util::StreamExt;
+use serde_json::Value;
+use tokio_postgres::{AsyncMessage, Client, NoTls};
+
+use super::{Collector, Workload, finish, report::PathResult};
+use crate::backend::Failure;
+
+/// NOTIFY payloads must be shorter than this many bytes.
+const NOTIFY_LIMIT: usize = 8000;
+
+/// Measures raw NOTIFY/LISTEN against the server of `config` (without TLS), on a
+/// channel of its own. Skipped (`None`) when the payloads exceed NOTIFY's size limit.
+pub(crate) async fn measure(
+    config: &Value,
+    w: &Workload,
+    quiet: bool,
+) -> Result<Option<PathResult>, Failure> {
+    let Some(conninfo) = config.get("connection_string").and_then(Value::as_str) else {
+        return Err(Failure::usage(
+            "raw postgres: `connection_string` is missing",
+        ));
+    };
+    if w.pad_len() + 400 >= NOTIFY_LIMIT {
+        eprintln!("raw postgres skipped: payloads do not fit in one NOTIFY ({NOTIFY_LIMIT} bytes)");
+        return Ok(None);
+    }
+    let conninfo = conninfo.to_owned();
+    let result = super::measure("raw", w, quiet, |c| run(conninfo, w.clone(), c)).await?;
+    Ok(Some(result))
+}
+
+fn failed(what: &str) -> impl Fn(tokio_postgres::Error) -> Failure + '_ {
+    move |e| Failure::runtime(format!("raw postgres: {what}: {e}"))
+}
+
+/// Opens a connection whose notifications are decoded and recorded for subscriber `sub`
+/// (`None`: a publishing connection).
+async fn connect(
+    conninfo: &str,
+    sub: Option<(usize, Arc<Collector>)>,
+) -> Result<(Client, tokio::task::JoinHandle<()>), Failure> {
+    let (client, mut connection) = tokio_postgres::connect(conninfo, NoTls)
+        .await
+        .map_err(failed("connect"))?;
+    let task = tokio::spawn(async move {
+        let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+        while let Some(Ok(message)) = messages.next().await {
+            if let (AsyncMessage::Notification(n), Some((i, c))) = (message, &sub)
+                && let Ok(event) = envelope::decode(n.payload().as_bytes(), usize::MAX)
+            {
+                c.record(*i, &event.payload);
+            }
+        }
+    });
+    Ok((client, task))
+}
+
+async fn run(
+    conninfo: String,
+    w: Workload,
+    c: Arc<Collector>,
+) -> Result<(Duration, String), Failure> {
+    let mut tasks = Vec::new();
+    let mut clients = Vec::new();
+    for i in 0..w.subscribers {
+        let (client, task) = connect(&conninfo, Some((i, c.clone()))).await?;
+        client
+            .batch_execute(&format!("LISTEN \"{}\"", w.topic))
+            .await
+            .map_err(failed("LISTEN"))?;
+        tasks.push(task);
+        clients.push(client); // dropping it would close the listening connection
+    }
+    let mut publishers_clients = Vec::new();
+    for _ in 0..w.publishers {
+        let (client, task) = connect(&conninfo, None).await?;
+        tasks.push(task);
+        publishers_clients.push(client);
+    }
+    let prepared: Vec<_> = (0..w.publishers).map(|p| w.prepare(p)).collect();
+    let start = tokio::time::Instant::now();
+    let publishers = prepared
+        .into_iter()
+        .zip(publishers_clients)
+        .map(|(batches, client)| {
+            let (c, channel) = (c.clone(), w.topic.clone());
+            tokio::spawn(async move { publish(&client, &channel, batches, &c).await })
+        })
+        .collect();
+    let elapsed = finish(&c, publishers, start, w.timeout).await;
+    drop(clients);
+    for task in tasks {
+        task.abort();
+    }
+    Ok((elapsed?, "postgres pg_notify/LISTEN".to_owned()))
+}
+
+async fn publish(
+    client: &Client,
+    channel: &str,
+    batches: Vec<(std::ops::Range<u64>, Vec<event_bus::Event>)>,
+    c: &Collector,
+) -> Result<(), String> {
+    let one = client
+        .prepare("SELECT pg_notify($1, $2)")
+        .await
+        .map_err(|e| e.to_string())?;
+    let many = client
+        .prepare(
+            "SELECT pg_notify($1, m) FROM unnest($2::text[]) WITH ORDINALITY AS t(m, i) ORDER BY i",
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    for (seqs, events) in batches {
+        c.stamp(seqs);
+        let texts = events
+            .iter()
+            .map(envelope::encode)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| e.to_string())?;
+        let result = match texts.as_slice() {
+            [text] => client.execute(&one, &[&channel, text]).await,
+            _ => client.execute(&many, &[&channel, &texts]).await,
+        };
+        result.map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}

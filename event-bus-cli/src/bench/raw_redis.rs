@@ -1,0 +1,126 @@
+//! The raw Redis transport: `PUBLISH` of the wire envelope (encoded at send time, as the
+//! bus does) on multiplexed connections, one `SUBSCRIBE` connection per subscriber
+//! decoding every message.
+
+use std::{sync::Arc, time::Duration};
+
+use event_bus::envelope;
+use futures_util::StreamExt;
+use serde_json::Value;
+
+use super::{Collector, Workload, finish, report::PathResult};
+use crate::backend::Failure;
+
+/// Measures raw Redis pub/sub against the server of `config`, on a channel of its own.
+pub(crate) async fn measure(
+    config: &Value,
+    w: &Workload,
+    quiet: bool,
+) -> Result<Option<PathResult>, Failure> {
+    let url = server_url(config);
+    let client = redis::Client::open(url.as_str())
+        .map_err(|e| Failure::usage(format!("raw redis: bad url: {e}")))?;
+    let result = super::measure("raw", w, quiet, |c| run(client, w.clone(), c)).await?;
+    Ok(Some(result))
+}
+
+/// The server URL of a redis config: its `url`, or one built from `host`, `port`,
+/// `ssl`, `username`, `password` and `db` (the same defaults as the backend).
+fn server_url(config: &Value) -> String {
+    if let Some(url) = config.get("url").and_then(Value::as_str) {
+        return url.to_owned();
+    }
+    let text = |key: &str| config.get(key).and_then(Value::as_str);
+    let scheme = if config.get("ssl").and_then(Value::as_bool) == Some(true) {
+        "rediss"
+    } else {
+        "redis"
+    };
+    let auth = match (text("username"), text("password")) {
+        (Some(user), Some(pass)) => format!("{user}:{pass}@"),
+        (None, Some(pass)) => format!(":{pass}@"),
+        (Some(user), None) => format!("{user}@"),
+        (None, None) => String::new(),
+    };
+    let host = text("host").unwrap_or("localhost");
+    let port = config.get("port").and_then(Value::as_u64).unwrap_or(6379);
+    let db = config.get("db").and_then(Value::as_u64).unwrap_or(0);
+    format!("{scheme}://{auth}{host}:{port}/{db}")
+}
+
+fn failed(what: &str) -> impl Fn(redis::RedisError) -> Failure + '_ {
+    move |e| Failure::runtime(format!("raw redis: {what}: {e}"))
+}
+
+async fn run(
+    client: redis::Client,
+    w: Workload,
+    c: Arc<Collector>,
+) -> Result<(Duration, String), Failure> {
+    let mut receivers = Vec::new();
+    for i in 0..w.subscribers {
+        let mut pubsub = client.get_async_pubsub().await.map_err(failed("connect"))?;
+        pubsub
+            .subscribe(&w.topic)
+            .await
+            .map_err(failed("SUBSCRIBE"))?;
+        let c = c.clone();
+        receivers.push(tokio::spawn(async move {
+            let mut messages = pubsub.into_on_message();
+            while let Some(message) = messages.next().await {
+                if let Ok(event) = envelope::decode(message.get_payload_bytes(), usize::MAX) {
+                    c.record(i, &event.payload);
+                }
+            }
+        }));
+    }
+    let mut connections = Vec::new();
+    for _ in 0..w.publishers {
+        let connection = client
+            .get_multiplexed_async_connection()
+            .await
+            .map_err(failed("connect"))?;
+        connections.push(connection);
+    }
+    let prepared: Vec<_> = (0..w.publishers).map(|p| w.prepare(p)).collect();
+    let start = tokio::time::Instant::now();
+    let publishers = prepared
+        .into_iter()
+        .zip(connections)
+        .map(|(batches, mut connection)| {
+            let (c, channel) = (c.clone(), w.topic.clone());
+            tokio::spawn(async move {
+                for (seqs, events) in batches {
+                    c.stamp(seqs);
+                    let mut pipe = redis::pipe();
+                    for event in &events {
+                        let text = envelope::encode(event).map_err(|e| e.to_string())?;
+                        pipe.cmd("PUBLISH").arg(&channel).arg(text).ignore();
+                    }
+                    pipe.query_async::<()>(&mut connection)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                }
+                Ok(())
+            })
+        })
+        .collect();
+    let elapsed = finish(&c, publishers, start, w.timeout).await;
+    for receiver in receivers {
+        receiver.abort();
+    }
+    Ok((elapsed?, "redis PUBLISH/SUBSCRIBE".to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_url_from_config_keys() {
+        let v = serde_json::json!({"backend": "redis", "host": "h", "password": "p", "db": 2});
+        assert_eq!(server_url(&v), "redis://:p@h:6379/2");
+        let v = serde_json::json!({"backend": "redis", "url": "redis://x"});
+        assert_eq!(server_url(&v), "redis://x");
+    }
+}

@@ -1,0 +1,185 @@
+//! The benchmark report: per-path throughput and latency percentiles, the bus/raw
+//! ratios, as a table or as JSON.
+
+use std::{io::Write, time::Duration};
+
+use serde::Serialize;
+
+use super::{Collector, Workload};
+
+/// The parameters of a run.
+#[derive(Clone, Debug, Serialize)]
+pub(crate) struct Params {
+    pub(crate) events: u64,
+    pub(crate) subscribers: u32,
+    pub(crate) payload_bytes: usize,
+    pub(crate) publishers: u32,
+    pub(crate) batch: u32,
+}
+
+/// End-to-end latency percentiles, in microseconds.
+#[derive(Clone, Debug, Default, Serialize)]
+pub(crate) struct Latency {
+    pub(crate) p50: f64,
+    pub(crate) p90: f64,
+    pub(crate) p99: f64,
+    pub(crate) max: f64,
+}
+
+/// What one path (bus or raw transport) achieved.
+#[derive(Clone, Debug, Serialize)]
+pub(crate) struct PathResult {
+    /// What carried the events, e.g. `event-bus (memory)`, `tokio::sync::broadcast`.
+    pub(crate) transport: String,
+    /// Deliveries expected (events x subscribers) and made.
+    pub(crate) expected: u64,
+    pub(crate) delivered: u64,
+    /// Deliveries that did not arrive before the timeout or were reported lost.
+    pub(crate) lost: u64,
+    /// From the first publish to the last delivery.
+    pub(crate) seconds: f64,
+    /// Events fully delivered per second (deliveries / subscribers / seconds).
+    pub(crate) events_per_s: f64,
+    /// Handler calls per second.
+    pub(crate) deliveries_per_s: f64,
+    pub(crate) latency_us: Latency,
+}
+
+impl PathResult {
+    /// Summarises the collector after a path ran for `elapsed`.
+    pub(crate) fn new(transport: String, w: &Workload, c: &Collector, elapsed: Duration) -> Self {
+        let sorted = c.sorted_latencies();
+        let pick = |q: f64| {
+            let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len().max(1));
+            sorted.get(rank - 1).map_or(0.0, |&ns| ns as f64 / 1e3)
+        };
+        let secs = elapsed.as_secs_f64().max(1e-9);
+        let delivered = c.delivered();
+        Self {
+            transport,
+            expected: c.expected(),
+            delivered,
+            lost: c.expected() - delivered.min(c.expected()),
+            seconds: secs,
+            events_per_s: delivered as f64 / w.subscribers as f64 / secs,
+            deliveries_per_s: delivered as f64 / secs,
+            latency_us: Latency {
+                p50: pick(0.5),
+                p90: pick(0.9),
+                p99: pick(0.99),
+                max: sorted.last().map_or(0.0, |&ns| ns as f64 / 1e3),
+            },
+        }
+    }
+}
+
+/// Bus divided by raw: throughput below 1 and latencies above 1 mean overhead.
+#[derive(Clone, Debug, Serialize)]
+pub(crate) struct Ratio {
+    pub(crate) throughput: f64,
+    pub(crate) p50: f64,
+    pub(crate) p90: f64,
+    pub(crate) p99: f64,
+    pub(crate) max: f64,
+}
+
+/// The whole report (`eventbus bench --json` prints this).
+#[derive(Clone, Debug, Serialize)]
+pub(crate) struct Report {
+    pub(crate) backend: String,
+    pub(crate) date: String,
+    pub(crate) version: &'static str,
+    pub(crate) cpus: usize,
+    pub(crate) params: Params,
+    pub(crate) bus: PathResult,
+    pub(crate) raw: Option<PathResult>,
+    pub(crate) ratio: Option<Ratio>,
+}
+
+fn div(a: f64, b: f64) -> f64 {
+    if b > 0.0 { a / b } else { 0.0 }
+}
+
+impl Report {
+    /// Builds the report and the ratios.
+    pub(crate) fn new(
+        backend: &str,
+        params: &Params,
+        bus: PathResult,
+        raw: Option<PathResult>,
+    ) -> Self {
+        let ratio = raw.as_ref().map(|raw| Ratio {
+            throughput: div(bus.events_per_s, raw.events_per_s),
+            p50: div(bus.latency_us.p50, raw.latency_us.p50),
+            p90: div(bus.latency_us.p90, raw.latency_us.p90),
+            p99: div(bus.latency_us.p99, raw.latency_us.p99),
+            max: div(bus.latency_us.max, raw.latency_us.max),
+        });
+        Self {
+            backend: backend.to_owned(),
+            date: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            version: env!("CARGO_PKG_VERSION"),
+            cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            params: params.clone(),
+            bus,
+            raw,
+            ratio,
+        }
+    }
+
+    /// Prints the report on stdout as a table, or as one JSON object.
+    pub(crate) fn print(&self, json: bool) {
+        let text = if json {
+            serde_json::to_string_pretty(self).unwrap_or_default()
+        } else {
+            self.table()
+        };
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{text}");
+    }
+
+    fn table(&self) -> String {
+        let p = &self.params;
+        let mut out = format!(
+            "backend {}: {} events x {} subscriber(s), ~{} B payload, {} publisher(s), batch {}\n\n",
+            self.backend, p.events, p.subscribers, p.payload_bytes, p.publishers, p.batch
+        );
+        out.push_str(&format!(
+            "{:<28} {:>12} {:>12} {:>9} {:>9} {:>9} {:>9} {:>7}\n",
+            "path", "events/s", "deliveries/s", "p50", "p90", "p99", "max", "lost"
+        ));
+        for r in std::iter::once(&self.bus).chain(&self.raw) {
+            let l = &r.latency_us;
+            out.push_str(&format!(
+                "{:<28} {:>12.0} {:>12.0} {:>9} {:>9} {:>9} {:>9} {:>7}\n",
+                r.transport,
+                r.events_per_s,
+                r.deliveries_per_s,
+                us(l.p50),
+                us(l.p90),
+                us(l.p99),
+                us(l.max),
+                r.lost
+            ));
+        }
+        match &self.ratio {
+            Some(q) => out.push_str(&format!(
+                "{:<28} {:>11.2}x {:>12} {:>8.2}x {:>8.2}x {:>8.2}x {:>8.2}x\n",
+                "ratio bus/raw", q.throughput, "", q.p50, q.p90, q.p99, q.max
+            )),
+            None => out.push_str("(no raw transport measured)\n"),
+        }
+        out
+    }
+}
+
+/// Microseconds for a table cell: `850us`, `12.3ms`, `1.20s`.
+fn us(v: f64) -> String {
+    if v >= 1e6 {
+        format!("{:.2}s", v / 1e6)
+    } else if v >= 1e3 {
+        format!("{:.1}ms", v / 1e3)
+    } else {
+        format!("{v:.0}us")
+    }
+}

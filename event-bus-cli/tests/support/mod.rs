@@ -1,0 +1,181 @@
+//! Running the `eventbus` binary as a child process and reading its output lines with
+//! deadlines.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::{
+    io::{BufRead, BufReader, Write},
+    path::PathBuf,
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::mpsc::{Receiver, RecvTimeoutError, channel},
+    time::{Duration, Instant},
+};
+
+/// How long any awaited condition may take.
+pub const DEADLINE: Duration = Duration::from_secs(20);
+
+/// A command for the built `eventbus` binary, with no backend environment leaking in.
+pub fn eventbus() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_eventbus"));
+    for var in [
+        "EVENT_BUS_CONFIG",
+        "EVENT_BUS_BACKEND",
+        "EVENT_BUS_URL",
+        "RUST_LOG",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd
+}
+
+/// A unique lowercase name for channel prefixes and temp files.
+pub fn namespace() -> String {
+    format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..12])
+}
+
+/// Writes `text` to a fresh temp file named `name` and returns its path.
+pub fn temp_file(name: &str, text: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("eventbus-cli-{}", namespace()));
+    std::fs::create_dir_all(&dir).expect("create temp dir");
+    let path = dir.join(name);
+    std::fs::File::create(&path)
+        .and_then(|mut f| f.write_all(text.as_bytes()))
+        .expect("write temp file");
+    path
+}
+
+/// A spawned `eventbus` whose stdout and stderr lines arrive on channels. Killed on drop
+/// if still running.
+pub struct Running {
+    child: Child,
+    stdout: Receiver<String>,
+    stderr: Receiver<String>,
+    stderr_seen: Vec<String>,
+}
+
+fn lines(stream: impl std::io::Read + Send + 'static) -> Receiver<String> {
+    let (tx, rx) = channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stream).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+impl Running {
+    /// Spawns `cmd` with piped output.
+    pub fn spawn(mut cmd: Command) -> Self {
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn eventbus");
+        let stdout = lines(child.stdout.take().expect("stdout"));
+        let stderr = lines(child.stderr.take().expect("stderr"));
+        Self {
+            child,
+            stdout,
+            stderr,
+            stderr_seen: Vec::new(),
+        }
+    }
+
+    /// The process id.
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits for a stderr line containing `needle`.
+    pub fn wait_stderr(&mut self, needle: &str) {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.stderr.recv_timeout(left) {
+                Ok(line) => {
+                    let found = line.contains(needle);
+                    self.stderr_seen.push(line);
+                    if found {
+                        return;
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => panic!(
+                    "no stderr line containing {needle:?} within {DEADLINE:?}; stderr so far: {:?}",
+                    self.stderr_seen
+                ),
+            }
+        }
+    }
+
+    /// The next stdout line, within the deadline.
+    pub fn next_stdout(&mut self) -> String {
+        match self.stdout.recv_timeout(DEADLINE) {
+            Ok(line) => line,
+            Err(e) => {
+                let rest: Vec<String> = self.stderr.try_iter().collect();
+                panic!(
+                    "no stdout line within {DEADLINE:?} ({e}); stderr: {:?} {rest:?}",
+                    self.stderr_seen
+                )
+            }
+        }
+    }
+
+    /// Waits for the process to exit, within the deadline.
+    pub fn wait_exit(&mut self) -> ExitStatus {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "eventbus did not exit within {DEADLINE:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20)); // polling an exit, not synchronising
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Whether a server answers at `host:port`; under `CI=true` an absent server is a
+/// failure that says how to provide one.
+pub fn server_available(addr: &str, var: &str) -> bool {
+    use std::net::{TcpStream, ToSocketAddrs};
+    let up = addr
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut a| a.next())
+        .is_some_and(|a| TcpStream::connect_timeout(&a, Duration::from_secs(2)).is_ok());
+    if !up && std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("no server at {addr}: start one there or set {var} to its URL");
+    }
+    if !up {
+        eprintln!("skipping: no server at {addr} (set {var})");
+    }
+    up
+}
+
+/// `host:port` of a server URL such as `redis://:pw@127.0.0.1:6379/0` or
+/// `postgres://postgres@localhost/test`.
+pub fn host_port(url: &str, default_port: u16) -> String {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let rest = rest.rsplit_once('@').map_or(rest, |(_, r)| r);
+    let host = rest.split(['/', '?']).next().unwrap_or("127.0.0.1");
+    if host.contains(':') {
+        host.to_owned()
+    } else {
+        format!("{host}:{default_port}")
+    }
+}

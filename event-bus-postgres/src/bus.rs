@@ -1,0 +1,342 @@
+//! The PostgreSQL event bus.
+
+use std::{
+    sync::{
+        Arc, Weak,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use async_trait::async_trait;
+use event_bus_core::{
+    CancelSubscription, Dispatcher, Error, Event, EventBus, Handler, Health, MetricsSnapshot,
+    Pattern, Subscription, SubscriptionId, dispatcher::RemovalHook,
+};
+use tokio_postgres::GenericClient;
+
+use crate::{
+    channel::Channels,
+    config::PostgresConfig,
+    connect::Connector,
+    large::LargeStore,
+    listener::Listener,
+    outgoing::{Outgoing, publish_error},
+    publisher::Pool,
+    receive::ReceiveCtx,
+};
+
+/// An event bus over PostgreSQL LISTEN/NOTIFY. Cheap to clone; clones share one bus.
+///
+/// See the [crate docs](crate) for the channel layout, large payloads, transactions and
+/// delivery guarantees.
+#[derive(Clone)]
+pub struct PostgresEventBus {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: PostgresConfig,
+    dispatcher: Dispatcher,
+    channels: Channels,
+    pool: Arc<Pool>,
+    store: Arc<LargeStore>,
+    listener: Arc<Listener>,
+    closed: AtomicBool,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // The receive loop holds the listener, not the bus: stop it with the bus.
+        self.listener.abort_task();
+    }
+}
+
+impl PostgresEventBus {
+    /// A bus with `config`. Connects on [`connect`](EventBus::connect) or first use.
+    ///
+    /// # Errors
+    /// [`Error::Config`] naming the bad key (`channel_prefix`, `connection_string`, ...).
+    pub fn new(config: PostgresConfig) -> Result<Self, Error> {
+        let (pg, verify_certificates) = config.parse()?;
+        let channels = Channels::new(&config.channel_prefix)?;
+        let connector = Arc::new(Connector::new(
+            pg,
+            verify_certificates,
+            &config.channel_prefix,
+            config.timeout(),
+            config.redacted_connection_string(),
+        )?);
+        let listener = Arc::new(Listener::new(connector.clone(), channels.clone()));
+        let hook_target = Arc::downgrade(&listener);
+        let hook: RemovalHook = Box::new(move |id, _pattern| release_later(&hook_target, id));
+        let dispatcher = Dispatcher::with_removal_hook(config.dispatcher.clone(), Some(hook))?;
+        let ttl = Duration::from_secs(config.large_payload_ttl_seconds);
+        Ok(Self {
+            inner: Arc::new(Inner {
+                dispatcher,
+                pool: Arc::new(Pool::new(connector, config.pool_size)),
+                store: Arc::new(LargeStore::new(&config.channel_prefix, ttl)),
+                channels,
+                listener,
+                closed: AtomicBool::new(false),
+                config,
+            }),
+        })
+    }
+
+    /// The dispatcher behind this bus.
+    pub fn dispatcher(&self) -> &Dispatcher {
+        &self.inner.dispatcher
+    }
+
+    /// The configuration in use.
+    pub fn config(&self) -> &PostgresConfig {
+        &self.inner.config
+    }
+
+    /// Publishes `event` through the caller's connection or transaction (anything that
+    /// implements [`GenericClient`]: a `Client`, a `Transaction`, or a pooled client that
+    /// dereferences to one). NOTIFY is transactional: inside a transaction the event is
+    /// delivered when it commits and never if it rolls back; on a client outside a
+    /// transaction it is delivered at once. Large events are stored in the same
+    /// transaction. The bus must not be closed; its own connections are used only to
+    /// create the large-payload table once.
+    ///
+    /// ```no_run
+    /// # async fn demo(bus: &event_bus_postgres::PostgresEventBus, client: &mut tokio_postgres::Client)
+    /// # -> Result<(), Box<dyn std::error::Error>> {
+    /// use event_bus_core::{Event, EventType};
+    /// let tx = client.transaction().await?;
+    /// tx.execute("UPDATE orders SET paid = true WHERE id = $1", &[&42_i64]).await?;
+    /// bus.publish_in(&tx, Event::new(EventType::Updated, "orders:paid", serde_json::json!({"id": 42}))).await?;
+    /// tx.commit().await?; // subscribers get the event now, not before
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::Closed`]; [`Error::InvalidTopic`]; [`Error::Publish`] handing the event
+    /// back when the statement fails (the caller's transaction is then aborted, as with
+    /// any failed statement).
+    pub async fn publish_in<C: GenericClient + Sync>(
+        &self,
+        client: &C,
+        event: Event,
+    ) -> Result<(), Error> {
+        let inner = &self.inner;
+        inner.check_open()?;
+        let events = [event];
+        let out = Outgoing::new(&inner.channels, &events, inner.config.max_message_bytes)
+            .map_err(|(_, e)| e)?;
+        let sent = out.send_in(client, &inner.pool, &inner.store).await;
+        drop(out);
+        let [event] = events;
+        sent.map_err(|e| publish_error(event, e))?;
+        inner.dispatcher.metrics().add_published(1);
+        Ok(())
+    }
+}
+
+fn release_later(listener: &Weak<Listener>, id: SubscriptionId) {
+    let (Some(listener), Ok(handle)) = (listener.upgrade(), tokio::runtime::Handle::try_current())
+    else {
+        return;
+    };
+    handle.spawn(async move { listener.release_sub(id).await });
+}
+
+impl Inner {
+    fn check_open(&self) -> Result<(), Error> {
+        if self.closed.load(Ordering::Acquire) || self.dispatcher.is_closed() {
+            return Err(Error::Closed);
+        }
+        Ok(())
+    }
+
+    async fn start_listener(&self) -> Result<(), Error> {
+        self.dispatcher.start();
+        let ctx = ReceiveCtx {
+            dispatcher: self.dispatcher.clone(),
+            pool: self.pool.clone(),
+            store: self.store.clone(),
+            max_bytes: self.config.max_message_bytes,
+        };
+        self.listener.start(ctx).await
+    }
+
+    async fn publish_all(&self, events: Vec<Event>) -> Result<(), Error> {
+        self.check_open()?;
+        let max = self.config.max_message_bytes;
+        // Validate and encode everything first: an invalid topic publishes nothing.
+        let out = Outgoing::new(&self.channels, &events, max).map_err(|(_, e)| e)?;
+        let sent = out.send(&self.pool, &self.store).await;
+        drop(out);
+        if let Err(source) = sent {
+            let mut events = events;
+            return Err(match events.len() {
+                0 => Error::connection("publishing", source),
+                _ => publish_error(events.swap_remove(0), source),
+            });
+        }
+        self.dispatcher.metrics().add_published(events.len() as u64);
+        Ok(())
+    }
+}
+
+/// Cancels a subscription: dispatcher first, then its LISTEN reference.
+struct Canceller {
+    dispatcher: Dispatcher,
+    listener: Arc<Listener>,
+}
+
+#[async_trait]
+impl CancelSubscription for Canceller {
+    async fn cancel_subscription(&self, id: SubscriptionId) {
+        self.dispatcher.unsubscribe(id).await;
+        self.listener.release_sub(id).await;
+    }
+
+    fn is_subscribed(&self, id: SubscriptionId) -> bool {
+        self.dispatcher.is_subscribed(id)
+    }
+}
+
+impl std::fmt::Debug for PostgresEventBus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresEventBus")
+            .field("config", &self.inner.config)
+            .field("closed", &self.inner.closed.load(Ordering::Relaxed))
+            .finish()
+    }
+}
+
+#[async_trait]
+impl EventBus for PostgresEventBus {
+    fn backend(&self) -> &'static str {
+        "postgres"
+    }
+
+    /// Opens a publishing connection. The LISTEN connection is opened by the first
+    /// `subscribe` or `flush`, so a bus that only publishes adds no listening session
+    /// (every listening session costs the server work on every notification).
+    async fn connect(&self) -> Result<(), Error> {
+        self.inner.check_open()?;
+        self.inner.dispatcher.start();
+        self.inner.pool.warm_up().await
+    }
+
+    async fn publish(&self, event: Event) -> Result<(), Error> {
+        self.inner.publish_all(vec![event]).await
+    }
+
+    /// Publishes `events` in order in one statement (`pg_notify` over `unnest` of two
+    /// arrays, plus one insert for large events). If the statement fails, the error
+    /// hands back the first event; none of the batch was published.
+    async fn publish_batch(&self, events: Vec<Event>) -> Result<(), Error> {
+        if events.is_empty() {
+            return self.inner.check_open();
+        }
+        self.inner.publish_all(events).await
+    }
+
+    async fn subscribe_handler(
+        &self,
+        pattern: &str,
+        handler: Arc<dyn Handler>,
+    ) -> Result<Subscription, Error> {
+        let inner = &self.inner;
+        inner.check_open()?;
+        let pattern = Pattern::parse(pattern)?;
+        let channel = match pattern.literal() {
+            Some(topic) => inner.channels.topic(topic)?,
+            None => inner.channels.all().to_owned(),
+        };
+        inner.start_listener().await?;
+        inner.listener.acquire(&channel).await?;
+        let id = match inner.dispatcher.subscribe(pattern.clone(), handler) {
+            Ok(id) => id,
+            Err(e) => {
+                inner.listener.release(&channel).await;
+                return Err(e);
+            }
+        };
+        inner.listener.register(id, channel);
+        let control = Arc::new(Canceller {
+            dispatcher: inner.dispatcher.clone(),
+            listener: inner.listener.clone(),
+        });
+        Ok(Subscription::new(id, pattern, control))
+    }
+
+    /// Sends a token on this bus's private flush channel and waits until the receive
+    /// loop sees it (PostgreSQL delivers notifications in commit order, so everything
+    /// this bus published before has been received and dispatched by then), then
+    /// waits for the handlers. Fails with [`Error::Timeout`] after six times
+    /// `timeout_seconds`, or with [`Error::Connection`] if the LISTEN connection is down.
+    async fn flush(&self) -> Result<(), Error> {
+        let inner = &self.inner;
+        inner.check_open()?;
+        inner.start_listener().await?;
+        if !inner.listener.is_connected().await {
+            return Err(Error::connection(
+                "flush",
+                "the LISTEN connection is down; reconnecting",
+            ));
+        }
+        let token = uuid::Uuid::new_v4().to_string();
+        let arrived = inner.listener.expect_flush(token.clone());
+        let flush_channel = inner.channels.flush();
+        if let Err(e) = inner.pool.notify_one(flush_channel, &token).await {
+            inner.listener.forget_flush(&token);
+            return Err(Error::connection("flush", e));
+        }
+        let after = inner.config.timeout() * 6;
+        match tokio::time::timeout(after, arrived).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => {
+                return Err(Error::connection(
+                    "flush",
+                    "the LISTEN connection was lost while flushing",
+                ));
+            }
+            Err(_) => {
+                inner.listener.forget_flush(&token);
+                return Err(Error::Timeout {
+                    operation: "flush".into(),
+                    after,
+                });
+            }
+        }
+        inner.dispatcher.flush().await;
+        Ok(())
+    }
+
+    fn metrics(&self) -> MetricsSnapshot {
+        self.inner.dispatcher.metrics().snapshot()
+    }
+
+    async fn health(&self) -> Health {
+        let open = self.inner.check_open().is_ok();
+        let connected = open
+            && if self.inner.listener.is_started().await {
+                self.inner.listener.is_connected().await
+            } else {
+                self.inner.pool.is_connected().await
+            };
+        let last_error = if connected {
+            None
+        } else {
+            self.inner.listener.last_error()
+        };
+        Health::new("postgres", open, connected, last_error)
+    }
+
+    async fn close(&self) -> Result<(), Error> {
+        let inner = &self.inner;
+        inner.closed.store(true, Ordering::Release);
+        inner.dispatcher.close().await;
+        inner.listener.shutdown().await;
+        inner.pool.close().await;
+        Ok(())
+    }
+}

@@ -1,0 +1,227 @@
+//! Configuration of the PostgreSQL backend.
+
+use std::{fmt, time::Duration};
+
+use event_bus_core::{DispatcherConfig, Error, Secret, secret::redact_connection_string};
+use serde::{Deserialize, Serialize};
+
+use crate::channel::validate_prefix;
+
+/// Configuration of [`PostgresEventBus`](crate::PostgresEventBus)
+/// (config `{"backend": "postgres", "connection_string": "...", ...}`).
+///
+/// Only `connection_string` is required. Unknown keys are rejected; validation errors
+/// name the key. `Debug` output shows the connection string with its password
+/// replaced by `***`.
+///
+/// ```
+/// use event_bus_postgres::PostgresConfig;
+/// let config: PostgresConfig = event_bus_core::config::from_json_str(
+///     r#"{"connection_string": "postgres://app:s3cret@db/app", "channel_prefix": "shop"}"#,
+/// )?;
+/// assert_eq!(config.pool_size, 4);
+/// assert!(!format!("{config:?}").contains("s3cret"));
+/// # Ok::<(), event_bus_core::Error>(())
+/// ```
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresConfig {
+    /// libpq-style connection string, as a URL (`postgres://user:pw@host:5432/db`) or
+    /// key/value pairs (`host=db user=app password=... dbname=app sslmode=require`).
+    /// `sslmode` may be `disable`, `prefer` (the default: TLS if the server offers it),
+    /// `require`, `verify-ca` or `verify-full`; see the `tls` notes in the crate docs.
+    /// Required; there is no default.
+    pub connection_string: Secret,
+    /// First part of every channel name and of the large-payload table name: 1 to 30
+    /// ASCII letters, digits or `_`. Buses with different prefixes never see each
+    /// other's events. Default: `"events"`.
+    #[serde(default = "default_prefix")]
+    pub channel_prefix: String,
+    /// Number of connections used for publishing (each one pipelines concurrent
+    /// publishes). Default: `4`.
+    #[serde(default = "default_pool_size")]
+    pub pool_size: usize,
+    /// Largest event envelope, in bytes, that is published or accepted from the wire;
+    /// envelopes of 8000 bytes and more travel through the large-payload table.
+    /// Default: `16777216` (16 MiB).
+    #[serde(default = "default_max_message_bytes")]
+    pub max_message_bytes: usize,
+    /// How long a stored large payload is kept before a publisher deletes it. A
+    /// listener that falls further behind than this loses such events (counted as
+    /// malformed). Default: `600`.
+    #[serde(default = "default_ttl")]
+    pub large_payload_ttl_seconds: u64,
+    /// Bound on connecting and on each statement (publish, LISTEN, fetch). A publish
+    /// during an outage fails after at most about this long. Default: `5.0`.
+    #[serde(default = "default_timeout")]
+    pub timeout_seconds: f64,
+    /// Dispatcher settings. Default: see [`DispatcherConfig`].
+    #[serde(default)]
+    pub dispatcher: DispatcherConfig,
+}
+
+fn default_prefix() -> String {
+    "events".to_owned()
+}
+fn default_pool_size() -> usize {
+    4
+}
+fn default_max_message_bytes() -> usize {
+    16 * 1024 * 1024
+}
+fn default_ttl() -> u64 {
+    600
+}
+fn default_timeout() -> f64 {
+    5.0
+}
+
+impl PostgresConfig {
+    /// A config with `connection_string` and every other key at its default.
+    pub fn new(connection_string: impl Into<String>) -> Self {
+        Self {
+            connection_string: Secret::new(connection_string.into()),
+            channel_prefix: default_prefix(),
+            pool_size: default_pool_size(),
+            max_message_bytes: default_max_message_bytes(),
+            large_payload_ttl_seconds: default_ttl(),
+            timeout_seconds: default_timeout(),
+            dispatcher: DispatcherConfig::default(),
+        }
+    }
+
+    /// Sets `channel_prefix`.
+    pub fn with_channel_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.channel_prefix = prefix.into();
+        self
+    }
+
+    /// Sets `dispatcher`.
+    pub fn with_dispatcher(mut self, dispatcher: DispatcherConfig) -> Self {
+        self.dispatcher = dispatcher;
+        self
+    }
+
+    /// Checks every key and parses the connection string.
+    ///
+    /// # Errors
+    /// [`Error::Config`] naming the bad key.
+    pub fn validate(&self) -> Result<(), Error> {
+        self.parse().map(drop)
+    }
+
+    /// Validates, and returns the driver's config and whether TLS certificates must be
+    /// verified (`sslmode=verify-ca`/`verify-full`).
+    pub(crate) fn parse(&self) -> Result<(tokio_postgres::Config, bool), Error> {
+        validate_prefix(&self.channel_prefix)?;
+        if !(1..=64).contains(&self.pool_size) {
+            return Err(Error::config("pool_size", "must be between 1 and 64"));
+        }
+        if self.max_message_bytes < 1024 {
+            return Err(Error::config("max_message_bytes", "must be at least 1024"));
+        }
+        if self.large_payload_ttl_seconds == 0 {
+            return Err(Error::config(
+                "large_payload_ttl_seconds",
+                "must be at least 1",
+            ));
+        }
+        let t = self.timeout_seconds;
+        if !(t.is_finite() && t > 0.0 && t < 1e6) {
+            return Err(Error::config(
+                "timeout_seconds",
+                format!("must be a positive number of seconds, got {t}"),
+            ));
+        }
+        self.dispatcher.validate()?;
+        let (text, verify) = crate::tls::split_verify_mode(self.connection_string.expose());
+        let mut pg: tokio_postgres::Config = text
+            .parse()
+            .map_err(|e| Error::config("connection_string", format!("cannot parse: {e}")))?;
+        if pg.get_connect_timeout().is_none() {
+            pg.connect_timeout(self.timeout());
+        }
+        Ok((pg, verify))
+    }
+
+    /// `timeout_seconds` as a duration.
+    pub fn timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.timeout_seconds)
+    }
+
+    /// The connection string with its password replaced by `***`, safe to log.
+    pub fn redacted_connection_string(&self) -> String {
+        redact_connection_string(self.connection_string.expose())
+    }
+}
+
+impl fmt::Debug for PostgresConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PostgresConfig")
+            .field("connection_string", &self.redacted_connection_string())
+            .field("channel_prefix", &self.channel_prefix)
+            .field("pool_size", &self.pool_size)
+            .field("max_message_bytes", &self.max_message_bytes)
+            .field("large_payload_ttl_seconds", &self.large_payload_ttl_seconds)
+            .field("timeout_seconds", &self.timeout_seconds)
+            .field("dispatcher", &self.dispatcher)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use event_bus_core::config::from_json_str;
+
+    #[test]
+    fn defaults_and_required_key() {
+        let c: PostgresConfig = from_json_str(r#"{"connection_string": "host=x"}"#).unwrap();
+        assert_eq!(c, PostgresConfig::new("host=x"));
+        assert_eq!(c.channel_prefix, "events");
+        c.validate().unwrap();
+        let err = from_json_str::<PostgresConfig>("{}").unwrap_err();
+        assert!(err.to_string().contains("connection_string"), "{err}");
+        let err = from_json_str::<PostgresConfig>(r#"{"connection_string": "x", "colour": 1}"#)
+            .unwrap_err();
+        assert!(err.to_string().contains("colour"), "{err}");
+    }
+
+    #[test]
+    fn validation_names_the_key() {
+        let bad = |f: fn(&mut PostgresConfig), key: &str| {
+            let mut c = PostgresConfig::new("host=localhost");
+            f(&mut c);
+            let err = c.validate().unwrap_err().to_string();
+            assert!(err.contains(key), "{err}");
+        };
+        bad(|c| c.pool_size = 0, "pool_size");
+        bad(|c| c.channel_prefix = "a;b".into(), "channel_prefix");
+        bad(|c| c.timeout_seconds = -1.0, "timeout_seconds");
+        bad(
+            |c| c.large_payload_ttl_seconds = 0,
+            "large_payload_ttl_seconds",
+        );
+        bad(|c| c.max_message_bytes = 10, "max_message_bytes");
+        bad(
+            |c| c.connection_string = "port=notanumber".into(),
+            "connection_string",
+        );
+        bad(
+            |c| c.dispatcher.queue_maxsize = 0,
+            "dispatcher.queue_maxsize",
+        );
+    }
+
+    #[test]
+    fn debug_hides_the_password() {
+        for s in [
+            "postgres://u:hunter2@h/db",
+            "host=h user=u password=hunter2",
+        ] {
+            let text = format!("{:?}", PostgresConfig::new(s));
+            assert!(!text.contains("hunter2"), "{text}");
+            assert!(text.contains("***"), "{text}");
+        }
+    }
+}

@@ -1,0 +1,379 @@
+//! The Redis event bus.
+
+use std::sync::{
+    Arc, RwLock,
+    atomic::{AtomicBool, Ordering},
+};
+
+use async_trait::async_trait;
+use event_bus_core::{
+    Dispatcher, Error, Event, EventBus, Handler, Health, MetricsSnapshot, Pattern, Subscription,
+    topic::validate_topic,
+};
+use redis::{ProtocolVersion, io::tcp::TcpSettings};
+use tokio::{sync::mpsc, task::JoinHandle};
+
+use crate::{
+    channel::ChannelNames,
+    config::RedisConfig,
+    listener::{Listener, Progress, ping},
+    publisher::Publisher,
+    registry::{Control, Registry, removal_hook},
+};
+
+/// An event bus over Redis pub/sub. Cheap to clone; clones share one bus.
+///
+/// Publishing uses one multiplexed connection (concurrent publishes are pipelined on
+/// it); one more connection, dedicated to pub/sub, receives. Both are opened by
+/// [`connect`](EventBus::connect) or on first use. See the [crate docs](crate) for the
+/// channel layout, patterns, reconnects and delivery guarantees.
+///
+/// Dropping the last clone without [`close`](EventBus::close) stops receiving at once
+/// (nothing waits for queued events).
+#[derive(Clone)]
+pub struct RedisEventBus {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: RedisConfig,
+    names: ChannelNames,
+    publish_client: redis::Client,
+    pubsub_client: redis::Client,
+    pubsub_name: String,
+    dispatcher: Dispatcher,
+    registry: Arc<Registry>,
+    progress: Arc<Progress>,
+    closed: AtomicBool,
+    started: RwLock<Option<Arc<Started>>>,
+    connecting: tokio::sync::Mutex<()>,
+}
+
+/// The connections and the listener task of a connected bus.
+struct Started {
+    publisher: Publisher,
+    listener: JoinHandle<()>,
+}
+
+impl Drop for Started {
+    fn drop(&mut self) {
+        self.listener.abort();
+    }
+}
+
+impl RedisEventBus {
+    /// A bus with `config`. Does not connect yet.
+    ///
+    /// # Errors
+    /// [`Error::Config`] naming a bad key.
+    pub fn new(config: RedisConfig) -> Result<Self, Error> {
+        config.validate()?;
+        if config.uses_tls() {
+            // Use ring unless the application installed a provider already.
+            let _ = rustls::crypto::ring::default_provider().install_default();
+        }
+        let info = config
+            .connection_info()?
+            .set_tcp_settings(TcpSettings::default().set_nodelay(true));
+        let resp3 = info
+            .redis_settings()
+            .clone()
+            .set_protocol(ProtocolVersion::RESP3);
+        let client = |info| {
+            redis::Client::open(info).map_err(|e| Error::config("url", format!("{:?}", e.kind())))
+        };
+        let pubsub_client = client(info.clone().set_redis_settings(resp3))?;
+        let publish_client = client(info)?;
+        let registry = Arc::new(Registry::new(config.command_timeout()));
+        let dispatcher = Dispatcher::with_removal_hook(
+            config.dispatcher.clone(),
+            Some(removal_hook(Arc::downgrade(&registry))),
+        )?;
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        Ok(Self {
+            inner: Arc::new(Inner {
+                names: ChannelNames::new(&config.channel_prefix),
+                pubsub_name: format!("eventbus:{}:sub:{}", config.channel_prefix, &id[..12]),
+                config,
+                publish_client,
+                pubsub_client,
+                dispatcher,
+                registry,
+                progress: Arc::default(),
+                closed: AtomicBool::new(false),
+                started: RwLock::new(None),
+                connecting: tokio::sync::Mutex::new(()),
+            }),
+        })
+    }
+
+    /// A bus connecting to `url` (`redis://` or `rediss://`) with default settings.
+    ///
+    /// # Errors
+    /// [`Error::Config`] if the URL cannot be used.
+    pub fn from_url(url: &str) -> Result<Self, Error> {
+        Self::new(RedisConfig::from_url(url)?)
+    }
+
+    /// The configuration in use.
+    pub fn config(&self) -> &RedisConfig {
+        &self.inner.config
+    }
+
+    /// The dispatcher behind this bus.
+    pub fn dispatcher(&self) -> &Dispatcher {
+        &self.inner.dispatcher
+    }
+
+    /// The Redis channel that carries `topic`: `{channel_prefix}:{topic}`.
+    pub fn channel_for(&self, topic: &str) -> String {
+        self.inner.names.channel(topic)
+    }
+
+    /// The `CLIENT SETNAME` name of the pub/sub connection:
+    /// `eventbus:{channel_prefix}:sub:{random id}`.
+    pub fn pubsub_client_name(&self) -> &str {
+        &self.inner.pubsub_name
+    }
+
+    fn is_closed(&self) -> bool {
+        self.inner.closed.load(Ordering::Acquire)
+    }
+
+    /// The running connections, opening them on first use.
+    async fn started(&self) -> Result<Arc<Started>, Error> {
+        if self.is_closed() {
+            return Err(Error::Closed);
+        }
+        if let Some(started) = read(&self.inner.started).clone() {
+            return Ok(started);
+        }
+        let _connecting = self.inner.connecting.lock().await;
+        if let Some(started) = read(&self.inner.started).clone() {
+            return Ok(started);
+        }
+        let started = Arc::new(self.start().await?);
+        let mut slot = self
+            .inner
+            .started
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // close() sets the flag before it empties the slot: checking under the lock
+        // means a concurrent close either sees this connection or we see the flag.
+        if self.is_closed() {
+            return Err(Error::Closed);
+        }
+        *slot = Some(started.clone());
+        Ok(started)
+    }
+
+    async fn start(&self) -> Result<Started, Error> {
+        let inner = &self.inner;
+        let timeout = inner.config.command_timeout();
+        let at = |e: Error| {
+            // A plain server never answers a TLS handshake: say so instead of just "timed out".
+            let hint = match e {
+                Error::Timeout { .. } if inner.config.uses_tls() => {
+                    " (no answer to the TLS handshake: does the server speak TLS?)"
+                }
+                _ => "",
+            };
+            let address = inner.config.redacted_address();
+            Error::connection(format!("connect to {address}{hint}"), e)
+        };
+        let publisher = Publisher::connect(
+            inner.publish_client.clone(),
+            inner.names.clone(),
+            timeout,
+            inner.dispatcher.config().consumer_error_sleep(),
+        )
+        .await
+        .map_err(at)?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let listener = Listener {
+            client: inner.pubsub_client.clone(),
+            name: inner.pubsub_name.clone(),
+            names: inner.names.clone(),
+            registry: inner.registry.clone(),
+            dispatcher: inner.dispatcher.clone(),
+            progress: inner.progress.clone(),
+            max_message_bytes: inner.config.max_message_bytes,
+            timeout,
+            ping_interval: inner.config.ping_interval(),
+            tx,
+        };
+        let conn = match tokio::time::timeout(timeout, listener.open(0)).await {
+            Ok(Ok(conn)) => conn,
+            Ok(Err(e)) => return Err(at(Error::connection("open pub/sub connection", e))),
+            Err(_) => {
+                return Err(at(Error::Timeout {
+                    operation: "open pub/sub connection".into(),
+                    after: timeout,
+                }));
+            }
+        };
+        inner.registry.attach(conn).await.map_err(at)?;
+        inner.dispatcher.start();
+        Ok(Started {
+            publisher,
+            listener: tokio::spawn(listener.run(rx, 0)),
+        })
+    }
+
+    /// Connects for a publish, handing `event` back on failure.
+    async fn publisher_for(&self, event: Event) -> Result<(Arc<Started>, Event), Error> {
+        match self.started().await {
+            Ok(started) => Ok((started, event)),
+            Err(Error::Closed) => Err(Error::Closed),
+            Err(e) => Err(publish_failed(event, e)),
+        }
+    }
+}
+
+fn publish_failed(event: Event, error: Error) -> Error {
+    Error::Publish {
+        event: Box::new(event),
+        source: error.into(),
+    }
+}
+
+fn read<T: Clone>(lock: &RwLock<Option<T>>) -> std::sync::RwLockReadGuard<'_, Option<T>> {
+    lock.read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl std::fmt::Debug for RedisEventBus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisEventBus")
+            .field("config", &self.inner.config)
+            .field("closed", &self.is_closed())
+            .finish_non_exhaustive()
+    }
+}
+
+#[async_trait]
+impl EventBus for RedisEventBus {
+    fn backend(&self) -> &'static str {
+        "redis"
+    }
+
+    async fn connect(&self) -> Result<(), Error> {
+        self.started().await.map(|_| ())
+    }
+
+    async fn publish(&self, event: Event) -> Result<(), Error> {
+        if self.is_closed() {
+            return Err(Error::Closed);
+        }
+        validate_topic(&event.topic)?;
+        let (started, event) = self.publisher_for(event).await?;
+        started.publisher.publish(event).await?;
+        self.inner.dispatcher.metrics().add_published(1);
+        Ok(())
+    }
+
+    async fn publish_batch(&self, events: Vec<Event>) -> Result<(), Error> {
+        if self.is_closed() {
+            return Err(Error::Closed);
+        }
+        for event in &events {
+            validate_topic(&event.topic)?;
+        }
+        let count = events.len() as u64;
+        if count == 0 {
+            return Ok(());
+        }
+        let started = match self.started().await {
+            Ok(started) => started,
+            Err(Error::Closed) => return Err(Error::Closed),
+            Err(e) => {
+                return Err(match events.into_iter().next() {
+                    Some(first) => publish_failed(first, e),
+                    None => e,
+                });
+            }
+        };
+        started.publisher.publish_batch(events).await?;
+        self.inner.dispatcher.metrics().add_published(count);
+        Ok(())
+    }
+
+    async fn subscribe_handler(
+        &self,
+        pattern: &str,
+        handler: Arc<dyn Handler>,
+    ) -> Result<Subscription, Error> {
+        if self.is_closed() {
+            return Err(Error::Closed);
+        }
+        let pattern = Pattern::parse(pattern)?;
+        self.started().await?;
+        let inner = &self.inner;
+        let target = inner.names.target(&pattern);
+        let id = inner
+            .registry
+            .subscribe(target, || {
+                inner.dispatcher.subscribe(pattern.clone(), handler)
+            })
+            .await?;
+        let control = Control {
+            dispatcher: inner.dispatcher.clone(),
+            registry: inner.registry.clone(),
+        };
+        Ok(Subscription::new(id, pattern, Arc::new(control)))
+    }
+
+    /// Waits until every event this bus published before the call has come back from
+    /// the server and been handled: a `PING` on the pub/sub connection is answered after
+    /// every message the server queued for it before, so once the listener has
+    /// dispatched everything received up to that answer, the dispatcher is flushed.
+    async fn flush(&self) -> Result<(), Error> {
+        self.started().await?;
+        let inner = &self.inner;
+        let mut conn = inner
+            .registry
+            .connection()
+            .await
+            .ok_or_else(|| Error::connection("flush", "the pub/sub connection is down"))?;
+        ping(&mut conn, inner.config.command_timeout()).await?;
+        let target = inner.progress.received.load(Ordering::Acquire);
+        let mut processed = inner.progress.processed.subscribe();
+        let mut link = inner.registry.watch_link();
+        tokio::select! {
+            done = processed.wait_for(|n| *n >= target) => {
+                done.map_err(|_| Error::Closed)?;
+            }
+            _ = link.wait_for(|l| !l.connected) => {
+                return Err(Error::connection("flush", "the pub/sub connection was lost"));
+            }
+        }
+        inner.dispatcher.flush().await;
+        Ok(())
+    }
+
+    fn metrics(&self) -> MetricsSnapshot {
+        self.inner.dispatcher.metrics().snapshot()
+    }
+
+    async fn health(&self) -> Health {
+        let link = self.inner.registry.link();
+        Health::new("redis", !self.is_closed(), link.connected, link.last_error)
+    }
+
+    async fn close(&self) -> Result<(), Error> {
+        let inner = &self.inner;
+        inner.closed.store(true, Ordering::Release);
+        let started = inner
+            .started
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(started) = &started {
+            started.listener.abort();
+        }
+        inner.registry.detach(None).await;
+        inner.dispatcher.close().await;
+        drop(started);
+        Ok(())
+    }
+}

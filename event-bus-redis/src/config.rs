@@ -1,0 +1,331 @@
+//! Configuration of the Redis backend.
+
+use std::{fmt, time::Duration};
+
+use event_bus_core::{
+    DispatcherConfig, Error, Secret, config::from_json_str, secret::redact_connection_string,
+};
+use redis::{ConnectionAddr, ConnectionInfo, IntoConnectionInfo, RedisConnectionInfo};
+use serde::{Deserialize, Serialize};
+
+/// Longest accepted `channel_prefix`, in bytes.
+pub const MAX_PREFIX_LEN: usize = 64;
+
+/// Configuration of [`RedisEventBus`](crate::RedisEventBus) (config
+/// `{"backend": "redis", ...}`).
+///
+/// Either give `url`, or the separate `host`, `port`, `ssl`, `username`, `password` and
+/// `db` keys; a `url` overrides all of those. Unknown keys are rejected. `Debug` output
+/// never shows the password (the one in `url` included).
+///
+/// ```
+/// use event_bus_redis::RedisConfig;
+/// let config = RedisConfig::from_url("rediss://:s3cret@cache.internal:6380/2")?;
+/// assert!(!format!("{config:?}").contains("s3cret"));
+///
+/// let config: RedisConfig = event_bus_core::config::from_json_str(
+///     r#"{"host": "cache", "channel_prefix": "billing", "dispatcher": {"queue_maxsize": 50}}"#,
+/// )?;
+/// assert_eq!(config.port, 6379);
+/// # Ok::<(), event_bus_core::Error>(())
+/// ```
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RedisConfig {
+    /// Server host name or IP address. Default: `"localhost"`.
+    pub host: String,
+    /// Server port. Default: `6379`.
+    pub port: u16,
+    /// Connect with TLS (like a `rediss://` URL). Default: `false`.
+    pub ssl: bool,
+    /// ACL user name; without it the password authenticates the `default` user.
+    /// Default: none.
+    pub username: Option<String>,
+    /// Password (`AUTH`). Never printed. Default: none.
+    pub password: Option<Secret>,
+    /// Database number (`SELECT`). Pub/sub channels are server-wide, so this only
+    /// matters for ACL rules and proxies. Default: `0`.
+    pub db: u32,
+    /// `redis://[user:password@]host[:port][/db]` or `rediss://…` (TLS). When set it
+    /// overrides `host`, `port`, `ssl`, `username`, `password` and `db`. Printed with
+    /// the password redacted. Default: none.
+    pub url: Option<String>,
+    /// Namespace of the bus: topic `t` travels on channel `{channel_prefix}:t`, so
+    /// applications (or tests) with different prefixes never see each other's events.
+    /// Non-empty, at most 64 bytes, no whitespace or control characters.
+    /// Default: `"events"`.
+    pub channel_prefix: String,
+    /// Received messages longer than this many bytes are counted as malformed and
+    /// skipped. Default: `8388608` (8 MiB).
+    pub max_message_bytes: usize,
+    /// Longest wait for the server when connecting, publishing, subscribing and
+    /// flushing; an operation still waiting then fails. Default: `5.0`.
+    pub command_timeout_seconds: f64,
+    /// How often the idle pub/sub connection is checked with `PING`, so a connection
+    /// that died silently is noticed and replaced; `0` disables the check.
+    /// Default: `10.0`.
+    pub ping_interval_seconds: f64,
+    /// Dispatcher settings (`dispatcher.consumer_error_sleep_seconds` caps the reconnect
+    /// backoff). Default: see [`DispatcherConfig`].
+    pub dispatcher: DispatcherConfig,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        Self {
+            host: "localhost".to_owned(),
+            port: 6379,
+            ssl: false,
+            username: None,
+            password: None,
+            db: 0,
+            url: None,
+            channel_prefix: "events".to_owned(),
+            max_message_bytes: 8 * 1024 * 1024,
+            command_timeout_seconds: 5.0,
+            ping_interval_seconds: 10.0,
+            dispatcher: DispatcherConfig::default(),
+        }
+    }
+}
+
+impl RedisConfig {
+    /// Default settings connecting to `url` (`redis://` or `rediss://`).
+    ///
+    /// # Errors
+    /// [`Error::Config`] with key `url` if the URL cannot be used.
+    pub fn from_url(url: impl Into<String>) -> Result<Self, Error> {
+        let config = Self {
+            url: Some(url.into()),
+            ..Self::default()
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Parses a JSON object of these keys.
+    ///
+    /// # Errors
+    /// [`Error::Config`] naming the unknown, mistyped or invalid key.
+    pub fn from_json_str(json: &str) -> Result<Self, Error> {
+        let config: Self = from_json_str(json)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks every value.
+    ///
+    /// # Errors
+    /// [`Error::Config`] naming the key and the problem.
+    pub fn validate(&self) -> Result<(), Error> {
+        self.dispatcher.validate()?;
+        let prefix = &self.channel_prefix;
+        if prefix.is_empty() || prefix.len() > MAX_PREFIX_LEN {
+            return Err(Error::config(
+                "channel_prefix",
+                format!(
+                    "must be 1 to {MAX_PREFIX_LEN} bytes long, got {}",
+                    prefix.len()
+                ),
+            ));
+        }
+        if prefix.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(Error::config(
+                "channel_prefix",
+                "must not contain whitespace or control characters",
+            ));
+        }
+        if self.port == 0 {
+            return Err(Error::config("port", "must be between 1 and 65535"));
+        }
+        if self.max_message_bytes == 0 {
+            return Err(Error::config("max_message_bytes", "must be at least 1"));
+        }
+        seconds(
+            "command_timeout_seconds",
+            self.command_timeout_seconds,
+            false,
+        )?;
+        seconds("ping_interval_seconds", self.ping_interval_seconds, true)?;
+        self.connection_info().map(|_| ())
+    }
+
+    /// `command_timeout_seconds` as a duration.
+    pub fn command_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.command_timeout_seconds)
+    }
+
+    /// `ping_interval_seconds` as a duration, `None` when disabled.
+    pub fn ping_interval(&self) -> Option<Duration> {
+        (self.ping_interval_seconds > 0.0)
+            .then(|| Duration::from_secs_f64(self.ping_interval_seconds))
+    }
+
+    /// Whether connections use TLS.
+    pub fn uses_tls(&self) -> bool {
+        match &self.url {
+            Some(url) => url.starts_with("rediss://"),
+            None => self.ssl,
+        }
+    }
+
+    /// The server address with any password redacted, for logs.
+    pub fn redacted_address(&self) -> String {
+        match &self.url {
+            Some(url) => redact_connection_string(url),
+            None => {
+                let scheme = if self.ssl { "rediss" } else { "redis" };
+                format!("{scheme}://{}:{}/{}", self.host, self.port, self.db)
+            }
+        }
+    }
+
+    /// The `redis` crate's connection settings.
+    pub(crate) fn connection_info(&self) -> Result<ConnectionInfo, Error> {
+        if let Some(url) = &self.url {
+            if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+                return Err(Error::config(
+                    "url",
+                    format!(
+                        "must start with redis:// or rediss://, got {:?}",
+                        redact_connection_string(url)
+                    ),
+                ));
+            }
+            // The driver's message may quote the URL: never show it.
+            return url.as_str().into_connection_info().map_err(|e| {
+                Error::config("url", format!("not a usable Redis URL ({:?})", e.kind()))
+            });
+        }
+        let addr = if self.ssl {
+            ConnectionAddr::TcpTls {
+                host: self.host.clone(),
+                port: self.port,
+                insecure: false,
+                tls_params: None,
+            }
+        } else {
+            ConnectionAddr::Tcp(self.host.clone(), self.port)
+        };
+        let mut redis = RedisConnectionInfo::default().set_db(i64::from(self.db));
+        if let Some(user) = &self.username {
+            redis = redis.set_username(user);
+        }
+        if let Some(password) = &self.password {
+            redis = redis.set_password(password.expose());
+        }
+        let info = addr
+            .into_connection_info()
+            .map_err(|e| Error::config("host", e.to_string()))?;
+        Ok(info.set_redis_settings(redis))
+    }
+}
+
+fn seconds(key: &str, value: f64, zero_ok: bool) -> Result<(), Error> {
+    let ok = value.is_finite() && value < 1e9 && (value > 0.0 || (zero_ok && value == 0.0));
+    if ok {
+        Ok(())
+    } else {
+        let what = if zero_ok {
+            "zero or positive"
+        } else {
+            "positive"
+        };
+        Err(Error::config(
+            key,
+            format!("must be a {what} number of seconds, got {value}"),
+        ))
+    }
+}
+
+impl fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisConfig")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("ssl", &self.ssl)
+            .field("username", &self.username)
+            .field("password", &self.password)
+            .field("db", &self.db)
+            .field("url", &self.url.as_deref().map(redact_connection_string))
+            .field("channel_prefix", &self.channel_prefix)
+            .field("max_message_bytes", &self.max_message_bytes)
+            .field("command_timeout_seconds", &self.command_timeout_seconds)
+            .field("ping_interval_seconds", &self.ping_interval_seconds)
+            .field("dispatcher", &self.dispatcher)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults() {
+        let c = RedisConfig::default();
+        assert_eq!(
+            (c.host.as_str(), c.port, c.ssl, c.db),
+            ("localhost", 6379, false, 0)
+        );
+        assert_eq!(c.channel_prefix, "events");
+        assert_eq!(c.max_message_bytes, 8 << 20);
+        c.validate().unwrap();
+        assert_eq!(c.redacted_address(), "redis://localhost:6379/0");
+    }
+
+    #[test]
+    fn secrets_never_in_debug() {
+        let c = RedisConfig {
+            password: Some(Secret::new("hunter2")),
+            ..RedisConfig::from_url("redis://app:s3cret@h:1/3").unwrap()
+        };
+        let text = format!("{c:?}");
+        assert!(
+            !text.contains("hunter2") && !text.contains("s3cret"),
+            "{text}"
+        );
+        assert!(text.contains("redis://app:***@h:1/3"), "{text}");
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        for (json, key) in [
+            (r#"{"port": 0}"#, "port"),
+            (r#"{"port": "x"}"#, "port"),
+            (r#"{"prot": 1}"#, "prot"),
+            (r#"{"channel_prefix": ""}"#, "channel_prefix"),
+            (r#"{"channel_prefix": "a b"}"#, "channel_prefix"),
+            (r#"{"url": "http://x"}"#, "url"),
+            (r#"{"url": "redis://"}"#, "url"),
+            (r#"{"max_message_bytes": 0}"#, "max_message_bytes"),
+            (
+                r#"{"command_timeout_seconds": 0}"#,
+                "command_timeout_seconds",
+            ),
+            (r#"{"ping_interval_seconds": -1}"#, "ping_interval_seconds"),
+            (
+                r#"{"dispatcher": {"queue_maxsize": 0}}"#,
+                "dispatcher.queue_maxsize",
+            ),
+        ] {
+            let err = RedisConfig::from_json_str(json).unwrap_err().to_string();
+            assert!(err.contains(&format!("`{key}`")), "{json}: {err}");
+        }
+    }
+
+    #[test]
+    fn url_and_ssl_select_tls() {
+        assert!(RedisConfig::from_url("rediss://h").unwrap().uses_tls());
+        assert!(!RedisConfig::from_url("redis://h").unwrap().uses_tls());
+        let c = RedisConfig {
+            ssl: true,
+            ..RedisConfig::default()
+        };
+        assert!(c.uses_tls());
+        assert!(matches!(
+            c.connection_info().unwrap().addr(),
+            ConnectionAddr::TcpTls { .. }
+        ));
+    }
+}

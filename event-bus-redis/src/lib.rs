@@ -1,0 +1,72 @@
+//! Redis pub/sub backend of the `event-bus` crate family.
+//!
+//! [`RedisEventBus`] publishes each event as a versioned JSON envelope
+//! (`docs/wire-format.md`) with `PUBLISH` on one multiplexed connection, and receives on
+//! one dedicated pub/sub connection; every received event goes through the shared
+//! [`Dispatcher`](event_bus_core::Dispatcher) (queues, priorities, timeouts, failure
+//! tracking), exactly as on the memory backend.
+//!
+//! # Channels
+//!
+//! Topic `t` travels on the Redis channel `{channel_prefix}:t` (prefix `events` by
+//! default), so applications with different prefixes share a server without seeing
+//! each other's events. A subscription to a plain topic is a `SUBSCRIBE` of its channel;
+//! a wildcard pattern is a `PSUBSCRIBE` of a Redis glob matching at least the same
+//! channels, and the core [pattern](event_bus_core::pattern) language then decides
+//! exactly, so escapes and character classes behave as on every other backend. Local
+//! subscriptions that need the same server subscription share it; each local
+//! subscription receives an event once, however many server subscriptions match it.
+//!
+//! # Guarantees
+//!
+//! Redis pub/sub is **at-most-once**: an event published while a subscriber is
+//! disconnected is lost for that subscriber, and nothing is replayed. A publish that
+//! fails (server unreachable, connection lost, `command_timeout_seconds` passed) returns
+//! [`Error::Publish`](event_bus_core::Error::Publish) with the event; it may or may not
+//! have reached the server.
+//!
+//! # Reconnects
+//!
+//! When the pub/sub connection is lost (server restart, `CLIENT KILL`, a network cut, or
+//! a failed periodic `PING`), the bus logs a warning, reconnects with exponential
+//! backoff capped at `dispatcher.consumer_error_sleep_seconds`, subscribes every live
+//! subscription again exactly once, counts the reconnect in
+//! [`MetricsSnapshot::reconnects`](event_bus_core::MetricsSnapshot::reconnects) and logs
+//! another warning. `health()` reports the connection state and last error. The
+//! publishing connection reconnects on the next publish after it was lost.
+//!
+//! # Example
+//!
+//! ```no_run
+//! use event_bus_core::{Event, EventBus, EventBusExt, EventType};
+//! use event_bus_redis::{RedisConfig, RedisEventBus};
+//!
+//! # #[tokio::main] async fn main() -> Result<(), event_bus_core::Error> {
+//! let bus = RedisEventBus::new(RedisConfig {
+//!     channel_prefix: "shop".into(),
+//!     ..RedisConfig::from_url("redis://localhost:6379")?
+//! })?;
+//! bus.connect().await?;
+//! let sub = bus
+//!     .subscribe("orders:*", |event: Event| async move {
+//!         println!("{} on {}", event.event_type, event.topic);
+//!         Ok::<(), std::io::Error>(())
+//!     })
+//!     .await?;
+//! // Travels on channel `shop:orders:eu`.
+//! bus.publish(Event::new(EventType::Created, "orders:eu", serde_json::json!({"id": 1}))).await?;
+//! bus.flush().await?;
+//! sub.cancel().await;
+//! bus.close().await?;
+//! # Ok(()) }
+//! ```
+
+mod bus;
+mod channel;
+mod config;
+mod listener;
+mod publisher;
+mod registry;
+
+pub use bus::RedisEventBus;
+pub use config::{MAX_PREFIX_LEN, RedisConfig};

@@ -1,0 +1,247 @@
+//! The server-side subscriptions of one bus: which channels and globs the pub/sub
+//! connection must be subscribed to, reference-counted over the local subscriptions,
+//! and the state of that connection.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Weak},
+    time::Duration,
+};
+
+use async_trait::async_trait;
+use event_bus_core::{
+    Dispatcher, Error, SubscriptionId, dispatcher::RemovalHook, subscription::CancelSubscription,
+};
+use redis::aio::MultiplexedConnection;
+use tokio::{
+    sync::{Mutex, watch},
+    time::{Instant, timeout_at},
+};
+
+use crate::channel::ServerTarget;
+
+/// The state of the pub/sub connection, for `health()` and for waiters.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Link {
+    pub(crate) connected: bool,
+    pub(crate) last_error: Option<String>,
+}
+
+#[derive(Default)]
+struct State {
+    /// The live pub/sub connection; `None` while disconnected.
+    conn: Option<MultiplexedConnection>,
+    /// Server subscriptions and how many local subscriptions need each.
+    targets: HashMap<ServerTarget, usize>,
+    /// The server subscription of each local subscription.
+    owners: HashMap<SubscriptionId, ServerTarget>,
+}
+
+/// Server subscriptions of one bus. Every change, and every (re)subscribe after a
+/// reconnect, happens under one lock, so each live target is subscribed exactly once
+/// on each connection.
+pub(crate) struct Registry {
+    state: Mutex<State>,
+    link: watch::Sender<Link>,
+    timeout: Duration,
+}
+
+impl Registry {
+    pub(crate) fn new(timeout: Duration) -> Self {
+        Self {
+            state: Mutex::new(State::default()),
+            link: watch::Sender::new(Link::default()),
+            timeout,
+        }
+    }
+
+    /// The current connection state.
+    pub(crate) fn link(&self) -> Link {
+        self.link.borrow().clone()
+    }
+
+    /// A receiver of connection state changes.
+    pub(crate) fn watch_link(&self) -> watch::Receiver<Link> {
+        self.link.subscribe()
+    }
+
+    /// Makes sure the server is subscribed to `target`, then registers the local
+    /// subscription `register` creates. Waits (up to the command timeout) for the
+    /// connection if it is down.
+    pub(crate) async fn subscribe(
+        &self,
+        target: ServerTarget,
+        register: impl FnOnce() -> Result<SubscriptionId, Error>,
+    ) -> Result<SubscriptionId, Error> {
+        let deadline = Instant::now() + self.timeout;
+        let mut state = loop {
+            let state = timeout_at(deadline, self.state.lock())
+                .await
+                .map_err(|_| self.timed_out("subscribe"))?;
+            if state.conn.is_some() {
+                break state;
+            }
+            drop(state);
+            let mut link = self.link.subscribe();
+            timeout_at(deadline, link.wait_for(|l| l.connected))
+                .await
+                .map_err(|_| self.timed_out("subscribe (waiting for the connection)"))?
+                .map_err(|e| Error::connection("subscribe", e))?;
+        };
+        if !state.targets.contains_key(&target) {
+            let mut conn = state.conn.clone().ok_or(Error::Closed)?;
+            let result = timeout_at(deadline, server_change(&mut conn, &target, true)).await;
+            match result {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(Error::connection(format!("subscribe to {target:?}"), e)),
+                Err(_) => return Err(self.timed_out("subscribe")),
+            }
+        }
+        let id = match register() {
+            Ok(id) => id,
+            Err(e) => {
+                // Nothing registered: drop the server subscription again if it is unused.
+                if let (false, Some(mut conn)) =
+                    (state.targets.contains_key(&target), state.conn.clone())
+                {
+                    let _ = timeout_at(deadline, server_change(&mut conn, &target, false)).await;
+                }
+                return Err(e);
+            }
+        };
+        *state.targets.entry(target.clone()).or_insert(0) += 1;
+        state.owners.insert(id, target);
+        Ok(id)
+    }
+
+    /// Forgets local subscription `id`; unsubscribes the server from its target when
+    /// no other local subscription needs it. Best effort: a failed `UNSUBSCRIBE` only
+    /// means messages nobody wants still arrive until the next reconnect.
+    pub(crate) async fn release(&self, id: SubscriptionId) {
+        let mut state = self.state.lock().await;
+        let Some(target) = state.owners.remove(&id) else {
+            return;
+        };
+        let Some(count) = state.targets.get_mut(&target) else {
+            return;
+        };
+        *count -= 1;
+        if *count > 0 {
+            return;
+        }
+        state.targets.remove(&target);
+        if let Some(mut conn) = state.conn.clone() {
+            let deadline = Instant::now() + self.timeout;
+            match timeout_at(deadline, server_change(&mut conn, &target, false)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::debug!(?target, error = %e, "unsubscribe failed"),
+                Err(_) => tracing::debug!(?target, "unsubscribe timed out"),
+            }
+        }
+    }
+
+    /// Installs a fresh connection: subscribes it to every live target (one command per
+    /// kind), then makes it the current one. Returns how many targets it subscribed.
+    pub(crate) async fn attach(&self, mut conn: MultiplexedConnection) -> Result<usize, Error> {
+        let mut state = self.state.lock().await;
+        let mut channels = Vec::new();
+        let mut globs = Vec::new();
+        for target in state.targets.keys() {
+            match target {
+                ServerTarget::Channel(c) => channels.push(c.clone()),
+                ServerTarget::Glob(g) => globs.push(g.clone()),
+            }
+        }
+        let resubscribe = async {
+            if !channels.is_empty() {
+                conn.subscribe(&channels).await?;
+            }
+            if !globs.is_empty() {
+                conn.psubscribe(&globs).await?;
+            }
+            Ok::<_, redis::RedisError>(())
+        };
+        match tokio::time::timeout(self.timeout, resubscribe).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(Error::connection("resubscribe", e)),
+            Err(_) => return Err(self.timed_out("resubscribe")),
+        }
+        state.conn = Some(conn);
+        self.link.send_replace(Link {
+            connected: true,
+            last_error: None,
+        });
+        Ok(channels.len() + globs.len())
+    }
+
+    /// The current connection, if any.
+    pub(crate) async fn connection(&self) -> Option<MultiplexedConnection> {
+        self.state.lock().await.conn.clone()
+    }
+
+    /// Forgets the connection after it failed with `error` (or on close).
+    pub(crate) async fn detach(&self, error: Option<String>) {
+        self.state.lock().await.conn = None;
+        self.link.send_replace(Link {
+            connected: false,
+            last_error: error,
+        });
+    }
+
+    /// Records a failed reconnect attempt.
+    pub(crate) fn set_error(&self, error: String) {
+        self.link.send_modify(|l| l.last_error = Some(error));
+    }
+
+    fn timed_out(&self, operation: &str) -> Error {
+        Error::Timeout {
+            operation: operation.to_owned(),
+            after: self.timeout,
+        }
+    }
+}
+
+async fn server_change(
+    conn: &mut MultiplexedConnection,
+    target: &ServerTarget,
+    subscribe: bool,
+) -> redis::RedisResult<()> {
+    match (target, subscribe) {
+        (ServerTarget::Channel(c), true) => conn.subscribe(c).await,
+        (ServerTarget::Channel(c), false) => conn.unsubscribe(c).await,
+        (ServerTarget::Glob(g), true) => conn.psubscribe(g).await,
+        (ServerTarget::Glob(g), false) => conn.punsubscribe(g).await,
+    }
+}
+
+/// A removal hook for the dispatcher: when it drops a failing subscription by itself,
+/// release its server subscription too (in a task, as the hook is synchronous).
+pub(crate) fn removal_hook(registry: Weak<Registry>) -> RemovalHook {
+    Box::new(move |id, _pattern| {
+        let (Some(registry), Ok(runtime)) =
+            (registry.upgrade(), tokio::runtime::Handle::try_current())
+        else {
+            return;
+        };
+        runtime.spawn(async move { registry.release(id).await });
+    })
+}
+
+/// What a [`Subscription`](event_bus_core::Subscription) of this backend cancels through.
+pub(crate) struct Control {
+    pub(crate) dispatcher: Dispatcher,
+    pub(crate) registry: Arc<Registry>,
+}
+
+#[async_trait]
+impl CancelSubscription for Control {
+    async fn cancel_subscription(&self, id: SubscriptionId) {
+        // Local delivery stops first; the server subscription goes afterwards.
+        self.dispatcher.unsubscribe(id).await;
+        self.registry.release(id).await;
+    }
+
+    fn is_subscribed(&self, id: SubscriptionId) -> bool {
+        self.dispatcher.is_subscribed(id)
+    }
+}
