@@ -8,14 +8,12 @@ use std::{
     time::Duration,
 };
 
-use event_bus::{Error, Event, EventBus, EventBusExt, Subscription};
-use tokio::sync::Semaphore;
-
-use super::{bus, bus_with, event, patient_dispatcher};
+use super::{bus, bus_with, event, gated, patient_dispatcher};
 use crate::{
     factories::Factory,
     support::{DEADLINE, Recorder, wait_until},
 };
+use event_bus::{Error, Event, EventBus, EventBusExt, Subscription};
 
 /// After `cancel` returns, the handler gets nothing more.
 pub async fn cancel_stops_delivery(factory: Factory) {
@@ -171,19 +169,7 @@ pub async fn handler_can_close_the_bus(factory: Factory) {
 pub async fn close_drains_accepted_events(factory: Factory) {
     let (ns, bus) = bus_with(factory, patient_dispatcher()).await;
     let topic = format!("{ns}:drain");
-    let gate = Arc::new(Semaphore::new(0));
-    let r = Recorder::new();
-    let (g, inner) = (gate.clone(), r.handler());
-    bus.subscribe(&topic, move |e: Event| {
-        let g = g.clone();
-        let fut = event_bus::Handler::call(&inner, e);
-        async move {
-            let _ = g.acquire().await.map(|p| p.forget());
-            fut.await
-        }
-    })
-    .await
-    .unwrap();
+    let (r, gate) = gated(bus.as_ref(), &topic).await;
     for i in 0..20 {
         bus.publish(event(&topic, i)).await.unwrap();
     }

@@ -12,10 +12,15 @@ pub mod wire;
 
 use std::sync::Arc;
 
-use event_bus::{DispatcherConfig, Event, EventBus, EventType};
+use event_bus::{DispatcherConfig, Event, EventBus, EventBusExt, EventType};
 use serde_json::json;
 
-use crate::{factories::Factory, support::namespace};
+use tokio::sync::Semaphore;
+
+use crate::{
+    factories::Factory,
+    support::{Recorder, namespace},
+};
 
 /// Dispatcher settings for the suite: short timeouts so failure cases finish quickly.
 pub fn test_dispatcher() -> DispatcherConfig {
@@ -55,6 +60,24 @@ pub async fn bus_with(
 /// An event on `topic` whose payload is `n`.
 pub fn event(topic: impl Into<String>, n: u64) -> Event {
     Event::new(EventType::Created, topic, json!(n))
+}
+
+/// Subscribes a recorder behind a gate that lets one call through per permit.
+pub async fn gated(bus: &dyn event_bus::EventBus, pattern: &str) -> (Recorder, Arc<Semaphore>) {
+    let gate = Arc::new(Semaphore::new(0));
+    let r = Recorder::new();
+    let (g, inner) = (gate.clone(), r.handler());
+    bus.subscribe(pattern, move |e: Event| {
+        let g = g.clone();
+        let fut = event_bus::Handler::call(&inner, e);
+        async move {
+            let _ = g.acquire().await.map(|p| p.forget());
+            fut.await
+        }
+    })
+    .await
+    .unwrap();
+    (r, gate)
 }
 
 /// Instantiates every conformance case for one backend as `#[tokio::test]`s in a module

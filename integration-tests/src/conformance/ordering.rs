@@ -1,33 +1,12 @@
 //! Priority and FIFO order under backlog.
 
-use std::sync::Arc;
+use event_bus::Priority;
 
-use event_bus::{Event, EventBusExt, Priority};
-use tokio::sync::Semaphore;
-
-use super::{bus_with, event, patient_dispatcher};
+use super::{bus_with, event, gated, patient_dispatcher};
 use crate::{
     factories::Factory,
-    support::{DEADLINE, Recorder, wait_until},
+    support::{DEADLINE, wait_until},
 };
-
-/// Subscribes a recorder behind a gate that lets one call through per permit.
-async fn gated(bus: &dyn event_bus::EventBus, pattern: &str) -> (Recorder, Arc<Semaphore>) {
-    let gate = Arc::new(Semaphore::new(0));
-    let r = Recorder::new();
-    let (g, inner) = (gate.clone(), r.handler());
-    bus.subscribe(pattern, move |e: Event| {
-        let g = g.clone();
-        let fut = event_bus::Handler::call(&inner, e);
-        async move {
-            let _ = g.acquire().await.map(|p| p.forget());
-            fut.await
-        }
-    })
-    .await
-    .unwrap();
-    (r, gate)
-}
 
 /// While the handler is busy, more urgent events overtake less urgent ones.
 pub async fn more_urgent_first_under_backlog(factory: Factory) {
