@@ -146,8 +146,13 @@ impl Config {
         };
         let rest = serde_json::Value::Object(map);
         match name {
+            // Values are checked here too, so a bad config fails when it is read.
             #[cfg(feature = "memory")]
-            BackendName::Memory => Ok(Self::Memory(from_json_value(rest)?)),
+            BackendName::Memory => {
+                let config: event_bus_memory::MemoryConfig = from_json_value(rest)?;
+                config.dispatcher.validate()?;
+                Ok(Self::Memory(config))
+            }
             #[cfg(feature = "redis")]
             BackendName::Redis => {
                 let config: event_bus_redis::RedisConfig = from_json_value(rest)?;
@@ -155,7 +160,11 @@ impl Config {
                 Ok(Self::Redis(config))
             }
             #[cfg(feature = "postgres")]
-            BackendName::Postgres => Ok(Self::Postgres(from_json_value(rest)?)),
+            BackendName::Postgres => {
+                let config: event_bus_postgres::PostgresConfig = from_json_value(rest)?;
+                config.validate()?;
+                Ok(Self::Postgres(config))
+            }
             #[allow(unreachable_patterns)]
             other => {
                 let _ = rest;
@@ -229,6 +238,19 @@ mod tests {
     }
 
     #[test]
+    fn values_are_checked_when_read() {
+        let err = Config::from_json_str(
+            r#"{"backend": "memory", "dispatcher": {"handler_timeout_seconds": 0}}"#,
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("dispatcher.handler_timeout_seconds"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn memory_alone_works() {
         assert_eq!(
             Config::from_json_str(r#"{"backend":"memory"}"#)
@@ -236,6 +258,18 @@ mod tests {
                 .backend(),
             BackendName::Memory
         );
+    }
+
+    #[test]
+    fn the_disabled_error_names_the_feature() {
+        // Checked for every backend, whatever features this build has.
+        for name in BackendName::ALL {
+            let err = name.disabled().to_string();
+            assert!(
+                err.contains(&format!("enable the `{name}` feature")),
+                "{err}"
+            );
+        }
     }
 
     #[test]
