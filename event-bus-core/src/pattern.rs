@@ -11,7 +11,7 @@
 //!
 //! Inside a class, `\` escapes the next character and a `]` right after `[` or `[!` is
 //! literal. A pattern is rejected when it is empty, longer than
-//! [`MAX_TOPIC_LEN`](crate::topic::MAX_TOPIC_LEN) bytes, holds whitespace or a control
+//! [`MAX_TOPIC_LEN`] bytes, holds whitespace or a control
 //! character, has an unclosed `[`, an empty class or a reversed range, or ends in a
 //! lone `\`. A pattern without wildcards is a plain topic and must also be a valid topic.
 //!

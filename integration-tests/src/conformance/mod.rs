@@ -1,5 +1,5 @@
 //! The conformance suite: the executable form of the `EventBus` contract. Every case is
-//! a small generic function taking a [`Factory`](crate::factories::Factory); the
+//! a small generic function taking a backend [`Factory`]; the
 //! [`conformance_suite!`](crate::conformance_suite) macro instantiates all of them for
 //! one backend, so a failure reads `redis::cancel_stops_delivery`.
 
