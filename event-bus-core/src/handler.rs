@@ -18,6 +18,10 @@ pub type HandlerFuture = Pin<Box<dyn Future<Output = Result<(), BoxError>> + Sen
 /// `dispatcher.handler_timeout_seconds`. After `dispatcher.handler_max_failures`
 /// consecutive failures the subscription is cancelled automatically.
 ///
+/// A handler runs on the Tokio runtime: it must not block the thread (use
+/// `tokio::task::spawn_blocking` for blocking work). The timeout can only cancel a handler
+/// at an `.await`.
+///
 /// ```
 /// use event_bus_core::{Event, Handler};
 ///
