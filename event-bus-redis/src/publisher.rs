@@ -53,10 +53,11 @@ impl Publisher {
     pub(crate) async fn publish(&self, event: Event) -> Result<(), Error> {
         let payload = encode(&event)?;
         let channel = self.names.channel(&event.topic);
-        let mut conn = self.conn.clone();
         let mut cmd = redis::cmd("PUBLISH");
         cmd.arg(channel).arg(payload);
-        match tokio::time::timeout(self.timeout, cmd.exec_async(&mut conn)).await {
+        let cmd = &cmd;
+        let send = self.send(|mut conn| async move { cmd.exec_async(&mut conn).await });
+        match tokio::time::timeout(self.timeout, send).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(publish_error(event, e.into())),
             Err(_) => Err(publish_error(
@@ -79,13 +80,13 @@ impl Publisher {
                 .arg(encode(event)?)
                 .ignore();
         }
-        let mut conn = self.conn.clone();
-        let failure: BoxError =
-            match tokio::time::timeout(self.timeout, pipe.exec_async(&mut conn)).await {
-                Ok(Ok(())) => return Ok(()),
-                Ok(Err(e)) => e.into(),
-                Err(_) => timed_out("publish", self.timeout).into(),
-            };
+        let pipe = &pipe;
+        let send = self.send(|mut conn| async move { pipe.exec_async(&mut conn).await });
+        let failure: BoxError = match tokio::time::timeout(self.timeout, send).await {
+            Ok(Ok(())) => return Ok(()),
+            Ok(Err(e)) => e.into(),
+            Err(_) => timed_out("publish", self.timeout).into(),
+        };
         let count = events.len();
         let Some(first) = events.into_iter().next() else {
             return Ok(());
@@ -94,6 +95,23 @@ impl Publisher {
             first,
             format!("batch of {count} events (some may have been published): {failure}").into(),
         ))
+    }
+
+    /// Runs `request` on the connection, trying a second time if the connection was
+    /// refused. A refusal means the command never left (no duplicate), and it may be
+    /// stale: after an outage longer than its own retries (a server restart), the
+    /// connection manager hands the failure of its last reconnect attempt to the next
+    /// request, and only that request makes it try again. The second try waits for that
+    /// fresh attempt, so the first publish after the server is back succeeds.
+    async fn send<F, Fut>(&self, request: F) -> redis::RedisResult<()>
+    where
+        F: Fn(ConnectionManager) -> Fut,
+        Fut: Future<Output = redis::RedisResult<()>>,
+    {
+        match request(self.conn.clone()).await {
+            Err(e) if e.is_connection_refusal() => request(self.conn.clone()).await,
+            result => result,
+        }
     }
 }
 

@@ -648,3 +648,148 @@ async fn concurrent_and_batch_publishing_deliver_everything() {
         Err(Error::Closed)
     ));
 }
+
+/// A private `redis-server` child process on a loopback port, for tests that restart the
+/// server itself. Dropping it kills and reaps the child, so it never outlives a test,
+/// whether the test passes or panics.
+struct OwnRedisServer {
+    port: u16,
+    child: Option<std::process::Child>,
+}
+
+impl OwnRedisServer {
+    /// Starts `redis-server` on a free loopback port and waits until it answers.
+    async fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .expect("a free loopback port")
+            .port();
+        let mut server = Self { port, child: None };
+        server.spawn().await;
+        server
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts the child on `self.port` (nothing in memory, nothing on disk) and waits
+    /// until that very process answers.
+    async fn spawn(&mut self) {
+        assert!(self.child.is_none(), "redis-server already running");
+        let child = std::process::Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
+            .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start redis-server (is it on PATH?)");
+        let pid = child.id();
+        self.child = Some(child);
+        let client = redis::Client::open(self.url()).unwrap();
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().unwrap()) {
+                panic!("redis-server on port {} exited: {status}", self.port);
+            }
+            let info = async {
+                let mut conn = client.get_multiplexed_async_connection().await?;
+                redis::cmd("INFO")
+                    .arg("server")
+                    .query_async::<String>(&mut conn)
+                    .await
+            };
+            // Only our child counts: another process could have taken the port.
+            if let Ok(Ok(info)) = tokio::time::timeout(Duration::from_millis(500), info).await {
+                assert!(
+                    info.lines()
+                        .any(|l| l.trim() == format!("process_id:{pid}")),
+                    "port {} is served by another process",
+                    self.port
+                );
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "redis-server on port {} never answered",
+                self.port
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Kills the child (SIGKILL, no shutdown handshake) and reaps it.
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for OwnRedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+#[tokio::test]
+async fn survives_a_server_restart() {
+    let ns = namespace();
+    let mut server = OwnRedisServer::start().await;
+    let mut config = config_at(&ns, server.url()).await;
+    config.dispatcher.consumer_error_sleep_seconds = 0.2;
+    config.command_timeout_seconds = 1.0;
+    let bus = connected(config).await;
+    let (exact, pattern) = (Recorder::new(), Recorder::new());
+    let topic = format!("{ns}:r");
+    bus.subscribe(&topic, exact.handler()).await.unwrap();
+    bus.subscribe(&format!("{ns}:*"), pattern.handler())
+        .await
+        .unwrap();
+    bus.publish(event(&topic, 1)).await.unwrap();
+    bus.flush().await.unwrap();
+    assert_eq!((exact.len(), pattern.len()), (1, 1));
+
+    server.kill();
+    let lost = event(&topic, 2);
+    let started = Instant::now();
+    let err = bus.publish(lost.clone()).await.unwrap_err();
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(matches!(err, Error::Publish { .. }), "{err}");
+    assert_eq!(err.into_event().unwrap(), lost);
+    wait_disconnected(&bus).await;
+    let health = bus.health().await;
+    assert!(
+        health.open && !health.connected && health.last_error.is_some(),
+        "{health:?}"
+    );
+
+    // Not synchronisation: the outage itself. A real restart takes a while, longer
+    // than the publishing connection's own reconnect attempts (a few hundred ms), and
+    // the first publish afterwards must not fail on their stale result.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(!bus.health().await.connected);
+    server.spawn().await;
+    let deadline = Instant::now() + DEADLINE;
+    while !(bus.metrics().reconnects >= 1 && bus.health().await.connected) {
+        assert!(Instant::now() < deadline, "the bus never reconnected");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(bus.health().await.is_healthy());
+    bus.publish(event(&topic, 3)).await.unwrap();
+    exact.wait_for(2, DEADLINE).await;
+    pattern.wait_for(2, DEADLINE).await;
+    bus.flush().await.unwrap();
+    let payloads =
+        |r: &Recorder| -> Vec<_> { r.events().iter().map(|e| e.payload.clone()).collect() };
+    assert_eq!(payloads(&exact), [json!(1), json!(3)]);
+    assert_eq!(payloads(&pattern), [json!(1), json!(3)]);
+    assert_eq!(bus.metrics().reconnects, 1);
+    bus.close().await.unwrap();
+}
