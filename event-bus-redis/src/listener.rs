@@ -8,7 +8,7 @@
 use std::{
     sync::{
         Arc,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicU64, AtomicUsize, Ordering},
     },
     time::Duration,
 };
@@ -30,6 +30,10 @@ use crate::{channel::ChannelNames, registry::Registry};
 pub(crate) struct Progress {
     pub(crate) received: AtomicU64,
     pub(crate) processed: watch::Sender<u64>,
+    /// Event messages the driver has handed over and the listener not yet dispatched.
+    buffered: AtomicUsize,
+    /// Event messages dropped because `buffered` was at its bound.
+    overflowed: AtomicU64,
 }
 
 impl Default for Progress {
@@ -37,11 +41,24 @@ impl Default for Progress {
         Self {
             received: AtomicU64::new(0),
             processed: watch::Sender::new(0),
+            buffered: AtomicUsize::new(0),
+            overflowed: AtomicU64::new(0),
         }
     }
 }
 
+/// Whether a push carries a published message (as opposed to connection or
+/// subscription notices, which are never dropped).
+fn is_message(push: &PushInfo) -> bool {
+    matches!(push.kind, PushKind::Message | PushKind::PMessage)
+}
+
 type Push = (u64, PushInfo);
+
+/// How many received messages may wait for the dispatcher, per slot of a subscription
+/// queue (`dispatcher.queue_maxsize`): generous enough that bursts are never dropped,
+/// small enough that a subscriber that cannot keep up does not exhaust memory.
+const BUFFER_PER_QUEUE_SLOT: usize = 64;
 
 /// Everything the listener task needs; see the [module docs](self).
 pub(crate) struct Listener {
@@ -60,13 +77,37 @@ pub(crate) struct Listener {
 impl Listener {
     /// Opens a pub/sub connection whose messages are tagged with `generation`, named
     /// so operators (and tests) can find it in `CLIENT LIST`.
+    ///
+    /// The driver reads the socket on its own and cannot be slowed down, so while the
+    /// dispatcher is full (overflow `block`) messages wait here; at most
+    /// [`BUFFER_PER_QUEUE_SLOT`] × `dispatcher.queue_maxsize` of them. Beyond that an
+    /// event message is dropped, counted in `dropped` and logged, rather than buffered
+    /// without bound.
     pub(crate) async fn open(&self, generation: u64) -> Result<MultiplexedConnection, RedisError> {
         let tx = self.tx.clone();
         let progress = self.progress.clone();
+        let metrics = self.dispatcher.metrics().clone();
+        let bound = self
+            .dispatcher
+            .config()
+            .queue_maxsize
+            .saturating_mul(BUFFER_PER_QUEUE_SLOT);
+        let connection = self.name.clone();
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(self.timeout))
             .set_response_timeout(Some(self.timeout))
             .set_push_sender(move |info: PushInfo| {
+                if is_message(&info) {
+                    if progress.buffered.load(Ordering::Acquire) >= bound {
+                        metrics.add_dropped(1);
+                        let n = progress.overflowed.fetch_add(1, Ordering::AcqRel) + 1;
+                        if n.is_power_of_two() {
+                            tracing::warn!(dropped = n, bound, %connection, "receive buffer full: redis message dropped");
+                        }
+                        return Ok(());
+                    }
+                    progress.buffered.fetch_add(1, Ordering::AcqRel);
+                }
                 progress.received.fetch_add(1, Ordering::AcqRel);
                 tx.send((generation, info))
             });
@@ -136,6 +177,9 @@ impl Listener {
         let mut lost = false;
         while let Some((g, push)) = next.take() {
             handled += 1;
+            if is_message(&push) {
+                self.progress.buffered.fetch_sub(1, Ordering::AcqRel);
+            }
             if g == generation {
                 if push.kind == PushKind::Disconnection {
                     lost = true;
@@ -175,7 +219,12 @@ impl Listener {
             loop {
                 tokio::select! {
                     () = &mut sleep => break,
-                    Some(_) = rx.recv() => { self.progress.processed.send_modify(|n| *n += 1); }
+                    Some((_, push)) = rx.recv() => {
+                        if is_message(&push) {
+                            self.progress.buffered.fetch_sub(1, Ordering::AcqRel);
+                        }
+                        self.progress.processed.send_modify(|n| *n += 1);
+                    }
                 }
             }
             generation += 1;

@@ -793,3 +793,55 @@ async fn survives_a_server_restart() {
     assert_eq!(bus.metrics().reconnects, 1);
     bus.close().await.unwrap();
 }
+
+/// A subscriber that cannot keep up does not buffer without bound: past 64 ×
+/// `queue_maxsize` waiting messages, received events are dropped and counted, and
+/// every event is either delivered or counted.
+#[tokio::test]
+async fn a_slow_subscriber_drops_and_counts_instead_of_buffering_forever() {
+    let ns = namespace();
+    let mut sub_config = config(&ns).await;
+    sub_config.dispatcher.queue_maxsize = 2; // receive buffer: 128 messages
+    sub_config.dispatcher.handler_timeout_seconds = 30.0;
+    let subscriber = connected(sub_config).await;
+    let publisher = connected(config(&ns).await).await;
+    let topic = format!("{ns}:flood");
+    let (r, gate) = integration_tests::conformance::gated(&subscriber, &topic).await;
+    let total = 2000u64;
+    publisher
+        .publish_batch((0..total).map(|i| event(&topic, i)).collect())
+        .await
+        .unwrap();
+    assert!(
+        wait_until(DEADLINE, || subscriber.metrics().dropped > 0).await,
+        "nothing was dropped: the receive buffer is not bounded"
+    );
+    gate.add_permits(total as usize);
+    let accounted = || {
+        let m = subscriber.metrics();
+        m.delivered + m.dropped
+    };
+    assert!(
+        wait_until(DEADLINE, || accounted() == total).await,
+        "delivered + dropped = {} of {total}",
+        accounted()
+    );
+    subscriber.flush().await.unwrap();
+    let m = subscriber.metrics();
+    assert_eq!(r.len() as u64, m.delivered);
+    assert_eq!(m.delivered + m.dropped, total);
+    // At least the receive buffer's worth got through; the rest of the burst did not
+    // fit while the handler was held.
+    assert!(m.dropped > 0 && m.delivered >= 128, "{m:?}");
+    let payloads: Vec<u64> = r
+        .events()
+        .iter()
+        .map(|e| e.payload.as_u64().unwrap())
+        .collect();
+    assert!(
+        payloads.windows(2).all(|w| w[0] < w[1]),
+        "order kept: {payloads:?}"
+    );
+    subscriber.close().await.unwrap();
+    publisher.close().await.unwrap();
+}
