@@ -31,6 +31,7 @@
 //! waits for running calls to finish or time out, and returns.
 
 mod hasher;
+mod limit;
 mod mailbox;
 mod queue;
 mod registry;
@@ -48,7 +49,7 @@ use std::{
 };
 
 use async_trait::async_trait;
-use tokio::{sync::Semaphore, task::JoinHandle, time::Instant};
+use tokio::{task::JoinHandle, time::Instant};
 
 use self::{
     mailbox::{Mailbox, MailboxState, Status},
@@ -83,7 +84,7 @@ struct Ctx {
     /// `config.handler_timeout()`, computed once.
     handler_timeout: Duration,
     metrics: Arc<Metrics>,
-    concurrency: Semaphore,
+    concurrency: limit::Limit,
 }
 
 struct Shared {
@@ -124,7 +125,7 @@ impl Dispatcher {
         config.validate()?;
         let ctx = Ctx {
             handler_timeout: config.handler_timeout(),
-            concurrency: Semaphore::new(config.max_concurrent_handlers),
+            concurrency: limit::Limit::new(config.max_concurrent_handlers),
             config,
             metrics: Arc::new(Metrics::default()),
         };
@@ -443,7 +444,7 @@ impl Dispatcher {
             ctx.cancel_entry(entry);
         }
         // Running calls end by themselves within the handler timeout; the margin covers
-        // a worker that was waiting for a concurrency permit.
+        // a worker that was waiting for a concurrency slot.
         let stop_deadline =
             Instant::now() + ctx.config.handler_timeout() + Duration::from_millis(100);
         for (_, handle) in &mut workers {

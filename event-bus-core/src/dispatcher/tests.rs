@@ -173,3 +173,38 @@ async fn invalid_config_names_the_key() {
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handler_concurrency_is_bounded() {
+    let d = Dispatcher::new(DispatcherConfig {
+        max_concurrent_handlers: 2,
+        metrics_log_interval_s: 0,
+        ..DispatcherConfig::default()
+    })
+    .unwrap();
+    let (running, peak) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    for _ in 0..5 {
+        let (running, peak) = (running.clone(), peak.clone());
+        let handler = Arc::new(move |_e: Event| {
+            let (running, peak) = (running.clone(), peak.clone());
+            async move {
+                let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                peak.fetch_max(now, Ordering::SeqCst);
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                running.fetch_sub(1, Ordering::SeqCst);
+                Ok::<(), std::io::Error>(())
+            }
+        });
+        d.subscribe(Pattern::parse("*").unwrap(), handler).unwrap();
+    }
+    for i in 0..4 {
+        d.dispatch(ev(i, Priority::NORMAL)).await.unwrap();
+    }
+    d.flush().await;
+    assert_eq!(d.metrics().snapshot().delivered, 20);
+    assert_eq!(
+        peak.load(Ordering::SeqCst),
+        2,
+        "never more than 2 calls at once"
+    );
+}

@@ -80,11 +80,8 @@ async fn run(entry: &SubEntry, ctx: &Ctx, shared: Weak<Shared>) {
         if was_full {
             entry.mailbox.space.notify_waiters();
         }
-        let permit = match ctx.concurrency.try_acquire() {
-            Ok(permit) => Ok(permit),
-            Err(_) => ctx.concurrency.acquire().await,
-        };
-        if entry.is_cancelled() || permit.is_err() {
+        let slot = ctx.concurrency.enter().await;
+        if entry.is_cancelled() {
             ctx.metrics.add_dropped(1);
             return;
         }
@@ -96,7 +93,7 @@ async fn run(entry: &SubEntry, ctx: &Ctx, shared: Weak<Shared>) {
         )
         .await;
         entry.stats.set_in_flight(false);
-        drop(permit);
+        drop(slot);
         let latency = item.enqueued.elapsed();
         if !record(entry, ctx, &item.event, outcome, latency) {
             consecutive_failures = 0;
