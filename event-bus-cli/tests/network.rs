@@ -3,15 +3,23 @@
 
 mod support;
 
-use support::{Running, eventbus, host_port, namespace, server_available, temp_file};
+use support::{Running, eventbus, host_port, namespace, require_server, temp_file};
 
-fn redis_url() -> String {
-    std::env::var("EVENT_BUS_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+/// A config file for the Redis server of `EVENT_BUS_REDIS_URL` (or the local default),
+/// under a fresh channel prefix. Fails if no server answers.
+fn redis() -> std::path::PathBuf {
+    let url =
+        std::env::var("EVENT_BUS_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    require_server(&host_port(&url, 6379), "EVENT_BUS_REDIS_URL");
+    config("redis", "url", &url)
 }
 
-fn postgres_url() -> String {
-    std::env::var("EVENT_BUS_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+/// Like [`redis`], for PostgreSQL (`EVENT_BUS_POSTGRES_URL`).
+fn postgres() -> std::path::PathBuf {
+    let url = std::env::var("EVENT_BUS_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    require_server(&host_port(&url, 5432), "EVENT_BUS_POSTGRES_URL");
+    config("postgres", "connection_string", &url)
 }
 
 /// A config file for `backend` at `url` under a fresh channel prefix.
@@ -23,6 +31,20 @@ fn config(backend: &str, url_key: &str, url: &str) -> std::path::PathBuf {
     temp_file("config.toml", &toml)
 }
 
+/// Runs `eventbus --config <config> pub <args>` and asserts it succeeded.
+fn publish(config: &str, args: &[&str]) {
+    let out = eventbus()
+        .args(["--config", config, "pub"])
+        .args(args)
+        .output()
+        .expect("run pub");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 fn sub_receives_pub(config: &std::path::Path) {
     let config = config.to_str().expect("utf-8 temp path");
     let mut cmd = eventbus();
@@ -32,49 +54,21 @@ fn sub_receives_pub(config: &std::path::Path) {
     let mut sub = Running::spawn(cmd);
     sub.wait_stderr("subscribed to orders:* audit");
 
-    let out = eventbus()
-        .args(["--config", config, "pub", "orders:eu", r#"{"id": 42}"#])
-        .args([
+    publish(
+        config,
+        &[
+            "orders:eu",
+            r#"{"id": 42}"#,
             "--priority",
             "high",
             "--meta",
             "tenant=acme",
             "--source",
             "cli-test",
-        ])
-        .output()
-        .expect("run pub");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        ],
     );
-    let out = eventbus()
-        .args(["--config", config, "pub", "users:x", "1"])
-        .output()
-        .expect("run pub");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let out = eventbus()
-        .args([
-            "--config",
-            config,
-            "pub",
-            "audit",
-            r#""done""#,
-            "--type",
-            "login",
-        ])
-        .output()
-        .expect("run pub");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    publish(config, &["users:x", "1"]);
+    publish(config, &["audit", r#""done""#, "--type", "login"]);
 
     let first: serde_json::Value = serde_json::from_str(&sub.next_stdout()).expect("JSON line");
     assert_eq!(first["v"], 1);
@@ -117,39 +111,20 @@ fn bench_runs(config: &std::path::Path, raw_transport: &str) {
 
 #[test]
 fn redis_sub_receives_pub_from_another_process() {
-    let url = redis_url();
-    if !server_available(&host_port(&url, 6379), "EVENT_BUS_REDIS_URL") {
-        return;
-    }
-    sub_receives_pub(&config("redis", "url", &url));
+    sub_receives_pub(&redis());
 }
 
 #[test]
 fn postgres_sub_receives_pub_from_another_process() {
-    let url = postgres_url();
-    if !server_available(&host_port(&url, 5432), "EVENT_BUS_POSTGRES_URL") {
-        return;
-    }
-    sub_receives_pub(&config("postgres", "connection_string", &url));
+    sub_receives_pub(&postgres());
 }
 
 #[test]
 fn redis_bench_reports_bus_and_raw() {
-    let url = redis_url();
-    if !server_available(&host_port(&url, 6379), "EVENT_BUS_REDIS_URL") {
-        return;
-    }
-    bench_runs(&config("redis", "url", &url), "redis PUBLISH/SUBSCRIBE");
+    bench_runs(&redis(), "redis PUBLISH/SUBSCRIBE");
 }
 
 #[test]
 fn postgres_bench_reports_bus_and_raw() {
-    let url = postgres_url();
-    if !server_available(&host_port(&url, 5432), "EVENT_BUS_POSTGRES_URL") {
-        return;
-    }
-    bench_runs(
-        &config("postgres", "connection_string", &url),
-        "postgres pg_notify/LISTEN",
-    );
+    bench_runs(&postgres(), "postgres pg_notify/LISTEN");
 }
