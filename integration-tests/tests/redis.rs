@@ -476,6 +476,30 @@ async fn wait_disconnected(bus: &RedisEventBus) {
     }
 }
 
+/// Waits until `bus` reports the outage: still open, disconnected, with the error.
+async fn wait_reported_down(bus: &RedisEventBus) {
+    wait_disconnected(bus).await;
+    let health = bus.health().await;
+    assert!(
+        health.open && !health.connected && health.last_error.is_some(),
+        "{health:?}"
+    );
+}
+
+/// Publishing `sent` during an outage fails within 3 s with `Error::Publish`, which
+/// hands the event back.
+async fn publish_fails_fast(bus: &RedisEventBus, sent: Event) {
+    let started = Instant::now();
+    let err = bus.publish(sent.clone()).await.unwrap_err();
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(matches!(err, Error::Publish { .. }), "{err}");
+    assert_eq!(err.into_event().unwrap(), sent);
+}
+
 /// A bus connected through a fault-injecting proxy, with a short backoff.
 async fn proxied(ns: &str) -> (TcpProxy, RedisEventBus) {
     let proxy = TcpProxy::start(redis_server::addr().await).await;
@@ -521,35 +545,15 @@ async fn publishing_during_an_outage_fails_within_the_timeout() {
     // A black hole: connections stay open but nothing gets through.
     proxy.stall(true);
     let sent = event(format!("{ns}:lost"), 1);
-    let started = Instant::now();
-    let err = bus.publish(sent.clone()).await.unwrap_err();
-    assert!(
-        started.elapsed() < Duration::from_secs(3),
-        "{:?}",
-        started.elapsed()
-    );
-    assert!(matches!(err, Error::Publish { .. }), "{err}");
-    assert_eq!(err.into_event().unwrap(), sent);
+    publish_fails_fast(&bus, sent.clone()).await;
     // The server is gone: connections are refused.
     proxy.refuse(true);
     proxy.cut();
     proxy.stall(false);
     for _ in 0..3 {
-        let started = Instant::now();
-        let err = bus.publish(sent.clone()).await.unwrap_err();
-        assert!(
-            started.elapsed() < Duration::from_secs(3),
-            "{:?}",
-            started.elapsed()
-        );
-        assert_eq!(err.into_event().unwrap(), sent);
+        publish_fails_fast(&bus, sent.clone()).await;
     }
-    wait_disconnected(&bus).await;
-    let health = bus.health().await;
-    assert!(
-        health.open && !health.connected && health.last_error.is_some(),
-        "{health:?}"
-    );
+    wait_reported_down(&bus).await;
     assert!(bus.flush().await.is_err());
     proxy.refuse(false);
     assert!(wait_until(DEADLINE, || bus.metrics().reconnects >= 1).await);
@@ -754,21 +758,8 @@ async fn survives_a_server_restart() {
 
     server.kill();
     let lost = event(&topic, 2);
-    let started = Instant::now();
-    let err = bus.publish(lost.clone()).await.unwrap_err();
-    assert!(
-        started.elapsed() < Duration::from_secs(3),
-        "{:?}",
-        started.elapsed()
-    );
-    assert!(matches!(err, Error::Publish { .. }), "{err}");
-    assert_eq!(err.into_event().unwrap(), lost);
-    wait_disconnected(&bus).await;
-    let health = bus.health().await;
-    assert!(
-        health.open && !health.connected && health.last_error.is_some(),
-        "{health:?}"
-    );
+    publish_fails_fast(&bus, lost).await;
+    wait_reported_down(&bus).await;
 
     // Not synchronisation: the outage itself. A real restart takes a while, longer
     // than the publishing connection's own reconnect attempts (a few hundred ms), and
