@@ -4,7 +4,7 @@ mod support;
 
 use std::{io::Write, process::Stdio};
 
-use support::{Running, eventbus, temp_file};
+use support::{Running, eventbus, run_ok, temp_file};
 
 #[test]
 fn demo_runs_the_scenario_and_prints_the_metrics_table() {
@@ -125,15 +125,8 @@ fn sub_on_memory_exits_cleanly_on_ctrl_c() {
 
 #[test]
 fn bench_json_on_memory_is_a_well_formed_report() {
-    let out = eventbus()
-        .args(["bench", "--events", "2000", "--subscribers", "2", "--json"])
-        .output()
-        .expect("run bench");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out =
+        run_ok(eventbus().args(["bench", "--events", "2000", "--subscribers", "2", "--json"]));
     let report: serde_json::Value =
         serde_json::from_slice(&out.stdout).expect("bench --json prints JSON");
     assert_eq!(report["backend"], "memory");

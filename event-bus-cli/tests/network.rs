@@ -3,7 +3,7 @@
 
 mod support;
 
-use support::{Running, eventbus, host_port, namespace, require_server, temp_file};
+use support::{Running, eventbus, host_port, namespace, require_server, run_ok, temp_file};
 
 /// A config file for the Redis server of `EVENT_BUS_REDIS_URL` (or the local default),
 /// under a fresh channel prefix. Fails if no server answers.
@@ -33,16 +33,7 @@ fn config(backend: &str, url_key: &str, url: &str) -> std::path::PathBuf {
 
 /// Runs `eventbus --config <config> pub <args>` and asserts it succeeded.
 fn publish(config: &str, args: &[&str]) {
-    let out = eventbus()
-        .args(["--config", config, "pub"])
-        .args(args)
-        .output()
-        .expect("run pub");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_ok(eventbus().args(["--config", config, "pub"]).args(args));
 }
 
 fn sub_receives_pub(config: &std::path::Path) {
@@ -87,22 +78,8 @@ fn sub_receives_pub(config: &std::path::Path) {
 }
 
 fn bench_runs(config: &std::path::Path, raw_transport: &str) {
-    let out = eventbus()
-        .args([
-            "--config",
-            config.to_str().expect("utf-8"),
-            "bench",
-            "--events",
-            "300",
-            "--json",
-        ])
-        .output()
-        .expect("run bench");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let config = config.to_str().expect("utf-8");
+    let out = run_ok(eventbus().args(["--config", config, "bench", "--events", "300", "--json"]));
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON report");
     assert_eq!(report["bus"]["delivered"], 300, "{report}");
     assert_eq!(report["raw"]["delivered"], 300, "{report}");

@@ -29,6 +29,17 @@ pub fn eventbus() -> Command {
 }
 
 /// A unique lowercase name for channel prefixes and temp files.
+/// Runs `cmd` to completion and asserts it succeeded, showing its stderr if not.
+pub fn run_ok(cmd: &mut Command) -> std::process::Output {
+    let out = cmd.output().expect("run eventbus");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
 pub fn namespace() -> String {
     format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..12])
 }
