@@ -4,6 +4,8 @@
 
 #![allow(missing_docs)]
 
+mod support;
+
 use std::{
     convert::Infallible,
     future::ready,
@@ -15,26 +17,16 @@ use std::{
 };
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use event_bus_core::{DispatcherConfig, Event, EventBus, EventBusExt, EventType};
-use event_bus_memory::{MemoryConfig, MemoryEventBus};
+use event_bus_core::{Event, EventBus, EventBusExt, EventType};
 use tokio::{
     runtime::Runtime,
     sync::{broadcast, mpsc},
 };
 
-/// Events per measured iteration; queues hold a whole batch so neither side blocks.
-const BATCH: u64 = 10_000;
-const CAPACITY: usize = 16_384;
-
-fn runtime() -> Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("runtime")
-}
+use support::{BATCH, CAPACITY, runtime, time_batches};
 
 /// An order event with a JSON payload of about 200 bytes.
-pub fn sample_event() -> Event {
+fn sample_event() -> Event {
     let payload = serde_json::json!({
         "order_id": 123_456, "customer": "c-0042", "currency": "EUR", "total": 1234.5,
         "items": [{"sku": "XRP-USD-PERP", "qty": 3, "price": 0.5123},
@@ -46,14 +38,7 @@ pub fn sample_event() -> Event {
 }
 
 fn bench_bus(c: &mut Criterion, rt: &Runtime, subscribers: usize) {
-    let config = MemoryConfig {
-        dispatcher: DispatcherConfig {
-            queue_maxsize: CAPACITY,
-            metrics_log_interval_s: 0,
-            ..Default::default()
-        },
-    };
-    let bus = MemoryEventBus::new(config).expect("bus");
+    let bus = support::bus();
     let handled = Arc::new(AtomicU64::new(0));
     rt.block_on(async {
         for _ in 0..subscribers {
@@ -70,18 +55,7 @@ fn bench_bus(c: &mut Criterion, rt: &Runtime, subscribers: usize) {
     let mut group = c.benchmark_group("publish_to_handler");
     group.throughput(Throughput::Elements(BATCH));
     group.bench_function(BenchmarkId::new("event-bus", subscribers), |b| {
-        b.iter_custom(|iters| {
-            rt.block_on(async {
-                let start = Instant::now();
-                for _ in 0..iters {
-                    for _ in 0..BATCH {
-                        bus.publish(event.clone()).await.expect("publish");
-                    }
-                    bus.flush().await.expect("flush");
-                }
-                start.elapsed()
-            })
-        })
+        b.iter_custom(|iters| time_batches(rt, &bus, &event, iters))
     });
     group.finish();
     rt.block_on(bus.close()).expect("close");

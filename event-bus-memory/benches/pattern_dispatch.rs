@@ -4,32 +4,19 @@
 
 #![allow(missing_docs)]
 
-use std::{
-    convert::Infallible,
-    future::ready,
-    time::{Duration, Instant},
-};
+mod support;
+
+use std::{convert::Infallible, future::ready, time::Duration};
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use event_bus_core::{DispatcherConfig, Event, EventBus, EventBusExt, EventType};
-use event_bus_memory::{MemoryConfig, MemoryEventBus};
+use event_bus_core::{Event, EventBus, EventBusExt, EventType};
 use tokio::runtime::Runtime;
 
-const BATCH: u64 = 10_000;
+use support::{BATCH, runtime, time_batches};
+
 const SUBSCRIPTIONS: usize = 10_000;
 /// One in this many subscriptions is a wildcard pattern.
 const PATTERN_EVERY: usize = 20;
-
-fn bus() -> MemoryEventBus {
-    MemoryEventBus::new(MemoryConfig {
-        dispatcher: DispatcherConfig {
-            queue_maxsize: 16_384,
-            metrics_log_interval_s: 0,
-            ..Default::default()
-        },
-    })
-    .expect("bus")
-}
 
 /// Subscription `i`: an exact topic `orders:<i>`, or for every 20th a wildcard pattern
 /// that matches none of the benchmarked topics (`orders:<i>:*`, `invoices:[abc]<i>`,
@@ -47,7 +34,7 @@ fn pattern(i: usize) -> String {
 }
 
 fn bench_with(c: &mut Criterion, rt: &Runtime, total: usize) {
-    let bus = bus();
+    let bus = support::bus();
     let target = "orders:4241"; // an exact subscription
     rt.block_on(async {
         for i in 0..total {
@@ -65,18 +52,7 @@ fn bench_with(c: &mut Criterion, rt: &Runtime, total: usize) {
     let mut group = c.benchmark_group("dispatch_one_match");
     group.throughput(Throughput::Elements(BATCH));
     group.bench_function(BenchmarkId::new("subscriptions", total), |b| {
-        b.iter_custom(|iters| {
-            rt.block_on(async {
-                let start = Instant::now();
-                for _ in 0..iters {
-                    for _ in 0..BATCH {
-                        bus.publish(event.clone()).await.expect("publish");
-                    }
-                    bus.flush().await.expect("flush");
-                }
-                start.elapsed()
-            })
-        })
+        b.iter_custom(|iters| time_batches(rt, &bus, &event, iters))
     });
     group.finish();
     assert_eq!(bus.metrics().delivered % BATCH, 0);
@@ -84,10 +60,7 @@ fn bench_with(c: &mut Criterion, rt: &Runtime, total: usize) {
 }
 
 fn pattern_dispatch(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = runtime();
     bench_with(c, &rt, 1);
     bench_with(c, &rt, SUBSCRIPTIONS);
 }

@@ -1,0 +1,50 @@
+//! What both memory benches share: the runtime, the bus, and the timed publish loop.
+
+use std::time::{Duration, Instant};
+
+use event_bus_core::{DispatcherConfig, Event, EventBus};
+use event_bus_memory::{MemoryConfig, MemoryEventBus};
+use tokio::runtime::Runtime;
+
+/// Events per measured iteration.
+pub(crate) const BATCH: u64 = 10_000;
+/// Queue bound: a whole batch fits, so the publisher never blocks.
+pub(crate) const CAPACITY: usize = 16_384;
+
+pub(crate) fn runtime() -> Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+/// A memory bus whose queues hold a whole batch, with no metrics log line.
+pub(crate) fn bus() -> MemoryEventBus {
+    MemoryEventBus::new(MemoryConfig {
+        dispatcher: DispatcherConfig {
+            queue_maxsize: CAPACITY,
+            metrics_log_interval_s: 0,
+            ..Default::default()
+        },
+    })
+    .expect("bus")
+}
+
+/// Time for `iters` rounds of publishing [`BATCH`] clones of `event` and flushing.
+pub(crate) fn time_batches(
+    rt: &Runtime,
+    bus: &MemoryEventBus,
+    event: &Event,
+    iters: u64,
+) -> Duration {
+    rt.block_on(async {
+        let start = Instant::now();
+        for _ in 0..iters {
+            for _ in 0..BATCH {
+                bus.publish(event.clone()).await.expect("publish");
+            }
+            bus.flush().await.expect("flush");
+        }
+        start.elapsed()
+    })
+}
