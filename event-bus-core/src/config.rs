@@ -83,12 +83,16 @@ impl DispatcherConfig {
     /// # Errors
     /// [`Error::Config`] naming the key (`dispatcher.<key>`) and the bad value.
     pub fn validate(&self) -> Result<(), Error> {
-        positive_secs("handler_timeout_seconds", self.handler_timeout_seconds)?;
-        positive_secs(
-            "consumer_error_sleep_seconds",
-            self.consumer_error_sleep_seconds,
-        )?;
-        positive_secs("shutdown_timeout_seconds", self.shutdown_timeout_seconds)?;
+        for (key, value) in [
+            ("handler_timeout_seconds", self.handler_timeout_seconds),
+            (
+                "consumer_error_sleep_seconds",
+                self.consumer_error_sleep_seconds,
+            ),
+            ("shutdown_timeout_seconds", self.shutdown_timeout_seconds),
+        ] {
+            check_seconds(&format!("dispatcher.{key}"), value, false)?;
+        }
         for (key, value) in [
             ("queue_maxsize", self.queue_maxsize),
             ("handler_max_failures", self.handler_max_failures as usize),
@@ -120,16 +124,31 @@ impl DispatcherConfig {
     }
 }
 
-fn positive_secs(key: &str, value: f64) -> Result<(), Error> {
-    // Upper bound keeps Duration::from_secs_f64 from panicking.
-    if value.is_finite() && value > 0.0 && value < 1e9 {
-        Ok(())
-    } else {
-        Err(Error::config(
-            format!("dispatcher.{key}"),
-            format!("must be a positive number of seconds, got {value}"),
-        ))
+/// Checks a duration setting given in seconds: finite, below 10⁹ (so that converting it
+/// to a `Duration` cannot panic), and positive, or also zero when `zero_ok`.
+///
+/// # Errors
+/// [`Error::Config`] naming `key` and the bad value.
+///
+/// ```
+/// use event_bus_core::config::check_seconds;
+/// assert!(check_seconds("timeout", 2.5, false).is_ok());
+/// assert!(check_seconds("interval", 0.0, true).is_ok());
+/// assert!(check_seconds("timeout", 0.0, false).unwrap_err().to_string().contains("`timeout`"));
+/// ```
+pub fn check_seconds(key: &str, value: f64, zero_ok: bool) -> Result<(), Error> {
+    if value.is_finite() && value < 1e9 && (value > 0.0 || (zero_ok && value == 0.0)) {
+        return Ok(());
     }
+    let what = if zero_ok {
+        "zero or positive"
+    } else {
+        "positive"
+    };
+    Err(Error::config(
+        key,
+        format!("must be a {what} number of seconds, got {value}"),
+    ))
 }
 
 /// Deserializes `T` from a JSON value; errors name the offending key's dotted path.

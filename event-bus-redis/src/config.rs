@@ -3,7 +3,9 @@
 use std::{fmt, time::Duration};
 
 use event_bus_core::{
-    DispatcherConfig, Error, Secret, config::from_json_str, secret::redact_connection_string,
+    DispatcherConfig, Error, Secret,
+    config::{check_seconds, from_json_str},
+    secret::redact_connection_string,
 };
 use redis::{ConnectionAddr, ConnectionInfo, IntoConnectionInfo, RedisConnectionInfo};
 use serde::{Deserialize, Serialize};
@@ -141,12 +143,12 @@ impl RedisConfig {
         if self.max_message_bytes == 0 {
             return Err(Error::config("max_message_bytes", "must be at least 1"));
         }
-        seconds(
+        check_seconds(
             "command_timeout_seconds",
             self.command_timeout_seconds,
             false,
         )?;
-        seconds("ping_interval_seconds", self.ping_interval_seconds, true)?;
+        check_seconds("ping_interval_seconds", self.ping_interval_seconds, true)?;
         self.connection_info().map(|_| ())
     }
 
@@ -218,23 +220,6 @@ impl RedisConfig {
             .into_connection_info()
             .map_err(|e| Error::config("host", e.to_string()))?;
         Ok(info.set_redis_settings(redis))
-    }
-}
-
-fn seconds(key: &str, value: f64, zero_ok: bool) -> Result<(), Error> {
-    let ok = value.is_finite() && value < 1e9 && (value > 0.0 || (zero_ok && value == 0.0));
-    if ok {
-        Ok(())
-    } else {
-        let what = if zero_ok {
-            "zero or positive"
-        } else {
-            "positive"
-        };
-        Err(Error::config(
-            key,
-            format!("must be a {what} number of seconds, got {value}"),
-        ))
     }
 }
 
