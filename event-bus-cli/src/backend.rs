@@ -18,8 +18,8 @@ pub(crate) struct BackendArgs {
     /// Backend to use when no config file is given: memory, redis or postgres.
     #[arg(long, global = true, env = "EVENT_BUS_BACKEND", value_name = "NAME")]
     pub(crate) backend: Option<String>,
-    /// Server URL for `--backend`: the `url` of redis (`redis://127.0.0.1:6379`), the
-    /// `connection_string` of postgres (`postgres://postgres@127.0.0.1/postgres`).
+    /// Server URL for `--backend` (the config key `url`): `redis://127.0.0.1:6379` for
+    /// redis, `postgres://postgres@127.0.0.1/postgres` for postgres.
     #[arg(long, global = true, env = "EVENT_BUS_URL", value_name = "URL")]
     pub(crate) url: Option<String>,
 }
@@ -95,7 +95,7 @@ impl BackendArgs {
             (BackendName::Redis, Some(url)) => json!({"backend": "redis", "url": url}),
             (BackendName::Postgres, None) => json!({"backend": "postgres"}),
             (BackendName::Postgres, Some(url)) => {
-                json!({"backend": "postgres", "connection_string": url})
+                json!({"backend": "postgres", "url": url})
             }
         })
     }
@@ -148,7 +148,7 @@ mod tests {
         assert_eq!(
             args("postgres", Some("postgres://h"))
                 .config_value()
-                .unwrap()["connection_string"],
+                .unwrap()["url"],
             "postgres://h"
         );
         assert_eq!(

@@ -25,7 +25,7 @@ pub(crate) struct DemoArgs {}
 
 /// The demo's dispatcher settings: a short handler timeout so it ends in seconds.
 const CONFIG: &str = r#"{"backend": "memory", "dispatcher": {
-    "handler_timeout_seconds": 0.2, "handler_max_failures": 3, "metrics_log_interval_s": 0}}"#;
+    "handler_timeout_seconds": 0.2, "handler_max_failures": 3, "metrics_log_interval_seconds": 0}}"#;
 
 /// Prints one line of the demo's story on stdout.
 fn say(line: impl AsRef<str>) {

@@ -38,6 +38,7 @@ pub mod metrics;
 pub mod pattern;
 pub mod priority;
 pub mod reconnect;
+pub mod seconds;
 pub mod secret;
 pub mod subscription;
 pub mod topic;

@@ -98,7 +98,7 @@ pub enum Config {
     #[cfg(feature = "redis")]
     #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
     Redis(event_bus_redis::RedisConfig),
-    /// `{"backend": "postgres", "connection_string": "...", ...}`.
+    /// `{"backend": "postgres", "url": "postgres://...", ...}`.
     #[cfg(feature = "postgres")]
     #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
     Postgres(event_bus_postgres::PostgresConfig),
