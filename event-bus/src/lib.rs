@@ -2,6 +2,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod backend;
+mod env;
 mod factory;
 
 pub use backend::{BackendName, Config};
