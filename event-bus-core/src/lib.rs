@@ -49,7 +49,7 @@ pub use dispatcher::Dispatcher;
 pub use error::{BoxError, Error};
 pub use event::{Event, EventData};
 pub use event_type::EventType;
-pub use handler::Handler;
+pub use handler::{Handler, HandlerResult, handler_fn};
 pub use metrics::{Metrics, MetricsSnapshot};
 pub use pattern::Pattern;
 pub use priority::Priority;
