@@ -106,9 +106,9 @@ fn read_config_file(path: &std::path::Path) -> Result<Value, Error> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| Error::config("(file)", format!("cannot read {}: {e}", path.display())))?;
     if path.extension().is_some_and(|e| e == "json") {
-        event_bus::config::from_json_str(&text)
+        event_bus::backend_api::config::from_json_str(&text)
     } else {
-        event_bus::config::from_toml_str(&text)
+        event_bus::backend_api::config::from_toml_str(&text)
     }
 }
 
