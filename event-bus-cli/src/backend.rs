@@ -18,8 +18,8 @@ pub(crate) struct BackendArgs {
     /// Backend to use when no config file is given: memory, redis or postgres.
     #[arg(long, global = true, env = "EVENT_BUS_BACKEND", value_name = "NAME")]
     pub(crate) backend: Option<String>,
-    /// Server URL for `--backend`: the `url` of redis (`redis://127.0.0.1:6379`), the
-    /// `connection_string` of postgres (`postgres://postgres@127.0.0.1/postgres`).
+    /// Server URL for `--backend` (the config key `url`): `redis://127.0.0.1:6379` for
+    /// redis, `postgres://postgres@127.0.0.1/postgres` for postgres.
     #[arg(long, global = true, env = "EVENT_BUS_URL", value_name = "URL")]
     pub(crate) url: Option<String>,
 }
@@ -95,7 +95,7 @@ impl BackendArgs {
             (BackendName::Redis, Some(url)) => json!({"backend": "redis", "url": url}),
             (BackendName::Postgres, None) => json!({"backend": "postgres"}),
             (BackendName::Postgres, Some(url)) => {
-                json!({"backend": "postgres", "connection_string": url})
+                json!({"backend": "postgres", "url": url})
             }
         })
     }
@@ -106,9 +106,9 @@ fn read_config_file(path: &std::path::Path) -> Result<Value, Error> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| Error::config("(file)", format!("cannot read {}: {e}", path.display())))?;
     if path.extension().is_some_and(|e| e == "json") {
-        event_bus::config::from_json_str(&text)
+        event_bus::backend_api::config::from_json_str(&text)
     } else {
-        event_bus::config::from_toml_str(&text)
+        event_bus::backend_api::config::from_toml_str(&text)
     }
 }
 
@@ -148,7 +148,7 @@ mod tests {
         assert_eq!(
             args("postgres", Some("postgres://h"))
                 .config_value()
-                .unwrap()["connection_string"],
+                .unwrap()["url"],
             "postgres://h"
         );
         assert_eq!(

@@ -1,6 +1,6 @@
-//! `eventbus demo`: the Gal-Friday `PubSubManager` scenario replayed on the memory
-//! backend — a normal handler, a failing handler that is unsubscribed automatically, a
-//! handler that times out, priorities under backlog — then the metrics.
+//! `eventbus demo`: what the dispatcher does, shown on the memory backend — a normal
+//! handler, a failing handler that is unsubscribed automatically, a handler that times
+//! out, priorities under backlog — then the metrics.
 
 use std::{
     io::Write,
@@ -25,7 +25,7 @@ pub(crate) struct DemoArgs {}
 
 /// The demo's dispatcher settings: a short handler timeout so it ends in seconds.
 const CONFIG: &str = r#"{"backend": "memory", "dispatcher": {
-    "handler_timeout_seconds": 0.2, "handler_max_failures": 3, "metrics_log_interval_s": 0}}"#;
+    "handler_timeout_seconds": 0.2, "handler_max_failures": 3, "metrics_log_interval_seconds": 0}}"#;
 
 /// Prints one line of the demo's story on stdout.
 fn say(line: impl AsRef<str>) {
@@ -47,7 +47,7 @@ fn tick(n: u32, slow: bool) -> Event {
 pub(crate) async fn run(_args: DemoArgs) -> Result<(), Failure> {
     let bus = create_event_bus(Config::from_json_str(CONFIG)?)?;
     bus.connect().await?;
-    say("event-bus demo: the Gal-Friday PubSubManager scenario on the memory backend");
+    say("eventbus demo: failing, slow and busy handlers on the memory backend");
     say("config: dispatcher.handler_timeout_seconds = 0.2, dispatcher.handler_max_failures = 3");
     say("");
     let failing = subscribe_market_handlers(bus.as_ref()).await?;

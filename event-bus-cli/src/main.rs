@@ -35,7 +35,7 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Replay the Gal-Friday scenario on the memory backend: a normal, a failing and a
+    /// Show the dispatcher at work on the memory backend: a normal, a failing and a
     /// slow handler, priorities under backlog, and the metrics at the end.
     Demo(demo::DemoArgs),
     /// Publish events on a topic.

@@ -19,7 +19,7 @@ fn postgres() -> std::path::PathBuf {
     let url = std::env::var("EVENT_BUS_POSTGRES_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
     require_server(&host_port(&url, 5432), "EVENT_BUS_POSTGRES_URL");
-    config("postgres", "connection_string", &url)
+    config("postgres", "url", &url)
 }
 
 /// A config file for `backend` at `url` under a fresh channel prefix.

@@ -26,8 +26,8 @@ pub enum OverflowPolicy {
 
 /// Settings of the shared dispatcher (config section `dispatcher`).
 ///
-/// Every field has the default of the Gal-Friday `PubSubManager` it is drawn from,
-/// except where noted. Unknown keys are rejected.
+/// Unknown keys are rejected. Duration keys end in `_seconds` and take a number of
+/// seconds or a string such as `"250ms"` or `"5s"` (see [`seconds`](crate::seconds)).
 ///
 /// ```
 /// use event_bus_core::DispatcherConfig;
@@ -35,6 +35,12 @@ pub enum OverflowPolicy {
 ///     event_bus_core::config::from_json_str(r#"{"handler_timeout_seconds": 2}"#).unwrap();
 /// assert_eq!(config.handler_timeout_seconds, 2.0);
 /// assert_eq!(config.queue_maxsize, 1000);
+///
+/// let config: DispatcherConfig = event_bus_core::config::from_toml_str(
+///     "handler_timeout_seconds = \"250ms\"\nshutdown_timeout_seconds = \"1m\"",
+/// ).unwrap();
+/// assert_eq!(config.handler_timeout_seconds, 0.25);
+/// assert_eq!(config.shutdown_timeout_seconds, 60.0);
 /// ```
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -46,19 +52,27 @@ pub struct DispatcherConfig {
     pub overflow: OverflowPolicy,
     /// A handler call running longer is cancelled and counted as failed (timed out).
     /// Default: `5.0`.
+    #[serde(deserialize_with = "crate::seconds::deserialize")]
     pub handler_timeout_seconds: f64,
     /// Consecutive failures (error, timeout or panic) after which a subscription is
     /// cancelled automatically; a success resets the count. Default: `3`.
     pub handler_max_failures: u32,
     /// Upper bound of the reconnect backoff after a connection error. Default: `5.0`.
+    #[serde(deserialize_with = "crate::seconds::deserialize")]
     pub consumer_error_sleep_seconds: f64,
-    /// Interval of the periodic metrics log line; `0` disables it. Default: `60`.
-    pub metrics_log_interval_s: u64,
+    /// Seconds between `event bus metrics` info log lines; `0` disables them. Also
+    /// read under its former name `metrics_log_interval_s`. Default: `60.0`.
+    #[serde(
+        alias = "metrics_log_interval_s",
+        deserialize_with = "crate::seconds::deserialize"
+    )]
+    pub metrics_log_interval_seconds: f64,
     /// Most handler calls running at once across the bus (each subscription runs one
-    /// call at a time). Default: `256` (not in the seed).
+    /// call at a time). Default: `256`.
     pub max_concurrent_handlers: usize,
     /// How long `close()` lets queued events drain before discarding (and counting)
-    /// the rest. Default: `10.0` (not in the seed).
+    /// the rest. Default: `10.0`.
+    #[serde(deserialize_with = "crate::seconds::deserialize")]
     pub shutdown_timeout_seconds: f64,
 }
 
@@ -70,7 +84,7 @@ impl Default for DispatcherConfig {
             handler_timeout_seconds: 5.0,
             handler_max_failures: 3,
             consumer_error_sleep_seconds: 5.0,
-            metrics_log_interval_s: 60,
+            metrics_log_interval_seconds: 60.0,
             max_concurrent_handlers: 256,
             shutdown_timeout_seconds: 10.0,
         }
@@ -93,6 +107,11 @@ impl DispatcherConfig {
         ] {
             check_seconds(&format!("dispatcher.{key}"), value, false)?;
         }
+        check_seconds(
+            "dispatcher.metrics_log_interval_seconds",
+            self.metrics_log_interval_seconds,
+            true,
+        )?;
         for (key, value) in [
             ("queue_maxsize", self.queue_maxsize),
             ("handler_max_failures", self.handler_max_failures as usize),
@@ -121,6 +140,12 @@ impl DispatcherConfig {
     /// `shutdown_timeout_seconds` as a duration.
     pub fn shutdown_timeout(&self) -> Duration {
         Duration::from_secs_f64(self.shutdown_timeout_seconds)
+    }
+
+    /// `metrics_log_interval_seconds` as a duration, `None` when disabled.
+    pub fn metrics_log_interval(&self) -> Option<Duration> {
+        (self.metrics_log_interval_seconds > 0.0)
+            .then(|| Duration::from_secs_f64(self.metrics_log_interval_seconds))
     }
 }
 
@@ -194,14 +219,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn defaults_match_the_seed() {
+    fn defaults() {
         let c = DispatcherConfig::default();
         assert_eq!(c.queue_maxsize, 1000);
         assert_eq!(c.overflow, OverflowPolicy::Block);
         assert_eq!(c.handler_timeout_seconds, 5.0);
         assert_eq!(c.handler_max_failures, 3);
         assert_eq!(c.consumer_error_sleep_seconds, 5.0);
-        assert_eq!(c.metrics_log_interval_s, 60);
+        assert_eq!(c.metrics_log_interval(), Some(Duration::from_secs(60)));
         c.validate().unwrap();
     }
 
@@ -223,6 +248,36 @@ mod tests {
                 .to_string()
                 .contains("dispatcher.handler_timeout_seconds")
         );
+    }
+
+    #[test]
+    fn duration_keys_take_units_and_the_old_interval_name() {
+        let c: DispatcherConfig =
+            from_json_str(r#"{"handler_timeout_seconds": "250ms", "metrics_log_interval_s": 30}"#)
+                .unwrap();
+        assert_eq!(c.handler_timeout(), Duration::from_millis(250));
+        assert_eq!(c.metrics_log_interval_seconds, 30.0);
+        let c: DispatcherConfig = from_toml_str(
+            "metrics_log_interval_seconds = \"0s\"\nconsumer_error_sleep_seconds = 2",
+        )
+        .unwrap();
+        assert_eq!(c.metrics_log_interval(), None);
+        assert_eq!(c.consumer_error_sleep(), Duration::from_secs(2));
+        let err = from_toml_str::<DispatcherConfig>("shutdown_timeout_seconds = \"10 minutes\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("`shutdown_timeout_seconds`"), "{err}");
+        assert!(err.contains("\"10 minutes\""), "{err}");
+        let err = from_json_str::<DispatcherConfig>(r#"{"metrics_log_interval_seconds": -1}"#)
+            .unwrap()
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("`dispatcher.metrics_log_interval_seconds`"),
+            "{err}"
+        );
+        assert!(err.contains("-1"), "{err}");
     }
 
     #[test]

@@ -101,6 +101,25 @@ pub enum Error {
         reason: String,
     },
 
+    /// An event's payload does not have the shape [`Event::payload_as`] was asked for.
+    #[error(
+        "payload of event {id} on topic {topic:?} is not a `{type_name}`: {source} (at `{path}`)"
+    )]
+    Payload {
+        /// The event's id.
+        id: uuid::Uuid,
+        /// The event's topic.
+        topic: String,
+        /// The type that was asked for.
+        type_name: &'static str,
+        /// Where in the payload the mismatch is, e.g. `items[0].qty` (`.` for the whole
+        /// payload).
+        path: String,
+        /// What serde found wrong.
+        #[source]
+        source: serde_json::Error,
+    },
+
     /// An event could not be encoded for the wire.
     #[error("cannot encode event: {0}")]
     Encode(#[source] serde_json::Error),

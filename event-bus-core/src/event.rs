@@ -3,11 +3,11 @@
 use std::{collections::BTreeMap, fmt, ops::Deref, sync::Arc};
 
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer, de::DeserializeOwned};
 use serde_json::Value;
 use uuid::Uuid;
 
-use crate::{event_type::EventType, priority::Priority};
+use crate::{error::Error, event_type::EventType, priority::Priority};
 
 /// The fields of an [`Event`]. Read them through the event (`event.topic`, `event.payload`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -125,6 +125,39 @@ impl Event {
     /// Sets the priority.
     pub fn with_priority(self, priority: Priority) -> Self {
         self.edit(|d| d.priority = priority)
+    }
+
+    /// The payload as a `T` (any type implementing `serde::Deserialize`).
+    ///
+    /// # Errors
+    /// [`Error::Payload`] naming the event, its topic, `T`, and where in the payload the
+    /// mismatch is. In a handler, `?` turns it into a failed delivery.
+    ///
+    /// ```
+    /// use event_bus_core::{Event, EventType};
+    /// use serde::Deserialize;
+    /// use serde_json::json;
+    ///
+    /// #[derive(Debug, Deserialize)]
+    /// struct Order { id: u64, items: Vec<String> }
+    ///
+    /// let event = Event::new(EventType::Created, "orders:eu", json!({"id": 42, "items": ["tea"]}));
+    /// let order: Order = event.payload_as()?;
+    /// assert_eq!((order.id, order.items.len()), (42, 1));
+    ///
+    /// let event = Event::new(EventType::Created, "orders:eu", json!({"id": "42", "items": []}));
+    /// let err = event.payload_as::<Order>().unwrap_err().to_string();
+    /// assert!(err.contains("Order") && err.contains("(at `id`)"), "{err}");
+    /// # Ok::<(), event_bus_core::Error>(())
+    /// ```
+    pub fn payload_as<T: DeserializeOwned>(&self) -> Result<T, Error> {
+        serde_path_to_error::deserialize(&self.payload).map_err(|e| Error::Payload {
+            id: self.id,
+            topic: self.topic.clone(),
+            type_name: std::any::type_name::<T>(),
+            path: e.path().to_string(),
+            source: e.into_inner(),
+        })
     }
 }
 

@@ -4,6 +4,10 @@ use std::{future::Future, pin::Pin};
 
 use crate::{error::BoxError, event::Event};
 
+/// What a handler returns: `Ok(())`, or any error (`?` converts every
+/// `std::error::Error + Send + Sync`, and `"text".into()` makes one from a message).
+pub type HandlerResult = Result<(), BoxError>;
+
 /// The future a [`Handler`] returns.
 pub type HandlerFuture = Pin<Box<dyn Future<Output = Result<(), BoxError>> + Send + 'static>>;
 
@@ -36,12 +40,48 @@ pub type HandlerFuture = Pin<Box<dyn Future<Output = Result<(), BoxError>> + Sen
 ///     Ok(())
 /// });
 /// ```
+///
+/// # Closures
+///
+/// Rust cannot infer the types of a bare closure passed as `impl Handler`: neither the
+/// parameter's type nor the error type of `Ok(())`. This does not compile ("type
+/// annotations needed"):
+///
+/// ```compile_fail,E0282
+/// # use event_bus_core::{Event, Handler};
+/// # fn subscribe(_: impl Handler) {}
+/// subscribe(|event| async move {
+///     println!("{}", event.topic);
+///     Ok(())
+/// });
+/// ```
+///
+/// Wrap it in [`handler_fn`], which fixes both (`Event` in, [`HandlerResult`] out), or
+/// name the types yourself:
+///
+/// ```
+/// # use event_bus_core::{BoxError, Event, Handler, HandlerResult, handler_fn};
+/// # fn subscribe(_: impl Handler) {}
+/// subscribe(handler_fn(|event| async move {
+///     println!("{}", event.topic);
+///     Ok(())
+/// }));
+/// subscribe(|event: Event| async move {
+///     println!("{}", event.topic);
+///     Ok::<_, BoxError>(())
+/// });
+/// subscribe(async |event: Event| -> HandlerResult {
+///     println!("{}", event.topic);
+///     Ok(())
+/// });
+/// ```
 #[diagnostic::on_unimplemented(
     message = "`{Self}` is not an event handler",
     label = "not an event handler",
     note = "a handler is an `async fn(Event) -> Result<(), E>` or a closure \
             `|event: Event| async move {{ ...; Ok::<(), E>(()) }}` that is Send + Sync + 'static, \
-            where E: Into<Box<dyn std::error::Error + Send + Sync>>"
+            where E: Into<Box<dyn std::error::Error + Send + Sync>>",
+    note = "`handler_fn(|event| async move {{ ...; Ok(()) }})` infers both types for a closure"
 )]
 pub trait Handler: Send + Sync + 'static {
     /// Handles one event.
@@ -58,4 +98,33 @@ where
         let fut = self(event);
         Box::pin(async move { fut.await.map_err(Into::into) })
     }
+}
+
+/// Makes a handler of a closure, fixing its types so that none need writing: the
+/// closure takes an [`Event`] and its future returns a [`HandlerResult`], so
+/// `|event| async move { ...; Ok(()) }` compiles and `?` works on any error.
+///
+/// ```
+/// use event_bus_core::{Event, Handler, handler_fn};
+/// use std::sync::{Arc, atomic::{AtomicU64, Ordering}};
+///
+/// let total = Arc::new(AtomicU64::new(0));
+/// let sum = total.clone();
+/// let handler = handler_fn(move |event| {
+///     let sum = sum.clone();
+///     async move {
+///         let amount: u64 = event.payload_as()?;
+///         sum.fetch_add(amount, Ordering::Relaxed);
+///         Ok(())
+///     }
+/// });
+/// # fn assert_handler(_: impl Handler) {}
+/// # assert_handler(handler);
+/// ```
+pub fn handler_fn<F, Fut>(f: F) -> F
+where
+    F: Fn(Event) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = HandlerResult> + Send + 'static,
+{
+    f
 }

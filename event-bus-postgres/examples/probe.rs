@@ -112,7 +112,7 @@ async fn bus(
     let config = PostgresConfig::new(url)
         .with_channel_prefix(&prefix)
         .with_dispatcher(DispatcherConfig {
-            metrics_log_interval_s: 0,
+            metrics_log_interval_seconds: 0.0,
             queue_maxsize: 100_000,
             ..DispatcherConfig::default()
         });

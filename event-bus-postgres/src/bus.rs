@@ -1,11 +1,8 @@
 //! The PostgreSQL event bus.
 
-use std::{
-    sync::{
-        Arc, Weak,
-        atomic::{AtomicBool, Ordering},
-    },
-    time::Duration,
+use std::sync::{
+    Arc, Weak,
+    atomic::{AtomicBool, Ordering},
 };
 
 use async_trait::async_trait;
@@ -56,7 +53,7 @@ impl PostgresEventBus {
     /// A bus with `config`. Connects on [`connect`](EventBus::connect) or first use.
     ///
     /// # Errors
-    /// [`Error::Config`] naming the bad key (`channel_prefix`, `connection_string`, ...).
+    /// [`Error::Config`] naming the bad key (`channel_prefix`, `url`, ...).
     pub fn new(config: PostgresConfig) -> Result<Self, Error> {
         let (pg, verify_certificates) = config.parse()?;
         let channels = Channels::new(&config.channel_prefix)?;
@@ -64,14 +61,14 @@ impl PostgresEventBus {
             pg,
             verify_certificates,
             &config.channel_prefix,
-            config.timeout(),
-            config.redacted_connection_string(),
+            config.command_timeout(),
+            config.redacted_url(),
         )?);
         let listener = Arc::new(Listener::new(connector.clone(), channels.clone()));
         let hook_target = Arc::downgrade(&listener);
         let hook: RemovalHook = Box::new(move |id, _pattern| release_later(&hook_target, id));
         let dispatcher = Dispatcher::with_removal_hook(config.dispatcher.clone(), Some(hook))?;
-        let ttl = Duration::from_secs(config.large_payload_ttl_seconds);
+        let ttl = config.large_payload_ttl();
         Ok(Self {
             inner: Arc::new(Inner {
                 dispatcher,
@@ -272,7 +269,8 @@ impl EventBus for PostgresEventBus {
     /// loop sees it (PostgreSQL delivers notifications in commit order, so everything
     /// this bus published before has been received and dispatched by then), then
     /// waits for the handlers. Fails with [`Error::Timeout`] after six times
-    /// `timeout_seconds`, or with [`Error::Connection`] if the LISTEN connection is down.
+    /// `command_timeout_seconds`, or with [`Error::Connection`] if the LISTEN connection
+    /// is down.
     async fn flush(&self) -> Result<(), Error> {
         let inner = &self.inner;
         inner.check_open()?;
@@ -290,7 +288,7 @@ impl EventBus for PostgresEventBus {
             inner.listener.forget_flush(&token);
             return Err(Error::connection("flush", e));
         }
-        let after = inner.config.timeout() * 6;
+        let after = inner.config.command_timeout() * 6;
         match tokio::time::timeout(after, arrived).await {
             Ok(Ok(())) => {}
             Ok(Err(_)) => {

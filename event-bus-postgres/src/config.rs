@@ -2,36 +2,41 @@
 
 use std::{fmt, time::Duration};
 
-use event_bus_core::{DispatcherConfig, Error, Secret, secret::redact_connection_string};
+use event_bus_core::{
+    DispatcherConfig, Error, Secret, config::check_seconds, secret::redact_connection_string,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::channel::validate_prefix;
 
 /// Configuration of [`PostgresEventBus`](crate::PostgresEventBus)
-/// (config `{"backend": "postgres", "connection_string": "...", ...}`).
+/// (config `{"backend": "postgres", "url": "postgres://...", ...}`).
 ///
-/// Only `connection_string` is required. Unknown keys are rejected; validation errors
-/// name the key. `Debug` output shows the connection string with its password
-/// replaced by `***`.
+/// Only `url` is required (`connection_string` is accepted as another name for it).
+/// Unknown keys are rejected; validation errors name the key. Duration keys end in
+/// `_seconds` and take a number of seconds or a string such as `"250ms"` or `"5s"`.
+/// `Debug` output shows the URL with its password replaced by `***`.
 ///
 /// ```
 /// use event_bus_postgres::PostgresConfig;
 /// let config: PostgresConfig = event_bus_core::config::from_json_str(
-///     r#"{"connection_string": "postgres://app:s3cret@db/app", "channel_prefix": "shop"}"#,
+///     r#"{"url": "postgres://app:s3cret@db/app", "channel_prefix": "shop", "command_timeout_seconds": "2s"}"#,
 /// )?;
 /// assert_eq!(config.pool_size, 4);
+/// assert_eq!(config.command_timeout_seconds, 2.0);
 /// assert!(!format!("{config:?}").contains("s3cret"));
 /// # Ok::<(), event_bus_core::Error>(())
 /// ```
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PostgresConfig {
-    /// libpq-style connection string, as a URL (`postgres://user:pw@host:5432/db`) or
+    /// Where the server is, as a URL (`postgres://user:pw@host:5432/db`) or libpq
     /// key/value pairs (`host=db user=app password=... dbname=app sslmode=require`).
     /// `sslmode` may be `disable`, `prefer` (the default: TLS if the server offers it),
-    /// `require`, `verify-ca` or `verify-full`; see the `tls` notes in the crate docs.
-    /// Required; there is no default.
-    pub connection_string: Secret,
+    /// `require`, `verify-ca` or `verify-full`; see the TLS notes in the crate docs.
+    /// Also read under the name `connection_string`. Required; there is no default.
+    #[serde(alias = "connection_string")]
+    pub url: Secret,
     /// First part of every channel name and of the large-payload table name: 1 to 30
     /// ASCII letters, digits or `_`. Buses with different prefixes never see each
     /// other's events. Default: `"events"`.
@@ -48,13 +53,21 @@ pub struct PostgresConfig {
     pub max_message_bytes: usize,
     /// How long a stored large payload is kept before a publisher deletes it. A
     /// listener that falls further behind than this loses such events (counted as
-    /// malformed). Default: `600`.
-    #[serde(default = "default_ttl")]
-    pub large_payload_ttl_seconds: u64,
+    /// malformed). Default: `600.0`.
+    #[serde(
+        default = "default_ttl",
+        deserialize_with = "event_bus_core::seconds::deserialize"
+    )]
+    pub large_payload_ttl_seconds: f64,
     /// Bound on connecting and on each statement (publish, LISTEN, fetch). A publish
-    /// during an outage fails after at most about this long. Default: `5.0`.
-    #[serde(default = "default_timeout")]
-    pub timeout_seconds: f64,
+    /// during an outage fails after at most about this long. Also read under its
+    /// former name `timeout_seconds`. Default: `5.0`.
+    #[serde(
+        alias = "timeout_seconds",
+        default = "default_timeout",
+        deserialize_with = "event_bus_core::seconds::deserialize"
+    )]
+    pub command_timeout_seconds: f64,
     /// Dispatcher settings. Default: see [`DispatcherConfig`].
     #[serde(default)]
     pub dispatcher: DispatcherConfig,
@@ -69,23 +82,24 @@ fn default_pool_size() -> usize {
 fn default_max_message_bytes() -> usize {
     16 * 1024 * 1024
 }
-fn default_ttl() -> u64 {
-    600
+fn default_ttl() -> f64 {
+    600.0
 }
 fn default_timeout() -> f64 {
     5.0
 }
 
 impl PostgresConfig {
-    /// A config with `connection_string` and every other key at its default.
-    pub fn new(connection_string: impl Into<String>) -> Self {
+    /// A config with `url` (a `postgres://` URL or libpq key/value pairs) and every
+    /// other key at its default.
+    pub fn new(url: impl Into<String>) -> Self {
         Self {
-            connection_string: Secret::new(connection_string.into()),
+            url: Secret::new(url.into()),
             channel_prefix: default_prefix(),
             pool_size: default_pool_size(),
             max_message_bytes: default_max_message_bytes(),
             large_payload_ttl_seconds: default_ttl(),
-            timeout_seconds: default_timeout(),
+            command_timeout_seconds: default_timeout(),
             dispatcher: DispatcherConfig::default(),
         }
     }
@@ -102,7 +116,7 @@ impl PostgresConfig {
         self
     }
 
-    /// Checks every key and parses the connection string.
+    /// Checks every key and parses the URL.
     ///
     /// # Errors
     /// [`Error::Config`] naming the bad key.
@@ -120,50 +134,52 @@ impl PostgresConfig {
         if self.max_message_bytes < 1024 {
             return Err(Error::config("max_message_bytes", "must be at least 1024"));
         }
-        if self.large_payload_ttl_seconds == 0 {
-            return Err(Error::config(
-                "large_payload_ttl_seconds",
-                "must be at least 1",
-            ));
-        }
-        let t = self.timeout_seconds;
-        if !(t.is_finite() && t > 0.0 && t < 1e6) {
-            return Err(Error::config(
-                "timeout_seconds",
-                format!("must be a positive number of seconds, got {t}"),
-            ));
-        }
+        check_seconds(
+            "large_payload_ttl_seconds",
+            self.large_payload_ttl_seconds,
+            false,
+        )?;
+        check_seconds(
+            "command_timeout_seconds",
+            self.command_timeout_seconds,
+            false,
+        )?;
         self.dispatcher.validate()?;
-        let (text, verify) = crate::tls::split_verify_mode(self.connection_string.expose());
+        let (text, verify) = crate::tls::split_verify_mode(self.url.expose());
         let mut pg: tokio_postgres::Config = text
             .parse()
-            .map_err(|e| Error::config("connection_string", format!("cannot parse: {e}")))?;
+            .map_err(|e| Error::config("url", format!("cannot parse: {e}")))?;
         if pg.get_connect_timeout().is_none() {
-            pg.connect_timeout(self.timeout());
+            pg.connect_timeout(self.command_timeout());
         }
         Ok((pg, verify))
     }
 
-    /// `timeout_seconds` as a duration.
-    pub fn timeout(&self) -> Duration {
-        Duration::from_secs_f64(self.timeout_seconds)
+    /// `command_timeout_seconds` as a duration.
+    pub fn command_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.command_timeout_seconds)
     }
 
-    /// The connection string with its password replaced by `***`, safe to log.
-    pub fn redacted_connection_string(&self) -> String {
-        redact_connection_string(self.connection_string.expose())
+    /// `large_payload_ttl_seconds` as a duration.
+    pub fn large_payload_ttl(&self) -> Duration {
+        Duration::from_secs_f64(self.large_payload_ttl_seconds)
+    }
+
+    /// The URL with its password replaced by `***`, safe to log.
+    pub fn redacted_url(&self) -> String {
+        redact_connection_string(self.url.expose())
     }
 }
 
 impl fmt::Debug for PostgresConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PostgresConfig")
-            .field("connection_string", &self.redacted_connection_string())
+            .field("url", &self.redacted_url())
             .field("channel_prefix", &self.channel_prefix)
             .field("pool_size", &self.pool_size)
             .field("max_message_bytes", &self.max_message_bytes)
             .field("large_payload_ttl_seconds", &self.large_payload_ttl_seconds)
-            .field("timeout_seconds", &self.timeout_seconds)
+            .field("command_timeout_seconds", &self.command_timeout_seconds)
             .field("dispatcher", &self.dispatcher)
             .finish()
     }
@@ -176,14 +192,13 @@ mod tests {
 
     #[test]
     fn defaults_and_required_key() {
-        let c: PostgresConfig = from_json_str(r#"{"connection_string": "host=x"}"#).unwrap();
+        let c: PostgresConfig = from_json_str(r#"{"url": "host=x"}"#).unwrap();
         assert_eq!(c, PostgresConfig::new("host=x"));
         assert_eq!(c.channel_prefix, "events");
         c.validate().unwrap();
         let err = from_json_str::<PostgresConfig>("{}").unwrap_err();
-        assert!(err.to_string().contains("connection_string"), "{err}");
-        let err = from_json_str::<PostgresConfig>(r#"{"connection_string": "x", "colour": 1}"#)
-            .unwrap_err();
+        assert!(err.to_string().contains("`url`"), "{err}");
+        let err = from_json_str::<PostgresConfig>(r#"{"url": "x", "colour": 1}"#).unwrap_err();
         assert!(err.to_string().contains("colour"), "{err}");
     }
 
@@ -197,19 +212,44 @@ mod tests {
         };
         bad(|c| c.pool_size = 0, "pool_size");
         bad(|c| c.channel_prefix = "a;b".into(), "channel_prefix");
-        bad(|c| c.timeout_seconds = -1.0, "timeout_seconds");
         bad(
-            |c| c.large_payload_ttl_seconds = 0,
+            |c| c.command_timeout_seconds = -1.0,
+            "command_timeout_seconds",
+        );
+        bad(
+            |c| c.large_payload_ttl_seconds = 0.0,
             "large_payload_ttl_seconds",
         );
         bad(|c| c.max_message_bytes = 10, "max_message_bytes");
-        bad(
-            |c| c.connection_string = "port=notanumber".into(),
-            "connection_string",
-        );
+        bad(|c| c.url = "port=notanumber".into(), "`url`");
         bad(
             |c| c.dispatcher.queue_maxsize = 0,
             "dispatcher.queue_maxsize",
+        );
+    }
+
+    #[test]
+    fn former_key_names_are_accepted() {
+        let c: PostgresConfig = from_json_str(
+            r#"{"connection_string": "host=x", "timeout_seconds": 2, "large_payload_ttl_seconds": "10m"}"#,
+        )
+        .unwrap();
+        assert_eq!(c.url.expose(), "host=x");
+        assert_eq!(c.command_timeout(), Duration::from_secs(2));
+        assert_eq!(c.large_payload_ttl(), Duration::from_secs(600));
+        let c: PostgresConfig = event_bus_core::config::from_toml_str(
+            "url = \"host=x\"\ncommand_timeout_seconds = \"250ms\"",
+        )
+        .unwrap();
+        assert_eq!(c.command_timeout(), Duration::from_millis(250));
+        let err = from_json_str::<PostgresConfig>(
+            r#"{"url": "host=x", "command_timeout_seconds": "soon"}"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("`command_timeout_seconds`") && err.contains("\"soon\""),
+            "{err}"
         );
     }
 

@@ -40,7 +40,7 @@ pub(crate) fn connector(verify: bool) -> Result<MakeRustlsConnect, Error> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
-        .map_err(|e| Error::config("connection_string", format!("TLS setup failed: {e}")))?;
+        .map_err(|e| Error::config("url", format!("TLS setup failed: {e}")))?;
     let config = if verify {
         let roots = rustls::RootCertStore {
             roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),

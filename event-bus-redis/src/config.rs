@@ -17,8 +17,9 @@ pub const MAX_PREFIX_LEN: usize = 64;
 /// `{"backend": "redis", ...}`).
 ///
 /// Either give `url`, or the separate `host`, `port`, `ssl`, `username`, `password` and
-/// `db` keys; a `url` overrides all of those. Unknown keys are rejected. `Debug` output
-/// never shows the password (the one in `url` included).
+/// `db` keys; a `url` overrides all of those. Unknown keys are rejected. Duration keys
+/// end in `_seconds` and take a number of seconds or a string such as `"250ms"` or
+/// `"5s"`. `Debug` output never shows the password (the one in `url` included).
 ///
 /// ```
 /// use event_bus_redis::RedisConfig;
@@ -62,10 +63,12 @@ pub struct RedisConfig {
     pub max_message_bytes: usize,
     /// Longest wait for the server when connecting, publishing, subscribing and
     /// flushing; an operation still waiting then fails. Default: `5.0`.
+    #[serde(deserialize_with = "event_bus_core::seconds::deserialize")]
     pub command_timeout_seconds: f64,
     /// How often the idle pub/sub connection is checked with `PING`, so a connection
     /// that died silently is noticed and replaced; `0` disables the check.
     /// Default: `10.0`.
+    #[serde(deserialize_with = "event_bus_core::seconds::deserialize")]
     pub ping_interval_seconds: f64,
     /// Dispatcher settings (`dispatcher.consumer_error_sleep_seconds` caps the reconnect
     /// backoff). Default: see [`DispatcherConfig`].
@@ -297,6 +300,26 @@ mod tests {
             let err = RedisConfig::from_json_str(json).unwrap_err().to_string();
             assert!(err.contains(&format!("`{key}`")), "{json}: {err}");
         }
+    }
+
+    #[test]
+    fn duration_keys_take_units() {
+        let c = RedisConfig::from_json_str(
+            r#"{"command_timeout_seconds": "250ms", "ping_interval_seconds": "1m"}"#,
+        )
+        .unwrap();
+        assert_eq!(c.command_timeout(), Duration::from_millis(250));
+        assert_eq!(c.ping_interval(), Some(Duration::from_secs(60)));
+        let c: RedisConfig =
+            event_bus_core::config::from_toml_str("ping_interval_seconds = 0").unwrap();
+        assert_eq!(c.ping_interval(), None);
+        let err = RedisConfig::from_json_str(r#"{"command_timeout_seconds": "5 sec"}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("`command_timeout_seconds`") && err.contains("\"5 sec\""),
+            "{err}"
+        );
     }
 
     #[test]

@@ -1,32 +1,59 @@
-#![doc = include_str!("../../README.md")]
+#![doc = include_str!("lib.md")]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod backend;
+pub mod backend_api;
+mod env;
 mod factory;
 
+// The bus.
+pub use event_bus_core::{
+    EventBus, EventBusExt, Health, MetricsSnapshot, metrics::LatencyHistogram,
+};
+
+// Events, topics and patterns.
+pub use event_bus_core::{
+    Event, EventData, EventType, Pattern, Priority, envelope, pattern, topic,
+};
+
+// Subscribing.
+pub use event_bus_core::{
+    Handler, HandlerResult, Subscription, SubscriptionId, handler::HandlerFuture, handler_fn,
+};
+
+// Errors.
+pub use event_bus_core::{BoxError, Error};
+
+// Configuration.
 pub use backend::{BackendName, Config};
-pub use event_bus_core::*;
+pub use event_bus_core::{DispatcherConfig, OverflowPolicy, Secret};
 pub use factory::create_event_bus;
 
-/// In-process backend.
+// Backends, each behind the Cargo feature of its name.
 #[cfg(feature = "memory")]
 #[cfg_attr(docsrs, doc(cfg(feature = "memory")))]
 pub use event_bus_memory::{MemoryConfig, MemoryEventBus};
-
-/// Redis pub/sub backend.
+#[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
+pub use event_bus_postgres::{PostgresConfig, PostgresEventBus};
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use event_bus_redis::{RedisConfig, RedisEventBus};
 
-/// PostgreSQL LISTEN/NOTIFY backend.
-#[cfg(feature = "postgres")]
-#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
-pub use event_bus_postgres::{PostgresConfig, PostgresEventBus};
-
 /// The names most programs need: `use event_bus::prelude::*;`.
 pub mod prelude {
     pub use crate::{
-        Config, Error, Event, EventBus, EventBusExt, EventType, Priority, Subscription,
-        create_event_bus,
+        Config, Error, Event, EventBus, EventBusExt, EventType, HandlerResult, Priority,
+        Subscription, create_event_bus, handler_fn,
     };
 }
+
+/// The README's examples, compiled and run as doctests so that they cannot go stale.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+struct ReadmeDoctests;
+
+/// The examples of `docs/getting-started.md`, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../docs/getting-started.md")]
+struct GettingStartedDoctests;

@@ -108,12 +108,12 @@ async fn idle_postgres_bus_logs_no_warnings() {
     idle_bus_logs_no_warnings(factories::postgres).await;
 }
 
-/// `metrics_log_interval_s` writes the metrics line at that interval; `0` writes none.
+/// `metrics_log_interval_seconds` writes the metrics line at that interval; `0` writes none.
 #[tokio::test(start_paused = true)]
 async fn metrics_line_follows_the_interval() {
     let (log, _serial) = capture().await;
     let every_second = DispatcherConfig {
-        metrics_log_interval_s: 1,
+        metrics_log_interval_seconds: 1.0,
         ..test_dispatcher()
     };
     let bus = factories::memory(namespace(), every_second).await;

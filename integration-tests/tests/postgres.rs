@@ -31,7 +31,7 @@ fn config_for(url: &str, ns: &str) -> PostgresConfig {
             consumer_error_sleep_seconds: 0.3,
             ..test_dispatcher()
         });
-    c.timeout_seconds = 1.0;
+    c.command_timeout_seconds = 1.0;
     c
 }
 

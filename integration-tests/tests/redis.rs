@@ -323,7 +323,7 @@ async fn built_from_json_config_through_the_facade() {
     let ns = namespace();
     let json = json!({
         "backend": "redis", "url": redis_server::url().await, "channel_prefix": ns,
-        "dispatcher": {"metrics_log_interval_s": 0}
+        "dispatcher": {"metrics_log_interval_seconds": 0}
     });
     let bus = create_event_bus(Config::from_json_value(json).unwrap()).unwrap();
     bus.connect().await.unwrap();

@@ -22,10 +22,11 @@ pub(crate) async fn measure(
     w: &Workload,
     quiet: bool,
 ) -> Result<Option<PathResult>, Failure> {
-    let Some(conninfo) = config.get("connection_string").and_then(Value::as_str) else {
-        return Err(Failure::usage(
-            "raw postgres: `connection_string` is missing",
-        ));
+    let url = config
+        .get("url")
+        .or_else(|| config.get("connection_string"));
+    let Some(conninfo) = url.and_then(Value::as_str) else {
+        return Err(Failure::usage("raw postgres: `url` is missing"));
     };
     if w.pad_len() + 400 >= NOTIFY_LIMIT {
         eprintln!("raw postgres skipped: payloads do not fit in one NOTIFY ({NOTIFY_LIMIT} bytes)");

@@ -157,12 +157,14 @@ impl Dispatcher {
         self.shared.closed.load(Ordering::Acquire)
     }
 
-    /// Starts the periodic metrics log line (`dispatcher.metrics_log_interval_s`) if it
+    /// Starts the periodic metrics log line (`dispatcher.metrics_log_interval_seconds`) if it
     /// is enabled and not yet running. Called by backends on connect and first use;
     /// does nothing outside a Tokio runtime.
     pub fn start(&self) {
-        let interval = self.config().metrics_log_interval_s;
-        if interval == 0 || tokio::runtime::Handle::try_current().is_err() {
+        let Some(period) = self.config().metrics_log_interval() else {
+            return;
+        };
+        if tokio::runtime::Handle::try_current().is_err() {
             return;
         }
         let mut task = lock(&self.shared.metrics_task);
@@ -171,7 +173,6 @@ impl Dispatcher {
         }
         let shared = Arc::downgrade(&self.shared);
         *task = Some(tokio::spawn(async move {
-            let period = Duration::from_secs(interval);
             let mut ticker = tokio::time::interval_at(Instant::now() + period, period);
             loop {
                 ticker.tick().await;

@@ -21,7 +21,7 @@ fn dispatcher(queue_maxsize: usize, overflow: OverflowPolicy) -> Dispatcher {
     Dispatcher::new(DispatcherConfig {
         queue_maxsize,
         overflow,
-        metrics_log_interval_s: 0,
+        metrics_log_interval_seconds: 0.0,
         shutdown_timeout_seconds: 0.2,
         ..DispatcherConfig::default()
     })
@@ -178,7 +178,7 @@ async fn invalid_config_names_the_key() {
 async fn handler_concurrency_is_bounded() {
     let d = Dispatcher::new(DispatcherConfig {
         max_concurrent_handlers: 2,
-        metrics_log_interval_s: 0,
+        metrics_log_interval_seconds: 0.0,
         ..DispatcherConfig::default()
     })
     .unwrap();

@@ -23,7 +23,7 @@ pub(crate) fn bus() -> MemoryEventBus {
     MemoryEventBus::new(MemoryConfig {
         dispatcher: DispatcherConfig {
             queue_maxsize: CAPACITY,
-            metrics_log_interval_s: 0,
+            metrics_log_interval_seconds: 0.0,
             ..Default::default()
         },
     })

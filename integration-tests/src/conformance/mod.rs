@@ -27,7 +27,7 @@ pub fn test_dispatcher() -> DispatcherConfig {
     DispatcherConfig {
         handler_timeout_seconds: 0.3,
         consumer_error_sleep_seconds: 0.5,
-        metrics_log_interval_s: 0,
+        metrics_log_interval_seconds: 0.0,
         shutdown_timeout_seconds: 5.0,
         ..DispatcherConfig::default()
     }

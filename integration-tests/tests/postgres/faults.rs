@@ -79,7 +79,7 @@ async fn publish_during_an_outage_fails_within_a_deadline() {
     let ns = namespace();
     let proxy = TcpProxy::start(postgres_server::addr().await).await;
     let url = postgres_server::url_via(proxy.addr()).await;
-    let bus = connected(config_for(&url, &ns)).await; // timeout_seconds = 1
+    let bus = connected(config_for(&url, &ns)).await; // command_timeout_seconds = 1
     let topic = format!("{ns}:t");
 
     // Server unreachable: connections refused.

@@ -30,7 +30,7 @@ async fn hostile_prefixes_fail_at_construction_naming_the_key() {
             err.to_string().contains("channel_prefix"),
             "{prefix:?}: {err}"
         );
-        let json = serde_json::json!({"backend": "postgres", "connection_string": url, "channel_prefix": prefix});
+        let json = serde_json::json!({"backend": "postgres", "url": url, "channel_prefix": prefix});
         // Rejected when the config is read (before any connection is made).
         let err = Config::from_json_value(json).unwrap_err();
         assert!(
@@ -45,7 +45,7 @@ async fn the_facade_builds_a_postgres_bus_from_json() {
     let ns = namespace();
     let json = serde_json::json!({
         "backend": "postgres",
-        "connection_string": postgres_server::url().await,
+        "url": postgres_server::url().await,
         "channel_prefix": ns,
         "pool_size": 2,
         "dispatcher": {"handler_timeout_seconds": 2}
@@ -60,10 +60,8 @@ async fn the_facade_builds_a_postgres_bus_from_json() {
     bus.publish(event(&format!("{ns}:a"), 1)).await.unwrap();
     r.wait_for(1, DEADLINE).await;
     bus.close().await.unwrap();
-    let err = Config::from_json_str(
-        r#"{"backend":"postgres","connection_string":"x","chanel_prefix":"y"}"#,
-    )
-    .unwrap_err();
+    let err = Config::from_json_str(r#"{"backend":"postgres","url":"x","chanel_prefix":"y"}"#)
+        .unwrap_err();
     assert!(err.to_string().contains("chanel_prefix"), "{err}");
 }
 
@@ -145,10 +143,9 @@ async fn the_password_never_shows_in_debug_or_errors() {
     ] {
         let config = config_for(&url, &namespace());
         assert!(!format!("{config:?}").contains(password));
-        let facade = Config::from_json_value(
-            serde_json::json!({"backend": "postgres", "connection_string": url}),
-        )
-        .unwrap();
+        let facade =
+            Config::from_json_value(serde_json::json!({"backend": "postgres", "url": url}))
+                .unwrap();
         assert!(!format!("{facade:?}").contains(password));
         let bus = PostgresEventBus::new(config).unwrap();
         assert!(!format!("{bus:?}").contains(password));
