@@ -164,6 +164,39 @@ impl Inner {
         self.listener.start(ctx).await
     }
 
+    /// Sends a token on this bus's private flush channel and waits, up to `after`,
+    /// until the receive loop has dispatched it: PostgreSQL delivers notifications in
+    /// commit order, so everything this bus published before has been received and
+    /// dispatched by then.
+    async fn round_trip(&self, after: Duration) -> Result<(), Error> {
+        if !self.listener.is_connected().await {
+            return Err(Error::connection(
+                "flush",
+                "the LISTEN connection is down; reconnecting",
+            ));
+        }
+        let token = uuid::Uuid::new_v4().to_string();
+        let arrived = self.listener.expect_flush(token.clone());
+        if let Err(e) = self.pool.notify_one(self.channels.flush(), &token).await {
+            self.listener.forget_flush(&token);
+            return Err(Error::connection("flush", e));
+        }
+        match tokio::time::timeout(after, arrived).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(Error::connection(
+                "flush",
+                "the LISTEN connection was lost while flushing",
+            )),
+            Err(_) => {
+                self.listener.forget_flush(&token);
+                Err(Error::Timeout {
+                    operation: "flush".into(),
+                    after,
+                })
+            }
+        }
+    }
+
     async fn publish_all(&self, events: Vec<Event>) -> Result<(), Error> {
         self.check_open()?;
         let max = self.config.max_message_bytes;
@@ -277,36 +310,7 @@ impl EventBus for PostgresEventBus {
         let inner = &self.inner;
         inner.check_open()?;
         inner.start_listener().await?;
-        if !inner.listener.is_connected().await {
-            return Err(Error::connection(
-                "flush",
-                "the LISTEN connection is down; reconnecting",
-            ));
-        }
-        let token = uuid::Uuid::new_v4().to_string();
-        let arrived = inner.listener.expect_flush(token.clone());
-        let flush_channel = inner.channels.flush();
-        if let Err(e) = inner.pool.notify_one(flush_channel, &token).await {
-            inner.listener.forget_flush(&token);
-            return Err(Error::connection("flush", e));
-        }
-        let after = inner.config.timeout() * 6;
-        match tokio::time::timeout(after, arrived).await {
-            Ok(Ok(())) => {}
-            Ok(Err(_)) => {
-                return Err(Error::connection(
-                    "flush",
-                    "the LISTEN connection was lost while flushing",
-                ));
-            }
-            Err(_) => {
-                inner.listener.forget_flush(&token);
-                return Err(Error::Timeout {
-                    operation: "flush".into(),
-                    after,
-                });
-            }
-        }
+        inner.round_trip(inner.config.timeout() * 6).await?;
         inner.dispatcher.flush().await;
         Ok(())
     }
@@ -331,11 +335,30 @@ impl EventBus for PostgresEventBus {
         Health::new("postgres", open, connected, last_error)
     }
 
+    /// Closes in this order, so that every event the bus received is delivered or
+    /// counted in `dropped`: refuse new publishes and subscriptions; one round trip on
+    /// the flush channel, so that everything this bus published is received; stop
+    /// reading the LISTEN connection and dispatch what was read (what still waits for
+    /// queue space after `dispatcher.shutdown_timeout_seconds` is counted in
+    /// `dropped`); close the dispatcher (see [`EventBus::close`]); close the
+    /// connections.
     async fn close(&self) -> Result<(), Error> {
         let inner = &self.inner;
-        inner.closed.store(true, Ordering::Release);
+        if inner.closed.swap(true, Ordering::AcqRel) {
+            inner.dispatcher.close().await;
+            return Ok(());
+        }
+        let deadline = tokio::time::Instant::now() + inner.dispatcher.config().shutdown_timeout();
+        if inner.listener.is_started().await {
+            let within = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match tokio::time::timeout_at(deadline, inner.round_trip(within)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::debug!(error = %e, "closing: the last round trip failed"),
+                Err(_) => tracing::debug!("closing: the last round trip timed out"),
+            }
+        }
+        inner.listener.shutdown(deadline).await;
         inner.dispatcher.close().await;
-        inner.listener.shutdown().await;
         inner.pool.close().await;
         Ok(())
     }

@@ -7,11 +7,15 @@
 //! only to wildcard subscriptions, so a bus hearing an event on both delivers it once
 //! per subscription. Anything that is not a valid event is logged, counted as
 //! malformed and skipped; it never stops the loop.
+//!
+//! While the bus closes, the loop keeps dispatching what the connection task hands
+//! over; an event still waiting for queue space at the drain deadline is counted in
+//! `dropped` (once per subscription it was for) instead of being lost uncounted.
 
 use std::{collections::HashSet, sync::Arc};
 
 use event_bus_core::{
-    Dispatcher, Error, Event,
+    Dispatcher, Error, Event, Pattern,
     envelope::{WIRE_VERSION, decode},
     topic::validate_topic,
 };
@@ -20,7 +24,7 @@ use tokio_postgres::Notification;
 
 use crate::{
     large::{LargeRef, LargeStore},
-    listener::{Incoming, Listener},
+    listener::{Incoming, Listener, StopSignal, drain_deadline_passed},
     publisher::Pool,
 };
 
@@ -64,6 +68,7 @@ pub(crate) async fn pump(
     rx: &mut mpsc::Receiver<Incoming>,
 ) -> Pumped {
     let mut batch = Vec::with_capacity(BATCH);
+    let mut stop = listener.stop_signal();
     loop {
         let Some(first) = rx.recv().await else {
             return Pumped::Lost("the connection task ended".to_owned());
@@ -90,15 +95,8 @@ pub(crate) async fn pump(
         for item in items {
             match item {
                 Item::Event(event, route) => {
-                    let exact = route == Route::Exact;
-                    let sent = ctx
-                        .dispatcher
-                        .dispatch_where(event, |p| p.literal().is_some() == exact)
-                        .await;
-                    match sent {
-                        Ok(()) => {}
-                        Err(Error::Closed) => return Pumped::Stop,
-                        Err(e) => tracing::debug!(error = %e, "received event not dispatched"),
+                    if dispatch(ctx, &mut stop, event, route).await.is_err() {
+                        return Pumped::Stop;
                     }
                 }
                 Item::Flush(token) => listener.flush_arrived(&token),
@@ -112,6 +110,42 @@ pub(crate) async fn pump(
             return Pumped::Lost(reason);
         }
     }
+}
+
+/// Dispatches one received event to the subscriptions of its route. Once the bus is
+/// closing and the drain deadline has passed, an event still waiting for queue space
+/// is counted in `dropped` instead. `Err` means the dispatcher is closed.
+async fn dispatch(
+    ctx: &ReceiveCtx,
+    stop: &mut StopSignal,
+    event: Event,
+    route: Route,
+) -> Result<(), Error> {
+    let exact = route == Route::Exact;
+    let for_route = move |p: &Pattern| p.literal().is_some() == exact;
+    let topic = event.topic.clone();
+    // Biased: the dispatch is polled first, so it is counted as received and, when
+    // there is room, queued even after the deadline.
+    tokio::select! {
+        biased;
+        sent = ctx.dispatcher.dispatch_where(event, for_route) => match sent {
+            Ok(()) => {}
+            Err(Error::Closed) => return Err(Error::Closed),
+            Err(e) => tracing::debug!(error = %e, "received event not dispatched"),
+        },
+        // Dropping the dispatch queues the event nowhere: queuing is all or nothing.
+        () = drain_deadline_passed(stop) => {
+            let targets = ctx
+                .dispatcher
+                .patterns()
+                .iter()
+                .filter(|p| for_route(p) && p.matches(&topic))
+                .count();
+            ctx.dispatcher.metrics().add_dropped(targets as u64);
+            tracing::debug!(%topic, targets, "bus closing: received event dropped");
+        }
+    }
+    Ok(())
 }
 
 fn classify(listener: &Listener, ctx: &ReceiveCtx, n: &Notification) -> Item {
