@@ -60,12 +60,13 @@ impl PostgresEventBus {
     pub fn new(config: PostgresConfig) -> Result<Self, Error> {
         let (pg, verify_certificates) = config.parse()?;
         let channels = Channels::new(&config.channel_prefix)?;
+        let shown = crate::redact::describe(&pg, verify_certificates);
         let connector = Arc::new(Connector::new(
             pg,
             verify_certificates,
             &config.channel_prefix,
             config.timeout(),
-            config.redacted_connection_string(),
+            shown,
         )?);
         let listener = Arc::new(Listener::new(connector.clone(), channels.clone()));
         let hook_target = Arc::downgrade(&listener);

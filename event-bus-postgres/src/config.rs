@@ -2,7 +2,7 @@
 
 use std::{fmt, time::Duration};
 
-use event_bus_core::{DispatcherConfig, Error, Secret, secret::redact_connection_string};
+use event_bus_core::{DispatcherConfig, Error, Secret};
 use serde::{Deserialize, Serialize};
 
 use crate::channel::validate_prefix;
@@ -11,8 +11,9 @@ use crate::channel::validate_prefix;
 /// (config `{"backend": "postgres", "connection_string": "...", ...}`).
 ///
 /// Only `connection_string` is required. Unknown keys are rejected; validation errors
-/// name the key. `Debug` output shows the connection string with its password
-/// replaced by `***`.
+/// name the key. `Debug` output, errors and logs never show the connection string
+/// itself: they show the settings the driver parsed from it, with `password=***`
+/// (see [`redacted_connection_string`](Self::redacted_connection_string)).
 ///
 /// ```
 /// use event_bus_postgres::PostgresConfig;
@@ -134,10 +135,7 @@ impl PostgresConfig {
             ));
         }
         self.dispatcher.validate()?;
-        let (text, verify) = crate::tls::split_verify_mode(self.connection_string.expose());
-        let mut pg: tokio_postgres::Config = text
-            .parse()
-            .map_err(|e| Error::config("connection_string", format!("cannot parse: {e}")))?;
+        let (mut pg, verify) = crate::redact::parse(self.connection_string.expose())?;
         if pg.get_connect_timeout().is_none() {
             pg.connect_timeout(self.timeout());
         }
@@ -149,9 +147,24 @@ impl PostgresConfig {
         Duration::from_secs_f64(self.timeout_seconds)
     }
 
-    /// The connection string with its password replaced by `***`, safe to log.
+    /// The settings parsed from the connection string, in key/value form with the
+    /// password shown as `***`; safe to log. Rendered from the driver's parsed form,
+    /// never from the text, so no way of writing the password can leak it. A string
+    /// that does not parse is not shown.
+    ///
+    /// ```
+    /// use event_bus_postgres::PostgresConfig;
+    /// let config = PostgresConfig::new("postgres://app:s3%2Fcret@db:5433/shop?sslmode=require");
+    /// assert_eq!(
+    ///     config.redacted_connection_string(),
+    ///     "host=db port=5433 user=app password=*** dbname=shop sslmode=require"
+    /// );
+    /// ```
     pub fn redacted_connection_string(&self) -> String {
-        redact_connection_string(self.connection_string.expose())
+        match crate::redact::parse(self.connection_string.expose()) {
+            Ok((pg, verify)) => crate::redact::describe(&pg, verify),
+            Err(_) => crate::redact::UNPARSEABLE.to_owned(),
+        }
     }
 }
 

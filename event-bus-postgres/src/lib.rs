@@ -62,6 +62,7 @@ mod listener;
 mod outgoing;
 mod publisher;
 mod receive;
+mod redact;
 mod tls;
 
 pub use bus::PostgresEventBus;
