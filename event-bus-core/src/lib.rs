@@ -34,6 +34,7 @@ pub mod error;
 pub mod event;
 pub mod event_type;
 pub mod handler;
+pub mod log_limit;
 pub mod metrics;
 pub mod pattern;
 pub mod priority;

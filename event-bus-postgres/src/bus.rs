@@ -161,6 +161,7 @@ impl Inner {
             pool: self.pool.clone(),
             store: self.store.clone(),
             max_bytes: self.config.max_message_bytes,
+            wire_warnings: Default::default(),
         };
         self.listener.start(ctx).await
     }

@@ -17,6 +17,7 @@ use std::{collections::HashSet, sync::Arc};
 use event_bus_core::{
     Dispatcher, Error, Event, Pattern,
     envelope::{WIRE_VERSION, decode},
+    log_limit::{Excerpt, LogLimiter},
     topic::validate_topic,
 };
 use tokio::sync::mpsc;
@@ -36,6 +37,9 @@ pub(crate) struct ReceiveCtx {
     pub(crate) pool: Arc<Pool>,
     pub(crate) store: Arc<LargeStore>,
     pub(crate) max_bytes: usize,
+    /// Bounds the warnings that received notifications cause, malformed ones and
+    /// failed large-payload lookups together (see [`event_bus_core::log_limit`]).
+    pub(crate) wire_warnings: LogLimiter,
 }
 
 /// Why [`pump`] returned.
@@ -195,7 +199,10 @@ async fn resolve_refs(ctx: &ReceiveCtx, items: &mut [Item]) {
     let stored = match ctx.store.fetch(&ctx.pool, &ids).await {
         Ok(stored) => stored,
         Err(e) => {
-            tracing::warn!(error = %e, count = ids.len(), "fetching stored large payloads failed");
+            if let Some(suppressed) = ctx.wire_warnings.check() {
+                let count = ids.len();
+                tracing::warn!(error = %e, count, suppressed, "fetching stored large payloads failed");
+            }
             Default::default()
         }
     };
@@ -225,8 +232,17 @@ async fn resolve_refs(ctx: &ReceiveCtx, items: &mut [Item]) {
     }
 }
 
+/// Counts a malformed notification (exactly) and logs it within the rate limit, with
+/// an excerpt of the untrusted reason.
 fn malformed(ctx: &ReceiveCtx, channel: &str, reason: &str) -> Item {
     ctx.dispatcher.metrics().add_malformed(1);
-    tracing::warn!(channel, reason, "malformed notification dropped");
+    if let Some(suppressed) = ctx.wire_warnings.check() {
+        tracing::warn!(
+            channel = %Excerpt(channel),
+            reason = %Excerpt(reason),
+            suppressed,
+            "malformed notification dropped"
+        );
+    }
     Item::Skip
 }

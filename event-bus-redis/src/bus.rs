@@ -201,6 +201,7 @@ impl RedisEventBus {
             timeout,
             ping_interval: inner.config.ping_interval(),
             tx,
+            malformed_log: Default::default(),
         };
         let conn = match tokio::time::timeout(timeout, listener.open(0)).await {
             Ok(Ok(conn)) => conn,

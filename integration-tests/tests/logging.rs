@@ -1,6 +1,8 @@
-//! What the buses write to the log: nothing at warn or above while idle, and the
-//! periodic metrics line. One test binary with a process-wide subscriber capturing the
-//! log, so these tests run one after another (a mutex) and read only their own lines.
+//! What the buses write to the log: nothing at warn or above while idle, the periodic
+//! metrics line, never a password, and a bounded volume under hostile input. One test
+//! binary with a process-wide subscriber capturing the log
+//! ([`integration_tests::log_capture`]), so these tests run one after another (a
+//! mutex) and read only their own lines.
 
 use std::time::Duration;
 
@@ -91,3 +93,6 @@ async fn metrics_line_follows_the_interval() {
 
 #[path = "logging/secrets.rs"]
 mod secrets;
+
+#[path = "logging/hostile.rs"]
+mod hostile;
