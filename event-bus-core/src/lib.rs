@@ -33,6 +33,7 @@ pub mod envelope;
 pub mod error;
 pub mod event;
 pub mod event_type;
+pub mod flush;
 pub mod handler;
 pub mod log_limit;
 pub mod metrics;

@@ -11,7 +11,7 @@ use std::{
 use async_trait::async_trait;
 use event_bus_core::{
     CancelSubscription, Dispatcher, Error, Event, EventBus, Handler, Health, MetricsSnapshot,
-    Pattern, Subscription, SubscriptionId, dispatcher::RemovalHook,
+    Pattern, Subscription, SubscriptionId, dispatcher::RemovalHook, flush::until_quiescent,
 };
 use tokio_postgres::GenericClient;
 
@@ -303,18 +303,18 @@ impl EventBus for PostgresEventBus {
         Ok(Subscription::new(id, pattern, control))
     }
 
-    /// Sends a token on this bus's private flush channel and waits until the receive
-    /// loop sees it (PostgreSQL delivers notifications in commit order, so everything
-    /// this bus published before has been received and dispatched by then), then
-    /// waits for the handlers. Fails with [`Error::Timeout`] after six times
+    /// Waits until the bus is quiescent (see [`event_bus_core::flush`]). Its round
+    /// trip sends a token on this bus's private flush channel and waits until the
+    /// receive loop has dispatched it (PostgreSQL delivers notifications in commit
+    /// order, so everything this bus published before has been received and dispatched
+    /// by then). A round trip fails with [`Error::Timeout`] after six times
     /// `timeout_seconds`, or with [`Error::Connection`] if the LISTEN connection is down.
     async fn flush(&self) -> Result<(), Error> {
         let inner = &self.inner;
         inner.check_open()?;
         inner.start_listener().await?;
-        inner.round_trip(inner.config.timeout() * 6).await?;
-        inner.dispatcher.flush().await;
-        Ok(())
+        let after = inner.config.timeout() * 6;
+        until_quiescent(&inner.dispatcher, || inner.round_trip(after)).await
     }
 
     fn metrics(&self) -> MetricsSnapshot {
