@@ -101,8 +101,9 @@ pub trait EventBus: Send + Sync + 'static {
     /// call has come back from the server (network backends) and been handled by the
     /// matching local subscriptions, and so have the follow-up events their handlers
     /// published, and theirs. The same on every backend; see [`crate::flush`].
-    /// Events other buses publish meanwhile are not waited for, and a chain of handlers
-    /// that never stops publishing keeps it waiting. Meant for tests and orderly
+    /// Events other buses publish meanwhile are not waited for; a bus that never stops
+    /// publishing (an endless chain of handlers, a producer that never pauses) keeps it
+    /// waiting. Meant for tests and orderly
     /// shutdown. Must not be called from a handler (it would wait for itself).
     ///
     /// # Errors

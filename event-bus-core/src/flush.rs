@@ -16,7 +16,8 @@ use crate::{dispatcher::Dispatcher, error::Error};
 /// Repeats `round_trip` then [`Dispatcher::flush`] until a round in which this bus
 /// published nothing (its `published` counter did not move), so that follow-up events
 /// published by handlers, and their own follow-ups, have been handled when it returns.
-/// A chain of handlers that never stops publishing keeps it waiting.
+/// A bus that never stops publishing (an endless chain of handlers, a producer that
+/// never pauses) keeps it waiting, as the memory backend's queues would.
 ///
 /// ```
 /// use event_bus_core::{Dispatcher, DispatcherConfig, flush::until_quiescent};

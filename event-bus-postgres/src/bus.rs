@@ -346,8 +346,9 @@ impl EventBus for PostgresEventBus {
     /// connections.
     async fn close(&self) -> Result<(), Error> {
         let inner = &self.inner;
+        // A second call returns at once (it must not close the dispatcher before the
+        // first call has stopped the receive path).
         if inner.closed.swap(true, Ordering::AcqRel) {
-            inner.dispatcher.close().await;
             return Ok(());
         }
         let deadline = tokio::time::Instant::now() + inner.dispatcher.config().shutdown_timeout();
