@@ -95,12 +95,20 @@ pub trait EventBus: Send + Sync + 'static {
         handler: Arc<dyn Handler>,
     ) -> Result<Subscription, Error>;
 
-    /// Waits until every event this bus has published, and every event it has received
-    /// so far, has been handled by its local subscriptions. Meant for tests and orderly
+    /// Waits until the bus is quiescent: nothing this bus published, received or
+    /// queued is still waiting, including what its handlers published during the
+    /// flush. When it returns, every event this bus published before or during the
+    /// call has come back from the server (network backends) and been handled by the
+    /// matching local subscriptions, and so have the follow-up events their handlers
+    /// published, and theirs. The same on every backend; see [`crate::flush`].
+    /// Events other buses publish meanwhile are not waited for; a bus that never stops
+    /// publishing (an endless chain of handlers, a producer that never pauses) keeps it
+    /// waiting. Meant for tests and orderly
     /// shutdown. Must not be called from a handler (it would wait for itself).
     ///
     /// # Errors
-    /// [`Error::Closed`] after close; network errors for backends that round-trip.
+    /// [`Error::Closed`] after close; network errors (a lost connection, a round trip
+    /// past its deadline) for backends that round-trip.
     async fn flush(&self) -> Result<(), Error>;
 
     /// A copy of the bus's metrics.

@@ -182,6 +182,11 @@ impl Metrics {
         }
     }
 
+    /// The `published` counter alone, without building a snapshot.
+    pub fn published(&self) -> u64 {
+        self.published.load(Relaxed)
+    }
+
     /// A copy of every value. Each value is read atomically; values of subscriptions
     /// being updated at the same moment may be one event apart.
     pub fn snapshot(&self) -> MetricsSnapshot {

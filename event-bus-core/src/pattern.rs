@@ -10,10 +10,11 @@
 //! | other    | itself, case-sensitively |
 //!
 //! Inside a class, `\` escapes the next character and a `]` right after `[` or `[!` is
-//! literal. A pattern is rejected when it is empty, longer than
-//! [`MAX_TOPIC_LEN`] bytes, holds whitespace or a control
-//! character, has an unclosed `[`, an empty class or a reversed range, or ends in a
-//! lone `\`. A pattern without wildcards is a plain topic and must also be a valid topic.
+//! literal. A pattern is rejected with [`Error::InvalidPattern`] when it is longer than
+//! [`MAX_TOPIC_LEN`] bytes, holds whitespace or a control character, has an unclosed
+//! `[`, an empty class or a reversed range, or ends in a lone `\`. A pattern without
+//! wildcards (the empty one too) is an exact topic: it must be a valid topic, and one
+//! that is not fails with [`Error::InvalidTopic`], the error `publish` gives for it.
 //!
 //! Matching is on whole topics: `orders:*` matches `orders:eu` and `orders:eu:paid`
 //! but not `orders`.
@@ -84,6 +85,19 @@ impl Pattern {
             pattern: pattern.to_owned(),
             reason,
         };
+        let tokens = tokenize(pattern).map_err(invalid)?;
+        let literal = tokens
+            .iter()
+            .map(|t| match t {
+                Token::Literal(c) => Some(*c),
+                _ => None,
+            })
+            .collect::<Option<String>>();
+        // A wildcard-free pattern is an exact topic: it breaks the topic rules with the
+        // error `publish` gives for the same topic.
+        if let Some(topic) = &literal {
+            validate_topic(topic)?;
+        }
         if pattern.is_empty() {
             return Err(invalid("must not be empty".into()));
         }
@@ -100,17 +114,6 @@ impl Pattern {
             return Err(invalid(format!(
                 "must not contain whitespace or control characters (found {c:?})"
             )));
-        }
-        let tokens = tokenize(pattern).map_err(invalid)?;
-        let literal = tokens
-            .iter()
-            .map(|t| match t {
-                Token::Literal(c) => Some(*c),
-                _ => None,
-            })
-            .collect::<Option<String>>();
-        if let Some(topic) = &literal {
-            validate_topic(topic)?;
         }
         Ok(Self {
             source: pattern.to_owned(),
@@ -355,10 +358,14 @@ mod tests {
                 .to_string()
                 .contains("bytes long")
         );
-        assert!(matches!(
-            Pattern::parse("a::b"),
-            Err(Error::InvalidTopic { .. })
-        ));
+        // Wildcard-free patterns are exact topics: the topic rules and error apply.
+        let long_topic = "a".repeat(MAX_TOPIC_LEN + 1);
+        for topic in ["a::b", "a b", "a\tb", "", ":a", long_topic.as_str()] {
+            assert!(
+                matches!(Pattern::parse(topic), Err(Error::InvalidTopic { .. })),
+                "{topic:?}"
+            );
+        }
     }
 
     #[test]

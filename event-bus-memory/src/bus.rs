@@ -5,7 +5,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use event_bus_core::{
     Dispatcher, Error, Event, EventBus, Handler, Health, MetricsSnapshot, Pattern, Subscription,
-    topic::validate_topic,
+    flush::until_quiescent, topic::validate_topic,
 };
 
 use crate::config::MemoryConfig;
@@ -77,9 +77,10 @@ impl EventBus for MemoryEventBus {
         ))
     }
 
+    /// Waits until the bus is quiescent (see [`event_bus_core::flush`]); nothing is on
+    /// its way back from a server, so the round trip is empty.
     async fn flush(&self) -> Result<(), Error> {
-        self.dispatcher.flush().await;
-        Ok(())
+        until_quiescent(&self.dispatcher, || async { Ok(()) }).await
     }
 
     fn metrics(&self) -> MetricsSnapshot {

@@ -8,7 +8,7 @@ use std::sync::{
 use async_trait::async_trait;
 use event_bus_core::{
     CancelSubscription, Dispatcher, Error, Event, EventBus, Handler, Health, MetricsSnapshot,
-    Pattern, Subscription, SubscriptionId, dispatcher::RemovalHook,
+    Pattern, Subscription, SubscriptionId, dispatcher::RemovalHook, flush::until_quiescent,
 };
 use tokio_postgres::GenericClient;
 
@@ -57,12 +57,13 @@ impl PostgresEventBus {
     pub fn new(config: PostgresConfig) -> Result<Self, Error> {
         let (pg, verify_certificates) = config.parse()?;
         let channels = Channels::new(&config.channel_prefix)?;
+        let shown = crate::redact::describe(&pg, verify_certificates);
         let connector = Arc::new(Connector::new(
             pg,
             verify_certificates,
             &config.channel_prefix,
             config.command_timeout(),
-            config.redacted_url(),
+            shown,
         )?);
         let listener = Arc::new(Listener::new(connector.clone(), channels.clone()));
         let hook_target = Arc::downgrade(&listener);
@@ -157,8 +158,42 @@ impl Inner {
             pool: self.pool.clone(),
             store: self.store.clone(),
             max_bytes: self.config.max_message_bytes,
+            wire_warnings: Default::default(),
         };
         self.listener.start(ctx).await
+    }
+
+    /// Sends a token on this bus's private flush channel and waits, up to `after`,
+    /// until the receive loop has dispatched it: PostgreSQL delivers notifications in
+    /// commit order, so everything this bus published before has been received and
+    /// dispatched by then.
+    async fn round_trip(&self, after: std::time::Duration) -> Result<(), Error> {
+        if !self.listener.is_connected().await {
+            return Err(Error::connection(
+                "flush",
+                "the LISTEN connection is down; reconnecting",
+            ));
+        }
+        let token = uuid::Uuid::new_v4().to_string();
+        let arrived = self.listener.expect_flush(token.clone());
+        if let Err(e) = self.pool.notify_one(self.channels.flush(), &token).await {
+            self.listener.forget_flush(&token);
+            return Err(Error::connection("flush", e));
+        }
+        match tokio::time::timeout(after, arrived).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(Error::connection(
+                "flush",
+                "the LISTEN connection was lost while flushing",
+            )),
+            Err(_) => {
+                self.listener.forget_flush(&token);
+                Err(Error::Timeout {
+                    operation: "flush".into(),
+                    after,
+                })
+            }
+        }
     }
 
     async fn publish_all(&self, events: Vec<Event>) -> Result<(), Error> {
@@ -265,48 +300,18 @@ impl EventBus for PostgresEventBus {
         Ok(Subscription::new(id, pattern, control))
     }
 
-    /// Sends a token on this bus's private flush channel and waits until the receive
-    /// loop sees it (PostgreSQL delivers notifications in commit order, so everything
-    /// this bus published before has been received and dispatched by then), then
-    /// waits for the handlers. Fails with [`Error::Timeout`] after six times
-    /// `command_timeout_seconds`, or with [`Error::Connection`] if the LISTEN connection
-    /// is down.
+    /// Waits until the bus is quiescent (see [`event_bus_core::flush`]). Its round
+    /// trip sends a token on this bus's private flush channel and waits until the
+    /// receive loop has dispatched it (PostgreSQL delivers notifications in commit
+    /// order, so everything this bus published before has been received and dispatched
+    /// by then). A round trip fails with [`Error::Timeout`] after six times
+    /// `command_timeout_seconds`, or with [`Error::Connection`] if the LISTEN connection is down.
     async fn flush(&self) -> Result<(), Error> {
         let inner = &self.inner;
         inner.check_open()?;
         inner.start_listener().await?;
-        if !inner.listener.is_connected().await {
-            return Err(Error::connection(
-                "flush",
-                "the LISTEN connection is down; reconnecting",
-            ));
-        }
-        let token = uuid::Uuid::new_v4().to_string();
-        let arrived = inner.listener.expect_flush(token.clone());
-        let flush_channel = inner.channels.flush();
-        if let Err(e) = inner.pool.notify_one(flush_channel, &token).await {
-            inner.listener.forget_flush(&token);
-            return Err(Error::connection("flush", e));
-        }
         let after = inner.config.command_timeout() * 6;
-        match tokio::time::timeout(after, arrived).await {
-            Ok(Ok(())) => {}
-            Ok(Err(_)) => {
-                return Err(Error::connection(
-                    "flush",
-                    "the LISTEN connection was lost while flushing",
-                ));
-            }
-            Err(_) => {
-                inner.listener.forget_flush(&token);
-                return Err(Error::Timeout {
-                    operation: "flush".into(),
-                    after,
-                });
-            }
-        }
-        inner.dispatcher.flush().await;
-        Ok(())
+        until_quiescent(&inner.dispatcher, || inner.round_trip(after)).await
     }
 
     fn metrics(&self) -> MetricsSnapshot {
@@ -329,11 +334,31 @@ impl EventBus for PostgresEventBus {
         Health::new("postgres", open, connected, last_error)
     }
 
+    /// Closes in this order, so that every event the bus received is delivered or
+    /// counted in `dropped`: refuse new publishes and subscriptions; one round trip on
+    /// the flush channel, so that everything this bus published is received; stop
+    /// reading the LISTEN connection and dispatch what was read (what still waits for
+    /// queue space after `dispatcher.shutdown_timeout_seconds` is counted in
+    /// `dropped`); close the dispatcher (see [`EventBus::close`]); close the
+    /// connections.
     async fn close(&self) -> Result<(), Error> {
         let inner = &self.inner;
-        inner.closed.store(true, Ordering::Release);
+        // A second call returns at once (it must not close the dispatcher before the
+        // first call has stopped the receive path).
+        if inner.closed.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        let deadline = tokio::time::Instant::now() + inner.dispatcher.config().shutdown_timeout();
+        if inner.listener.is_started().await {
+            let within = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match tokio::time::timeout_at(deadline, inner.round_trip(within)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::debug!(error = %e, "closing: the last round trip failed"),
+                Err(_) => tracing::debug!("closing: the last round trip timed out"),
+            }
+        }
+        inner.listener.shutdown(deadline).await;
         inner.dispatcher.close().await;
-        inner.listener.shutdown().await;
         inner.pool.close().await;
         Ok(())
     }

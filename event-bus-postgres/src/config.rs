@@ -2,9 +2,7 @@
 
 use std::{fmt, time::Duration};
 
-use event_bus_core::{
-    DispatcherConfig, Error, Secret, config::check_seconds, secret::redact_connection_string,
-};
+use event_bus_core::{DispatcherConfig, Error, Secret, config::check_seconds};
 use serde::{Deserialize, Serialize};
 
 use crate::channel::validate_prefix;
@@ -15,7 +13,9 @@ use crate::channel::validate_prefix;
 /// Only `url` is required (`connection_string` is accepted as another name for it).
 /// Unknown keys are rejected; validation errors name the key. Duration keys end in
 /// `_seconds` and take a number of seconds or a string such as `"250ms"` or `"5s"`.
-/// `Debug` output shows the URL with its password replaced by `***`.
+/// `Debug` output, errors and logs never show the URL itself: they show the settings
+/// the driver parsed from it, with `password=***` (see
+/// [`redacted_url`](Self::redacted_url)).
 ///
 /// ```
 /// use event_bus_postgres::PostgresConfig;
@@ -145,10 +145,7 @@ impl PostgresConfig {
             false,
         )?;
         self.dispatcher.validate()?;
-        let (text, verify) = crate::tls::split_verify_mode(self.url.expose());
-        let mut pg: tokio_postgres::Config = text
-            .parse()
-            .map_err(|e| Error::config("url", format!("cannot parse: {e}")))?;
+        let (mut pg, verify) = crate::redact::parse(self.url.expose())?;
         if pg.get_connect_timeout().is_none() {
             pg.connect_timeout(self.command_timeout());
         }
@@ -165,9 +162,24 @@ impl PostgresConfig {
         Duration::from_secs_f64(self.large_payload_ttl_seconds)
     }
 
-    /// The URL with its password replaced by `***`, safe to log.
+    /// The settings parsed from the URL, in key/value form with the
+    /// password shown as `***`; safe to log. Rendered from the driver's parsed form,
+    /// never from the text, so no way of writing the password can leak it. A string
+    /// that does not parse is not shown.
+    ///
+    /// ```
+    /// use event_bus_postgres::PostgresConfig;
+    /// let config = PostgresConfig::new("postgres://app:s3%2Fcret@db:5433/shop?sslmode=require");
+    /// assert_eq!(
+    ///     config.redacted_url(),
+    ///     "host=db port=5433 user=app password=*** dbname=shop sslmode=require"
+    /// );
+    /// ```
     pub fn redacted_url(&self) -> String {
-        redact_connection_string(self.url.expose())
+        match crate::redact::parse(self.url.expose()) {
+            Ok((pg, verify)) => crate::redact::describe(&pg, verify),
+            Err(_) => crate::redact::UNPARSEABLE.to_owned(),
+        }
     }
 }
 

@@ -28,8 +28,10 @@
 //!
 //! At-most-once: an event published while a bus's LISTEN connection is down is lost
 //! for that bus. Events from one publishing task arrive in publish order (PostgreSQL
-//! delivers notifications in commit order). Malformed notifications are logged,
-//! counted in `malformed` and skipped.
+//! delivers notifications in commit order). Malformed notifications are counted in
+//! `malformed`, skipped, and logged within a rate limit
+//! ([`event_bus_core::log_limit`]). `close()` stops the LISTEN connection before the
+//! dispatcher: every event the bus received is delivered or counted in `dropped`.
 //!
 //! # Example
 //!
@@ -62,6 +64,7 @@ mod listener;
 mod outgoing;
 mod publisher;
 mod receive;
+mod redact;
 mod tls;
 
 pub use bus::PostgresEventBus;

@@ -7,6 +7,14 @@
 //! [`Backoff`] (capped by `dispatcher.consumer_error_sleep_seconds`), LISTENs every
 //! channel again, counts a reconnect and logs a warning. Notifications sent while it
 //! was disconnected are lost (at-most-once).
+//!
+//! # Shutdown
+//!
+//! [`Listener::shutdown`] stops the receive path before the dispatcher closes: the
+//! connection task stops reading (finishing the hand-over of a notification it holds),
+//! and the receive loop dispatches everything already handed over. An event still
+//! waiting for queue space at the drain deadline is counted in `dropped`, so every
+//! event the bus received is delivered or counted.
 
 use std::{
     collections::HashMap,
@@ -16,8 +24,9 @@ use std::{
 use event_bus_core::{Error, SubscriptionId, reconnect::Backoff};
 use futures_util::future::poll_fn;
 use tokio::{
-    sync::{Mutex, mpsc, oneshot},
+    sync::{Mutex, mpsc, oneshot, watch},
     task::JoinHandle,
+    time::Instant,
 };
 use tokio_postgres::{AsyncMessage, Client, Notification};
 
@@ -57,6 +66,27 @@ pub(crate) struct Listener {
     flushes: SyncMutex<HashMap<String, oneshot::Sender<()>>>,
     last_error: SyncMutex<Option<String>>,
     task: SyncMutex<Option<JoinHandle<()>>>,
+    /// Set by [`shutdown`](Self::shutdown) to the drain deadline.
+    stop: watch::Sender<Option<Instant>>,
+}
+
+/// The shutdown signal as the receive path sees it.
+pub(crate) type StopSignal = watch::Receiver<Option<Instant>>;
+
+/// Resolves once shutdown was requested.
+pub(crate) async fn stopping(stop: &mut StopSignal) {
+    if stop.wait_for(Option::is_some).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// Resolves once shutdown was requested and its drain deadline has passed.
+pub(crate) async fn drain_deadline_passed(stop: &mut StopSignal) {
+    stopping(stop).await;
+    let deadline = *stop.borrow();
+    if let Some(deadline) = deadline {
+        tokio::time::sleep_until(deadline).await;
+    }
 }
 
 fn lock<T>(m: &SyncMutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -74,7 +104,13 @@ impl Listener {
             flushes: SyncMutex::default(),
             last_error: SyncMutex::default(),
             task: SyncMutex::default(),
+            stop: watch::Sender::new(None),
         }
+    }
+
+    /// The shutdown signal, for the receive loop.
+    pub(crate) fn stop_signal(&self) -> StopSignal {
+        self.stop.subscribe()
     }
 
     /// Connects and starts the receive loop, unless already started.
@@ -82,6 +118,9 @@ impl Listener {
         let mut started = self.started.lock().await;
         if *started {
             return Ok(());
+        }
+        if self.stop.borrow().is_some() {
+            return Err(Error::Closed);
         }
         let rx = self.connect_and_listen().await?;
         let me = self.clone();
@@ -94,13 +133,18 @@ impl Listener {
         loop {
             let reason = match receive::pump(&self, &ctx, &mut rx).await {
                 Pumped::Stop => return,
+                Pumped::Lost(_) if self.stop.borrow().is_some() => return,
                 Pumped::Lost(reason) => reason,
             };
             self.lost(&reason).await;
             tracing::warn!(error = %reason, "LISTEN connection lost; reconnecting");
             let mut backoff = Backoff::new(ctx.dispatcher.config().consumer_error_sleep());
+            let mut stop = self.stop_signal();
             rx = loop {
-                tokio::time::sleep(backoff.next_delay()).await;
+                tokio::select! {
+                    () = tokio::time::sleep(backoff.next_delay()) => {}
+                    () = stopping(&mut stop) => return,
+                }
                 if ctx.dispatcher.is_closed() || self.state.lock().await.closed {
                     return;
                 }
@@ -136,7 +180,7 @@ impl Listener {
     async fn connect_and_listen(&self) -> Result<mpsc::Receiver<Incoming>, Error> {
         let (client, connection) = self.connector.connect("listen").await?;
         let (tx, rx) = mpsc::channel(BUFFER);
-        let driver = tokio::spawn(drive(connection, tx));
+        let driver = tokio::spawn(drive(connection, tx, self.stop_signal()));
         let mut state = self.state.lock().await;
         if state.closed {
             driver.abort();
@@ -259,9 +303,27 @@ impl Listener {
         lock(&self.last_error).clone()
     }
 
-    /// Stops the receive loop and closes the connection.
-    pub(crate) async fn shutdown(&self) {
-        self.abort_task();
+    /// Stops the receive path (see [Shutdown](self#shutdown)): the connection is no
+    /// longer read, and the receive loop ends once it has dispatched, or counted in
+    /// `dropped` after `deadline`, everything already read. Then closes the connection.
+    pub(crate) async fn shutdown(&self, deadline: Instant) {
+        // Serialized with `start`, so that no receive loop starts after this.
+        let _started = self.started.lock().await;
+        self.state.lock().await.closed = true;
+        self.stop.send_replace(Some(deadline));
+        let task = lock(&self.task).take();
+        if let Some(mut task) = task {
+            // The loop needs at most until the deadline; the margin covers the batch
+            // in hand (stored-payload fetch, bounded by the statement timeout).
+            let margin = self.connector.timeout();
+            if tokio::time::timeout_at(deadline + margin, &mut task)
+                .await
+                .is_err()
+            {
+                tracing::warn!("the receive loop did not stop in time; aborting it");
+                task.abort();
+            }
+        }
         let mut state = self.state.lock().await;
         state.closed = true;
         state.client = None;
@@ -287,10 +349,17 @@ fn listen_sql<'a>(verb: &str, names: impl IntoIterator<Item = &'a str>) -> Strin
         .collect()
 }
 
-/// Drives `connection`, forwarding notifications until it ends.
-async fn drive(mut connection: PgConnection, tx: mpsc::Sender<Incoming>) {
+/// Drives `connection`, forwarding notifications until it ends or shutdown stops it.
+/// A notification read off the connection is always handed over (the receive loop
+/// keeps taking them until this task ends), so none is lost in between.
+async fn drive(mut connection: PgConnection, tx: mpsc::Sender<Incoming>, mut stop: StopSignal) {
     let reason = loop {
-        match poll_fn(|cx| connection.poll_message(cx)).await {
+        let message = tokio::select! {
+            biased;
+            () = stopping(&mut stop) => return,
+            message = poll_fn(|cx| connection.poll_message(cx)) => message,
+        };
+        match message {
             Some(Ok(AsyncMessage::Notification(n))) => {
                 if tx.send(Incoming::Note(n)).await.is_err() {
                     return;

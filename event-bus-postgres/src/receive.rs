@@ -7,12 +7,17 @@
 //! only to wildcard subscriptions, so a bus hearing an event on both delivers it once
 //! per subscription. Anything that is not a valid event is logged, counted as
 //! malformed and skipped; it never stops the loop.
+//!
+//! While the bus closes, the loop keeps dispatching what the connection task hands
+//! over; an event still waiting for queue space at the drain deadline is counted in
+//! `dropped` (once per subscription it was for) instead of being lost uncounted.
 
 use std::{collections::HashSet, sync::Arc};
 
 use event_bus_core::{
-    Dispatcher, Error, Event,
+    Dispatcher, Error, Event, Pattern,
     envelope::{WIRE_VERSION, decode},
+    log_limit::{Excerpt, LogLimiter},
     topic::validate_topic,
 };
 use tokio::sync::mpsc;
@@ -20,7 +25,7 @@ use tokio_postgres::Notification;
 
 use crate::{
     large::{LargeRef, LargeStore},
-    listener::{Incoming, Listener},
+    listener::{Incoming, Listener, StopSignal, drain_deadline_passed},
     publisher::Pool,
 };
 
@@ -32,6 +37,9 @@ pub(crate) struct ReceiveCtx {
     pub(crate) pool: Arc<Pool>,
     pub(crate) store: Arc<LargeStore>,
     pub(crate) max_bytes: usize,
+    /// Bounds the warnings that received notifications cause, malformed ones and
+    /// failed large-payload lookups together (see [`event_bus_core::log_limit`]).
+    pub(crate) wire_warnings: LogLimiter,
 }
 
 /// Why [`pump`] returned.
@@ -64,6 +72,7 @@ pub(crate) async fn pump(
     rx: &mut mpsc::Receiver<Incoming>,
 ) -> Pumped {
     let mut batch = Vec::with_capacity(BATCH);
+    let mut stop = listener.stop_signal();
     loop {
         let Some(first) = rx.recv().await else {
             return Pumped::Lost("the connection task ended".to_owned());
@@ -90,15 +99,8 @@ pub(crate) async fn pump(
         for item in items {
             match item {
                 Item::Event(event, route) => {
-                    let exact = route == Route::Exact;
-                    let sent = ctx
-                        .dispatcher
-                        .dispatch_where(event, |p| p.literal().is_some() == exact)
-                        .await;
-                    match sent {
-                        Ok(()) => {}
-                        Err(Error::Closed) => return Pumped::Stop,
-                        Err(e) => tracing::debug!(error = %e, "received event not dispatched"),
+                    if dispatch(ctx, &mut stop, event, route).await.is_err() {
+                        return Pumped::Stop;
                     }
                 }
                 Item::Flush(token) => listener.flush_arrived(&token),
@@ -112,6 +114,42 @@ pub(crate) async fn pump(
             return Pumped::Lost(reason);
         }
     }
+}
+
+/// Dispatches one received event to the subscriptions of its route. Once the bus is
+/// closing and the drain deadline has passed, an event still waiting for queue space
+/// is counted in `dropped` instead. `Err` means the dispatcher is closed.
+async fn dispatch(
+    ctx: &ReceiveCtx,
+    stop: &mut StopSignal,
+    event: Event,
+    route: Route,
+) -> Result<(), Error> {
+    let exact = route == Route::Exact;
+    let for_route = move |p: &Pattern| p.literal().is_some() == exact;
+    let topic = event.topic.clone();
+    // Biased: the dispatch is polled first, so it is counted as received and, when
+    // there is room, queued even after the deadline.
+    tokio::select! {
+        biased;
+        sent = ctx.dispatcher.dispatch_where(event, for_route) => match sent {
+            Ok(()) => {}
+            Err(Error::Closed) => return Err(Error::Closed),
+            Err(e) => tracing::debug!(error = %e, "received event not dispatched"),
+        },
+        // Dropping the dispatch queues the event nowhere: queuing is all or nothing.
+        () = drain_deadline_passed(stop) => {
+            let targets = ctx
+                .dispatcher
+                .patterns()
+                .iter()
+                .filter(|p| for_route(p) && p.matches(&topic))
+                .count();
+            ctx.dispatcher.metrics().add_dropped(targets as u64);
+            tracing::debug!(%topic, targets, "bus closing: received event dropped");
+        }
+    }
+    Ok(())
 }
 
 fn classify(listener: &Listener, ctx: &ReceiveCtx, n: &Notification) -> Item {
@@ -161,7 +199,10 @@ async fn resolve_refs(ctx: &ReceiveCtx, items: &mut [Item]) {
     let stored = match ctx.store.fetch(&ctx.pool, &ids).await {
         Ok(stored) => stored,
         Err(e) => {
-            tracing::warn!(error = %e, count = ids.len(), "fetching stored large payloads failed");
+            if let Some(suppressed) = ctx.wire_warnings.check() {
+                let count = ids.len();
+                tracing::warn!(error = %e, count, suppressed, "fetching stored large payloads failed");
+            }
             Default::default()
         }
     };
@@ -191,8 +232,17 @@ async fn resolve_refs(ctx: &ReceiveCtx, items: &mut [Item]) {
     }
 }
 
+/// Counts a malformed notification (exactly) and logs it within the rate limit, with
+/// an excerpt of the untrusted reason.
 fn malformed(ctx: &ReceiveCtx, channel: &str, reason: &str) -> Item {
     ctx.dispatcher.metrics().add_malformed(1);
-    tracing::warn!(channel, reason, "malformed notification dropped");
+    if let Some(suppressed) = ctx.wire_warnings.check() {
+        tracing::warn!(
+            channel = %Excerpt(channel),
+            reason = %Excerpt(reason),
+            suppressed,
+            "malformed notification dropped"
+        );
+    }
     Item::Skip
 }

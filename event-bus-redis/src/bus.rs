@@ -8,7 +8,7 @@ use std::sync::{
 use async_trait::async_trait;
 use event_bus_core::{
     Dispatcher, Error, Event, EventBus, Handler, Health, MetricsSnapshot, Pattern, Subscription,
-    topic::validate_topic,
+    flush::until_quiescent, topic::validate_topic,
 };
 use redis::{ProtocolVersion, io::tcp::TcpSettings};
 use tokio::{sync::mpsc, task::JoinHandle};
@@ -141,6 +141,30 @@ impl RedisEventBus {
     }
 
     /// The running connections, opening them on first use.
+    /// The round trip of `flush`: afterwards, everything this bus published before
+    /// has come back from the server and been handed to the dispatcher.
+    async fn round_trip(&self) -> Result<(), Error> {
+        let inner = &self.inner;
+        let mut conn = inner
+            .registry
+            .connection()
+            .await
+            .ok_or_else(|| Error::connection("flush", "the pub/sub connection is down"))?;
+        ping(&mut conn, inner.config.command_timeout()).await?;
+        let target = inner.progress.received.load(Ordering::Acquire);
+        let mut processed = inner.progress.processed.subscribe();
+        let mut link = inner.registry.watch_link();
+        tokio::select! {
+            done = processed.wait_for(|n| *n >= target) => {
+                done.map_err(|_| Error::Closed)?;
+            }
+            _ = link.wait_for(|l| !l.connected) => {
+                return Err(Error::connection("flush", "the pub/sub connection was lost"));
+            }
+        }
+        Ok(())
+    }
+
     async fn started(&self) -> Result<Arc<Started>, Error> {
         if self.is_closed() {
             return Err(Error::Closed);
@@ -201,6 +225,7 @@ impl RedisEventBus {
             timeout,
             ping_interval: inner.config.ping_interval(),
             tx,
+            malformed_log: Default::default(),
         };
         let conn = match tokio::time::timeout(timeout, listener.open(0)).await {
             Ok(Ok(conn)) => conn,
@@ -323,32 +348,13 @@ impl EventBus for RedisEventBus {
         Ok(Subscription::new(id, pattern, Arc::new(control)))
     }
 
-    /// Waits until every event this bus published before the call has come back from
-    /// the server and been handled: a `PING` on the pub/sub connection is answered after
-    /// every message the server queued for it before, so once the listener has
-    /// dispatched everything received up to that answer, the dispatcher is flushed.
+    /// Waits until the bus is quiescent (see [`event_bus_core::flush`]). Its round
+    /// trip is a `PING` on the pub/sub connection, answered after every message the
+    /// server queued for it before, and then waiting until the listener has dispatched
+    /// everything received up to that answer.
     async fn flush(&self) -> Result<(), Error> {
         self.started().await?;
-        let inner = &self.inner;
-        let mut conn = inner
-            .registry
-            .connection()
-            .await
-            .ok_or_else(|| Error::connection("flush", "the pub/sub connection is down"))?;
-        ping(&mut conn, inner.config.command_timeout()).await?;
-        let target = inner.progress.received.load(Ordering::Acquire);
-        let mut processed = inner.progress.processed.subscribe();
-        let mut link = inner.registry.watch_link();
-        tokio::select! {
-            done = processed.wait_for(|n| *n >= target) => {
-                done.map_err(|_| Error::Closed)?;
-            }
-            _ = link.wait_for(|l| !l.connected) => {
-                return Err(Error::connection("flush", "the pub/sub connection was lost"));
-            }
-        }
-        inner.dispatcher.flush().await;
-        Ok(())
+        until_quiescent(&self.inner.dispatcher, || self.round_trip()).await
     }
 
     fn metrics(&self) -> MetricsSnapshot {

@@ -13,7 +13,12 @@ use std::{
     time::Duration,
 };
 
-use event_bus_core::{Dispatcher, Error, envelope::decode, reconnect::Backoff};
+use event_bus_core::{
+    Dispatcher, Error,
+    envelope::decode,
+    log_limit::{Excerpt, LogLimiter},
+    reconnect::Backoff,
+};
 use redis::{
     AsyncConnectionConfig, Msg, PushInfo, PushKind, RedisError, aio::MultiplexedConnection,
 };
@@ -72,6 +77,8 @@ pub(crate) struct Listener {
     pub(crate) timeout: Duration,
     pub(crate) ping_interval: Option<Duration>,
     pub(crate) tx: mpsc::UnboundedSender<Push>,
+    /// Bounds the malformed-message warnings (see [`event_bus_core::log_limit`]).
+    pub(crate) malformed_log: LogLimiter,
 }
 
 impl Listener {
@@ -295,9 +302,18 @@ impl Listener {
         }
     }
 
+    /// Counts a malformed message (exactly) and logs it within the rate limit, with
+    /// excerpts of the untrusted channel name and reason.
     fn malformed(&self, channel: &str, reason: &str) {
         self.dispatcher.metrics().add_malformed(1);
-        tracing::warn!(channel, reason, "malformed message skipped");
+        if let Some(suppressed) = self.malformed_log.check() {
+            tracing::warn!(
+                channel = %Excerpt(channel),
+                reason = %Excerpt(reason),
+                suppressed,
+                "malformed message skipped"
+            );
+        }
     }
 }
 

@@ -1,9 +1,10 @@
 //! Test support shared by the conformance suite and the backend fault tests: unique
-//! namespaces, waiting on conditions, recording handlers, a fault-injecting TCP proxy,
+//! namespaces, waiting on conditions, recording handlers, log capture, a fault-injecting TCP proxy,
 //! one factory per backend, and the conformance cases themselves.
 
 pub mod conformance;
 pub mod factories;
+pub mod log_capture;
 pub mod postgres_server;
 pub mod proxy;
 pub mod redis_server;

@@ -1,75 +1,18 @@
-//! What the buses write to the log: nothing at warn or above while idle, and the
-//! periodic metrics line. One test binary with a process-wide subscriber capturing the
-//! log, so these tests run one after another (a mutex) and read only their own lines.
+//! What the buses write to the log: nothing at warn or above while idle, the periodic
+//! metrics line, never a password, and a bounded volume under hostile input. One test
+//! binary with a process-wide subscriber capturing the log
+//! ([`integration_tests::log_capture`]), so these tests run one after another (a
+//! mutex) and read only their own lines.
 
-use std::{
-    io::Write,
-    sync::{Arc, Mutex, MutexGuard},
-    time::Duration,
-};
+use std::time::Duration;
 
 use event_bus::{DispatcherConfig, EventBusExt};
 use integration_tests::{
     conformance::test_dispatcher,
     factories::{self, Factory},
+    log_capture::capture,
     support::{Recorder, namespace},
 };
-use tracing_subscriber::fmt::MakeWriter;
-
-/// Everything logged, as text.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Captured {
-    fn lock(&self) -> MutexGuard<'_, Vec<u8>> {
-        self.0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    fn take(&self) -> String {
-        String::from_utf8_lossy(&std::mem::take(&mut *self.lock())).into_owned()
-    }
-}
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.lock().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> MakeWriter<'a> for Captured {
-    type Writer = Captured;
-
-    fn make_writer(&'a self) -> Self::Writer {
-        self.clone()
-    }
-}
-
-/// The captured log, installed once; the guard keeps tests from interleaving.
-async fn capture() -> (Captured, tokio::sync::MutexGuard<'static, ()>) {
-    static LOG: std::sync::OnceLock<Captured> = std::sync::OnceLock::new();
-    static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-    let guard = SERIAL.lock().await;
-    let log = LOG
-        .get_or_init(|| {
-            let log = Captured::default();
-            tracing_subscriber::fmt()
-                .with_writer(log.clone())
-                .with_ansi(false)
-                .with_max_level(tracing_subscriber::filter::LevelFilter::INFO)
-                .init();
-            log
-        })
-        .clone();
-    log.take();
-    (log, guard)
-}
 
 /// A subscribed, idle bus writes nothing at warn or error.
 async fn idle_bus_logs_no_warnings(factory: Factory) {
@@ -147,3 +90,9 @@ async fn metrics_line_follows_the_interval() {
     silent.close().await.unwrap();
     assert!(!log.take().contains("event bus metrics"));
 }
+
+#[path = "logging/secrets.rs"]
+mod secrets;
+
+#[path = "logging/hostile.rs"]
+mod hostile;

@@ -2,6 +2,8 @@
 //! large payloads, the wire format, transactions, TLS and faults, against a real server
 //! (see `integration_tests::postgres_server`).
 
+#[path = "postgres/close.rs"]
+mod close;
 #[path = "postgres/delivery.rs"]
 mod delivery;
 #[path = "postgres/faults.rs"]

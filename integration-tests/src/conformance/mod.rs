@@ -5,6 +5,7 @@
 
 pub mod delivery;
 pub mod failures;
+pub mod flush;
 pub mod lifecycle;
 pub mod ordering;
 pub mod patterns;
@@ -103,6 +104,8 @@ macro_rules! conformance_suite {
                 lifecycle::handler_can_close_the_bus,
                 lifecycle::close_drains_accepted_events,
                 lifecycle::idle_bus_counts_no_reconnects_or_errors,
+                flush::flush_waits_for_a_follow_up_event,
+                flush::flush_waits_for_a_chain_of_follow_ups,
                 ordering::more_urgent_first_under_backlog,
                 ordering::fifo_at_equal_priority,
                 failures::slow_handler_times_out_and_counts,

@@ -101,8 +101,9 @@ pub async fn pattern_table_matches_like_the_core(factory: Factory) {
     bus.close().await.unwrap();
 }
 
-/// Invalid topics fail at publish, invalid patterns at subscribe, with the offending
-/// value in the error; nothing is delivered.
+/// Invalid topics fail with `InvalidTopic` at publish and, as exact subscriptions, at
+/// subscribe; invalid patterns fail with `InvalidPattern`; the offending value is in
+/// the error; nothing is delivered.
 pub async fn invalid_topics_and_patterns_are_rejected(factory: Factory) {
     let (ns, bus) = bus(factory).await;
     let all = Recorder::new();
@@ -120,10 +121,20 @@ pub async fn invalid_topics_and_patterns_are_rejected(factory: Factory) {
         assert!(err.into_event().is_none());
     }
     for bad in [
+        String::new(),
+        format!("{ns}::x"),
+        format!("{ns}:has space"),
+        format!("{ns}:{}", "x".repeat(300)),
+    ] {
+        let err = bus.subscribe(&bad, all.handler()).await.unwrap_err();
+        assert!(matches!(err, Error::InvalidTopic { .. }), "{bad:?}: {err}");
+        assert!(err.to_string().contains(&format!("{bad:?}")), "{err}");
+    }
+    for bad in [
         format!("{ns}:["),
         format!("{ns}:a\\"),
         format!("{ns}:[z-a]"),
-        String::new(),
+        format!("{ns}:has space:*"),
     ] {
         let err = bus.subscribe(&bad, all.handler()).await.unwrap_err();
         assert!(
