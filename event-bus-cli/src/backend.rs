@@ -1,99 +1,220 @@
-//! Backend selection shared by every subcommand: `--config FILE`, or `--backend` with
-//! `--url`, or the `EVENT_BUS_*` environment variables; memory by default.
+//! Which bus a subcommand talks to: `--config FILE`, or `--url` (whose scheme names the
+//! backend) with an optional `--backend`, or the `EVENT_BUS_*` variables of those
+//! options; the memory backend when none is given.
 
-use std::{fmt, path::PathBuf, process::ExitCode, sync::Arc};
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+};
 
+use clap::{ArgMatches, parser::ValueSource};
 use event_bus::{BackendName, Config, Error, EventBus, create_event_bus};
 use serde_json::{Value, json};
 
-/// Options naming the bus a subcommand talks to. Precedence: `--config` (or
-/// `EVENT_BUS_CONFIG`), then `--backend`/`--url` (or `EVENT_BUS_BACKEND`/`EVENT_BUS_URL`),
-/// then the memory backend.
+use crate::{failure::Failure, output};
+
+/// The help heading of the options every subcommand accepts.
+pub(crate) const GLOBAL_OPTIONS: &str = "Global options";
+
+/// Options naming the bus a subcommand talks to.
 #[derive(clap::Args, Clone, Debug, Default)]
 pub(crate) struct BackendArgs {
     /// Config file, TOML (or JSON when it ends in `.json`), with the schema of
     /// `create_event_bus`, e.g. `backend = "redis"` and `url = "redis://127.0.0.1"`.
-    #[arg(long, global = true, env = "EVENT_BUS_CONFIG", value_name = "FILE")]
-    pub(crate) config: Option<PathBuf>,
-    /// Backend to use when no config file is given: memory, redis or postgres.
-    #[arg(long, global = true, env = "EVENT_BUS_BACKEND", value_name = "NAME")]
-    pub(crate) backend: Option<String>,
-    /// Server URL for `--backend` (the config key `url`): `redis://127.0.0.1:6379` for
-    /// redis, `postgres://postgres@127.0.0.1/postgres` for postgres.
-    #[arg(long, global = true, env = "EVENT_BUS_URL", value_name = "URL")]
-    pub(crate) url: Option<String>,
+    /// Not together with `--backend` or `--url`.
+    #[arg(long, global = true, env = "EVENT_BUS_CONFIG", value_name = "FILE",
+          help_heading = GLOBAL_OPTIONS)]
+    config: Option<PathBuf>,
+    /// Backend: memory, redis or postgres. Without it, the scheme of `--url` names the
+    /// backend; without both, memory.
+    #[arg(long, global = true, env = "EVENT_BUS_BACKEND", value_name = "NAME",
+          help_heading = GLOBAL_OPTIONS)]
+    backend: Option<String>,
+    /// Server URL: `redis://` or `rediss://` for Redis, `postgres://` or `postgresql://`
+    /// for PostgreSQL (with `--backend postgres`, also a libpq `key=value` string).
+    #[arg(long, global = true, env = "EVENT_BUS_URL", value_name = "URL",
+          help_heading = GLOBAL_OPTIONS)]
+    url: Option<String>,
+    /// Which of the options above came from their environment variable.
+    #[arg(skip)]
+    from_env: FromEnv,
 }
 
-/// Why the command failed, and with which exit status.
-#[derive(Debug)]
-pub(crate) struct Failure {
-    code: u8,
-    message: String,
+#[derive(Clone, Copy, Debug, Default)]
+struct FromEnv {
+    config: bool,
+    backend: bool,
+    url: bool,
 }
 
-impl Failure {
-    /// A usage or configuration error (exit status 2).
-    pub(crate) fn usage(message: impl Into<String>) -> Self {
-        Self {
-            code: 2,
-            message: message.into(),
-        }
-    }
-
-    /// A runtime error: server unreachable, publish failed (exit status 1).
-    pub(crate) fn runtime(message: impl Into<String>) -> Self {
-        Self {
-            code: 1,
-            message: message.into(),
-        }
-    }
-
-    /// The process exit status.
-    pub(crate) fn exit_code(&self) -> ExitCode {
-        ExitCode::from(self.code)
-    }
+/// One of the options, for messages that name it as the user gave it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Opt {
+    Config,
+    Backend,
+    Url,
 }
 
-impl fmt::Display for Failure {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.message)
-    }
+/// The bus the options chose, and where the choice came from.
+#[derive(Clone, Debug)]
+pub(crate) struct Selection {
+    /// The configuration as a JSON object (the schema of `event_bus::Config`).
+    pub(crate) value: Value,
+    origin: Origin,
 }
 
-impl From<Error> for Failure {
-    fn from(error: Error) -> Self {
-        match error {
-            Error::Config { .. }
-            | Error::BackendDisabled { .. }
-            | Error::InvalidTopic { .. }
-            | Error::InvalidPattern { .. } => Self::usage(error.to_string()),
-            other => Self::runtime(other.to_string()),
-        }
-    }
+#[derive(Clone, Debug)]
+enum Origin {
+    Default,
+    File { option: &'static str, path: PathBuf },
+    Flags {
+        url: &'static str,
+        given: String,
+    },
 }
 
 impl BackendArgs {
-    /// The configuration as a JSON object (the schema of `event_bus::Config`).
+    /// Notes which options came from environment variables, so that messages name
+    /// them as the user gave them (`EVENT_BUS_URL` rather than `--url`).
+    pub(crate) fn note_sources(&mut self, matches: &ArgMatches) {
+        let env = |id: &str| matches.value_source(id) == Some(ValueSource::EnvVariable);
+        self.from_env = FromEnv {
+            config: env("config"),
+            backend: env("backend"),
+            url: env("url"),
+        };
+    }
+
+    /// The option as the user gave it: `--url`, or `EVENT_BUS_URL` from the environment.
+    fn name(&self, opt: Opt) -> &'static str {
+        match (opt, self.is_env(opt)) {
+            (Opt::Config, false) => "--config",
+            (Opt::Config, true) => "EVENT_BUS_CONFIG",
+            (Opt::Backend, false) => "--backend",
+            (Opt::Backend, true) => "EVENT_BUS_BACKEND",
+            (Opt::Url, false) => "--url",
+            (Opt::Url, true) => "EVENT_BUS_URL",
+        }
+    }
+
+    fn is_env(&self, opt: Opt) -> bool {
+        match opt {
+            Opt::Config => self.from_env.config,
+            Opt::Backend => self.from_env.backend,
+            Opt::Url => self.from_env.url,
+        }
+    }
+
+    /// The options given on the command line (not from the environment), e.g. to tell
+    /// the user that a subcommand does not use them.
+    pub(crate) fn on_command_line(&self) -> Vec<&'static str> {
+        [
+            (Opt::Config, self.config.is_some()),
+            (Opt::Backend, self.backend.is_some()),
+            (Opt::Url, self.url.is_some()),
+        ]
+        .into_iter()
+        .filter(|&(opt, given)| given && !self.is_env(opt))
+        .map(|(opt, _)| self.name(opt))
+        .collect()
+    }
+
+    /// Chooses the bus. A config file excludes `--backend` and `--url`; when one side
+    /// comes from the command line and the other from the environment, the command
+    /// line wins.
     ///
     /// # Errors
-    /// A usage failure naming the key or file at fault.
-    pub(crate) fn config_value(&self) -> Result<Value, Failure> {
-        if let Some(path) = &self.config {
-            return Ok(read_config_file(path)?);
+    /// A usage failure naming the options at fault, or the config file's bad key.
+    pub(crate) fn select(&self) -> Result<Selection, Failure> {
+        let mut config = self.config.as_deref().filter(|p| !p.as_os_str().is_empty());
+        let mut backend = self.backend.as_deref().filter(|s| !s.is_empty());
+        let mut url = self.url.as_deref().filter(|s| !s.is_empty());
+        if config.is_some() && (backend.is_some() || url.is_some()) {
+            let other = if backend.is_some() && self.is_env(Opt::Backend) == self.from_env.config
+            {
+                Opt::Backend
+            } else {
+                Opt::Url
+            };
+            let others_on_command_line = (backend.is_some() && !self.from_env.backend)
+                || (url.is_some() && !self.from_env.url);
+            match (!self.from_env.config, others_on_command_line) {
+                (true, false) => (backend, url) = (None, None),
+                (false, true) => config = None,
+                _ => {
+                    return Err(Failure::usage(format!(
+                        "{} cannot be combined with {}: the config file names the backend \
+                         and its server; give one or the other",
+                        self.name(Opt::Config),
+                        self.name(other)
+                    )));
+                }
+            }
         }
-        let name: BackendName = match self.backend.as_deref() {
-            None | Some("") => BackendName::Memory,
-            Some(name) => name.parse()?,
+        if let Some(path) = config {
+            let option = self.name(Opt::Config);
+            let value = read_config_file(path)
+                .map_err(|e| Failure::from(e).context(&path.display().to_string()))?;
+            let path = path.to_owned();
+            return Ok(Selection {
+                value,
+                origin: Origin::File { option, path },
+            });
+        }
+        let value = self.flags_value(backend, url)?;
+        let origin = if backend.is_none() && url.is_none() {
+            Origin::Default
+        } else {
+            let given = [(Opt::Backend, backend), (Opt::Url, url)]
+                .into_iter()
+                .filter(|(_, value)| value.is_some())
+                .map(|(opt, _)| self.name(opt))
+                .collect::<Vec<_>>()
+                .join(" and ");
+            Origin::Flags {
+                url: self.name(Opt::Url),
+                given,
+            }
         };
-        let url = self.url.as_deref().filter(|u| !u.is_empty());
+        Ok(Selection { value, origin })
+    }
+
+    /// The config of `--backend` and `--url`.
+    fn flags_value(&self, backend: Option<&str>, url: Option<&str>) -> Result<Value, Failure> {
+        let (backend_flag, url_flag) = (self.name(Opt::Backend), self.name(Opt::Url));
+        let from_scheme = url.and_then(BackendName::for_url);
+        let name = match (backend, url) {
+            (Some(name), _) => name.parse::<BackendName>().map_err(|_| {
+                Failure::usage(format!(
+                    "{backend_flag} {name}: unknown backend; available: {}",
+                    BackendName::ALL.map(BackendName::as_str).join(", ")
+                ))
+            })?,
+            (None, Some(url)) => from_scheme.ok_or_else(|| unknown_scheme(url_flag, url))?,
+            (None, None) => BackendName::Memory,
+        };
+        if let Some(scheme_backend) = from_scheme.filter(|&b| b != name) {
+            return Err(Failure::usage(format!(
+                "{backend_flag} {name} does not match {url_flag}, a {scheme_backend} URL; \
+                 drop {backend_flag} (the URL's scheme names the backend)"
+            )));
+        }
         Ok(match (name, url) {
             (BackendName::Memory, None) => json!({"backend": "memory"}),
             (BackendName::Memory, Some(_)) => {
-                return Err(Error::config("url", "the memory backend takes no url").into());
+                return Err(Failure::usage(format!(
+                    "{backend_flag} memory takes no {url_flag}: the memory backend has no \
+                     server"
+                )));
             }
             (BackendName::Redis, None) => json!({"backend": "redis"}),
             (BackendName::Redis, Some(url)) => json!({"backend": "redis", "url": url}),
-            (BackendName::Postgres, None) => json!({"backend": "postgres"}),
+            (BackendName::Postgres, None) => {
+                return Err(Failure::usage(format!(
+                    "{backend_flag} postgres needs {url_flag}, e.g. \
+                     postgres://postgres@127.0.0.1:5432/postgres"
+                )));
+            }
             (BackendName::Postgres, Some(url)) => {
                 json!({"backend": "postgres", "url": url})
             }
@@ -101,10 +222,25 @@ impl BackendArgs {
     }
 }
 
+/// The error for a `--url` whose scheme names no backend. The URL itself is not
+/// repeated: it may hold a password.
+fn unknown_scheme(url_flag: &str, url: &str) -> Failure {
+    let known = BackendName::url_schemes_text();
+    Failure::usage(match url.split_once("://") {
+        Some((scheme, _)) => format!(
+            "{url_flag}: unknown scheme `{scheme}://`; a server URL starts with {known}"
+        ),
+        None => format!(
+            "{url_flag} is not a URL (no `scheme://`); a server URL starts with {known} \
+             (a libpq key=value string needs --backend postgres)"
+        ),
+    })
+}
+
 /// Reads a `.json` or TOML file into a JSON value, like `Config::from_file`.
-fn read_config_file(path: &std::path::Path) -> Result<Value, Error> {
+fn read_config_file(path: &Path) -> Result<Value, Error> {
     let text = std::fs::read_to_string(path)
-        .map_err(|e| Error::config("(file)", format!("cannot read {}: {e}", path.display())))?;
+        .map_err(|e| Error::config("(file)", format!("cannot read it: {e}")))?;
     if path.extension().is_some_and(|e| e == "json") {
         event_bus::backend_api::config::from_json_str(&text)
     } else {
@@ -112,53 +248,146 @@ fn read_config_file(path: &std::path::Path) -> Result<Value, Error> {
     }
 }
 
-/// The backend name of a config value (`memory` when absent, as the parser will say).
-pub(crate) fn backend_of(value: &Value) -> &str {
-    value
-        .get("backend")
-        .and_then(Value::as_str)
-        .unwrap_or("memory")
-}
+impl Selection {
+    /// The backend name of the config (`memory` when absent, as the parser will say).
+    pub(crate) fn backend(&self) -> &str {
+        self.value
+            .get("backend")
+            .and_then(Value::as_str)
+            .unwrap_or("memory")
+    }
 
-/// Builds and connects the bus `value` describes.
-///
-/// # Errors
-/// A usage failure for bad config; a runtime failure if the server cannot be reached.
-pub(crate) async fn connect(value: Value) -> Result<Arc<dyn EventBus>, Failure> {
-    let bus = create_event_bus(Config::from_json_value(value)?)?;
-    bus.connect().await?;
-    Ok(bus)
+    /// Where the choice came from: `--config shop.toml`, `--url`, or the default.
+    pub(crate) fn origin(&self) -> String {
+        match &self.origin {
+            Origin::Default => "the default (no --config, --backend or --url given)".to_owned(),
+            Origin::File { option, path } => format!("{option} {}", path.display()),
+            Origin::Flags { given, .. } => given.clone(),
+        }
+    }
+
+    /// Parses and checks the configuration.
+    ///
+    /// # Errors
+    /// A usage failure naming the file and key, or the option, at fault.
+    pub(crate) fn parse(&self) -> Result<Config, Failure> {
+        Config::from_json_value(self.value.clone()).map_err(|e| match (&self.origin, &e) {
+            (Origin::File { path, .. }, _) => Failure::from(e).context(&path.display().to_string()),
+            (Origin::Flags { url, .. }, Error::Config { key, message })
+                if matches!(key.as_str(), "url" | "connection_string" | "(root)") =>
+            {
+                Failure::usage(format!("{url}: {message}"))
+            }
+            _ => e.into(),
+        })
+    }
+
+    /// On the memory backend, tells the user (one line on stderr, a notice) that
+    /// `consequence` and how to reach a server instead.
+    pub(crate) fn notice_if_memory(&self, consequence: &str) {
+        if self.backend() == BackendName::Memory.as_str() {
+            output::notice(format!(
+                "note: the memory backend only reaches this process, so {consequence}; \
+                 to reach other processes use --url redis://HOST:6379, \
+                 --url postgres://USER@HOST/DB or --config FILE"
+            ));
+        }
+    }
+
+    /// Builds and connects the bus.
+    ///
+    /// # Errors
+    /// A usage failure for bad config; a runtime failure if the server cannot be reached.
+    pub(crate) async fn connect(&self) -> Result<Arc<dyn EventBus>, Failure> {
+        let bus = create_event_bus(self.parse()?)?;
+        bus.connect().await?;
+        Ok(bus)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn backend_and_url_map_to_config_keys() {
-        let args = |backend: &str, url: Option<&str>| BackendArgs {
-            config: None,
-            backend: Some(backend.to_owned()),
+    fn args(backend: Option<&str>, url: Option<&str>) -> BackendArgs {
+        BackendArgs {
+            backend: backend.map(str::to_owned),
             url: url.map(str::to_owned),
-        };
+            ..BackendArgs::default()
+        }
+    }
+
+    fn error(args: &BackendArgs) -> String {
+        let failure = args.select().unwrap_err();
+        assert_eq!(failure.code(), Failure::USAGE, "{failure}");
+        failure.to_string()
+    }
+
+    #[test]
+    fn the_url_scheme_names_the_backend() {
+        let value = |url| args(None, Some(url)).select().unwrap().value;
         assert_eq!(
-            args("redis", Some("redis://h")).config_value().unwrap(),
+            value("redis://h"),
             json!({"backend": "redis", "url": "redis://h"})
         );
+        assert_eq!(value("rediss://h")["backend"], "redis");
         assert_eq!(
-            args("postgres", Some("postgres://h"))
-                .config_value()
-                .unwrap()["url"],
-            "postgres://h"
+            value("postgresql://h/db"),
+            json!({"backend": "postgres", "url": "postgresql://h/db"})
         );
         assert_eq!(
-            BackendArgs::default().config_value().unwrap(),
+            args(Some("postgres"), Some("host=h")).select().unwrap().value["url"],
+            "host=h"
+        );
+        assert_eq!(
+            BackendArgs::default().select().unwrap().value,
             json!({"backend": "memory"})
         );
-        let err = args("kafka", None).config_value().unwrap_err();
-        assert!(err.to_string().contains("`backend`"), "{err}");
-        assert_eq!(err.code, 2);
-        let err = args("memory", Some("x")).config_value().unwrap_err();
-        assert!(err.to_string().contains("`url`"), "{err}");
+    }
+
+    #[test]
+    fn flag_errors_speak_in_flags() {
+        let cases = [
+            (args(Some("postgres"), None), "--backend postgres needs --url"),
+            (args(Some("kafka"), None), "--backend kafka: unknown backend"),
+            (args(Some("memory"), Some("redis://h")), "does not match --url"),
+            (args(Some("redis"), Some("postgres://h")), "does not match --url"),
+            (args(None, Some("http://pw@h")), "unknown scheme `http://`"),
+            (args(None, Some("host=h password=pw")), "--url is not a URL"),
+        ];
+        for (args, needle) in cases {
+            let message = error(&args);
+            assert!(message.contains(needle), "{message}");
+            assert!(!message.contains("pw"), "{message}");
+            assert!(!message.contains("(root)"), "{message}");
+        }
+        let mut from_env = args(Some("postgres"), None);
+        from_env.from_env.backend = true;
+        assert!(error(&from_env).starts_with("EVENT_BUS_BACKEND postgres needs --url"));
+        assert!(error(&args(Some("memory"), Some("x"))).contains("memory takes no --url"));
+    }
+
+    #[test]
+    fn config_file_excludes_backend_and_url_from_the_same_place() {
+        let mut both = args(Some("redis"), None);
+        both.config = Some("shop.toml".into());
+        assert!(error(&both).starts_with("--config cannot be combined with --backend"));
+        both.from_env = FromEnv {
+            config: true,
+            backend: true,
+            url: false,
+        };
+        assert!(error(&both).starts_with("EVENT_BUS_CONFIG cannot be combined with EVENT_BUS_BACKEND"));
+        // The command line beats the environment.
+        both.from_env.config = true;
+        both.from_env.backend = false;
+        assert_eq!(both.select().unwrap().backend(), "redis");
+    }
+
+    #[test]
+    fn url_errors_of_the_parsed_config_name_the_flag() {
+        let selection = args(None, Some("redis://h:notaport")).select().unwrap();
+        let err = selection.parse().unwrap_err().to_string();
+        assert!(err.starts_with("--url: "), "{err}");
     }
 }

@@ -6,6 +6,11 @@
 //! values; redis — `PUBLISH` of the wire envelope to S `SUBSCRIBE` connections;
 //! postgres — `pg_notify` of the wire envelope to S `LISTEN` connections. Every run uses
 //! a fresh channel prefix, so benchmarks never see each other's (or an app's) events.
+//!
+//! Each path first runs one unmeasured warm-up round (at most [`WARMUP_EVENTS`] events),
+//! then measured rounds of the whole workload until `--min-seconds` of measured time
+//! have passed, so that a small `--events` still gives figures that repeat from run to
+//! run. A run measured for less than [`MEANINGFUL_SECONDS`] gets a warning.
 
 mod bus_path;
 mod collector;
@@ -14,15 +19,34 @@ mod raw_postgres;
 mod raw_redis;
 mod report;
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
 
 use event_bus::{Event, EventType};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::Value;
 use tokio::task::JoinHandle;
 
-use self::{collector::Collector, report::PathResult};
-use crate::backend::{self, BackendArgs, Failure};
+use self::{
+    collector::Collector,
+    report::{PathResult, Totals},
+};
+use crate::{
+    backend::BackendArgs,
+    failure::Failure,
+    output::{self, warning},
+};
+
+/// Events of the unmeasured warm-up round of each path (fewer if `--events` is smaller).
+const WARMUP_EVENTS: u64 = 1000;
+
+/// Measured time below which a path's figures vary too much from run to run to compare.
+const MEANINGFUL_SECONDS: f64 = 0.5;
 
 /// Arguments of `eventbus bench`.
 #[derive(clap::Args, Debug, Clone)]
@@ -46,7 +70,11 @@ pub(crate) struct BenchArgs {
     #[arg(long, value_name = "K", default_value_t = 1,
           value_parser = clap::value_parser!(u32).range(1..=100_000))]
     batch: u32,
-    /// Give up on a path after this many seconds (what has not arrived counts as lost).
+    /// Measure each path for at least this long, repeating the workload in rounds
+    /// (after one warm-up round); `0` measures one round.
+    #[arg(long, value_name = "SECS", default_value_t = 1.0, value_parser = parse_min_seconds)]
+    min_seconds: f64,
+    /// Give up on a round after this many seconds (what has not arrived counts as lost).
     #[arg(long, value_name = "SECS", default_value_t = 60)]
     timeout: u64,
     /// Print the report as JSON (and no progress bar).
@@ -62,6 +90,8 @@ pub(crate) struct Workload {
     pub(crate) publishers: usize,
     pub(crate) batch: usize,
     pub(crate) timeout: Duration,
+    /// Measured time to reach before the rounds stop.
+    pub(crate) min_time: Duration,
     /// Topic (bus) or channel (raw) unique to this run.
     pub(crate) topic: String,
     pad: Arc<str>,
@@ -100,17 +130,25 @@ impl Workload {
     }
 }
 
+fn parse_min_seconds(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(secs) if (0.0..=3600.0).contains(&secs) => Ok(secs),
+        _ => Err("expected a number of seconds from 0 to 3600".to_owned()),
+    }
+}
+
 /// Runs `eventbus bench`.
 pub(crate) async fn run(args: BenchArgs, backend: &BackendArgs) -> Result<(), Failure> {
     let run_id = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
-    let mut config = backend.config_value()?;
-    let name = backend::backend_of(&config).to_owned();
+    let mut selection = backend.select()?;
+    let name = selection.backend().to_owned();
     if name != "memory"
-        && let Value::Object(map) = &mut config
+        && let Value::Object(map) = &mut selection.value
     {
         let prefix = format!("eventbus_bench_{run_id}");
         map.insert("channel_prefix".into(), prefix.into());
     }
+    let config = selection.value.clone();
     let pad_len = args.payload_bytes.saturating_sub(20);
     let workload = Workload {
         events: args.events,
@@ -118,11 +156,13 @@ pub(crate) async fn run(args: BenchArgs, backend: &BackendArgs) -> Result<(), Fa
         publishers: usize::from(args.publishers),
         batch: args.batch as usize,
         timeout: Duration::from_secs(args.timeout.max(1)),
+        min_time: Duration::from_secs_f64(args.min_seconds),
         topic: "bench:events".into(),
         pad: "x".repeat(pad_len).into(),
     };
-    let bus = measure("bus", &workload, args.json, |c| {
-        bus_path::run(config.clone(), workload.clone(), c)
+    let hidden = args.json || output::is_quiet();
+    let bus = measure("bus", &workload, hidden, |w, c| {
+        bus_path::run(selection.clone(), w, c)
     })
     .await?;
     let raw_workload = Workload {
@@ -130,18 +170,29 @@ pub(crate) async fn run(args: BenchArgs, backend: &BackendArgs) -> Result<(), Fa
         ..workload.clone()
     };
     let raw = match name.as_str() {
-        "memory" => measure("raw", &raw_workload, args.json, |c| {
-            raw_memory::run(raw_workload.clone(), c)
-        })
-        .await
-        .map(Some)?,
-        "redis" => raw_redis::measure(&config, &raw_workload, args.json).await?,
-        "postgres" => raw_postgres::measure(&config, &raw_workload, args.json).await?,
+        "memory" => measure("raw", &raw_workload, hidden, raw_memory::run)
+            .await
+            .map(Some)?,
+        "redis" => raw_redis::measure(&config, &raw_workload, hidden).await?,
+        "postgres" => raw_postgres::measure(&config, &raw_workload, hidden).await?,
         _ => None,
     };
+    warn_if_short(&bus, raw.as_ref());
     let report = report::Report::new(&name, &args_summary(&args), bus, raw);
     report.print(args.json);
     Ok(())
+}
+
+/// Warns (on stderr) when a path was measured too briefly for its figures to repeat.
+fn warn_if_short(bus: &PathResult, raw: Option<&PathResult>) {
+    let shortest = raw.map_or(bus.seconds, |raw| raw.seconds.min(bus.seconds));
+    if shortest < MEANINGFUL_SECONDS {
+        warning(format!(
+            "a path was measured for only {shortest:.2} s: runs this short vary widely \
+             from one to the next; measure at least {MEANINGFUL_SECONDS} s \
+             (--min-seconds, default 1) before comparing figures"
+        ));
+    }
 }
 
 fn args_summary(args: &BenchArgs) -> report::Params {
@@ -151,49 +202,102 @@ fn args_summary(args: &BenchArgs) -> report::Params {
         payload_bytes: args.payload_bytes,
         publishers: args.publishers.into(),
         batch: args.batch,
+        min_seconds: args.min_seconds,
     }
 }
 
-/// Runs one path with a progress bar and turns its outcome into a [`PathResult`].
-/// `path` sets up its subscribers, publishes everything, waits on the collector and
-/// returns the elapsed time from the first publish (or an error).
+/// Runs one path: a warm-up round of at most [`WARMUP_EVENTS`] events, then measured
+/// rounds of the workload until its `min_time` is reached (or a round loses events),
+/// with a progress line, and sums the rounds into a [`PathResult`]. Each call of `path`
+/// sets up its subscribers, publishes a whole round, waits on the collector and returns
+/// the elapsed time from the first publish (or an error).
 pub(crate) async fn measure<F, Fut>(
     label: &str,
     w: &Workload,
-    quiet: bool,
-    path: F,
+    hidden: bool,
+    mut path: F,
 ) -> Result<PathResult, Failure>
 where
-    F: FnOnce(Arc<Collector>) -> Fut,
+    F: FnMut(Workload, Arc<Collector>) -> Fut,
     Fut: std::future::Future<Output = Result<(Duration, String), Failure>>,
 {
-    let collector = Arc::new(Collector::new(w.subscribers, w.events));
-    let bar = progress_bar(label, collector.expected(), quiet);
+    let warmup = Workload {
+        events: w.events.min(WARMUP_EVENTS),
+        ..w.clone()
+    };
+    let collector = Arc::new(Collector::new(warmup.subscribers, warmup.events));
+    path(warmup, collector).await?;
+    let progress = Arc::new(Progress::default());
+    let bar = progress_bar(label, hidden);
     let ticker = {
-        let (bar, c) = (bar.clone(), collector.clone());
+        let (bar, progress) = (bar.clone(), progress.clone());
         tokio::spawn(async move {
             loop {
-                bar.set_position(c.delivered());
+                bar.set_position(progress.delivered());
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         })
     };
-    let outcome = path(collector.clone()).await;
+    let outcome = measured_rounds(w, &progress, &mut path).await;
     ticker.abort();
     bar.finish_and_clear();
-    let (elapsed, transport) = outcome?;
-    Ok(PathResult::new(transport, w, &collector, elapsed))
+    let (totals, transport) = outcome?;
+    Ok(PathResult::new(transport, w, totals))
 }
 
-fn progress_bar(label: &str, total: u64, hidden: bool) -> ProgressBar {
+async fn measured_rounds<F, Fut>(
+    w: &Workload,
+    progress: &Progress,
+    path: &mut F,
+) -> Result<(Totals, String), Failure>
+where
+    F: FnMut(Workload, Arc<Collector>) -> Fut,
+    Fut: std::future::Future<Output = Result<(Duration, String), Failure>>,
+{
+    let mut totals = Totals::default();
+    loop {
+        let collector = Arc::new(Collector::new(w.subscribers, w.events));
+        progress.start_round(&collector);
+        let (elapsed, transport) = path(w.clone(), collector.clone()).await?;
+        totals.add(&collector, elapsed);
+        let lossy = collector.delivered() < collector.expected();
+        if lossy || totals.elapsed >= w.min_time {
+            return Ok((totals, transport));
+        }
+    }
+}
+
+/// Deliveries of the finished rounds and the collector of the current one, for the
+/// progress line.
+#[derive(Default)]
+struct Progress {
+    finished: AtomicU64,
+    current: Mutex<Option<Arc<Collector>>>,
+}
+
+impl Progress {
+    fn start_round(&self, collector: &Arc<Collector>) {
+        let mut current = self.current.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(done) = current.replace(collector.clone()) {
+            self.finished.fetch_add(done.delivered(), Ordering::Relaxed);
+        }
+    }
+
+    fn delivered(&self) -> u64 {
+        let current = self.current.lock().unwrap_or_else(PoisonError::into_inner);
+        self.finished.load(Ordering::Relaxed) + current.as_ref().map_or(0, |c| c.delivered())
+    }
+}
+
+fn progress_bar(label: &str, hidden: bool) -> ProgressBar {
     if hidden {
         return ProgressBar::hidden();
     }
-    let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
+    let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
     if let Ok(style) =
-        ProgressStyle::with_template("{prefix:>4} [{bar:40}] {pos}/{len} deliveries {per_sec}")
+        ProgressStyle::with_template("{prefix:>4} {spinner} {pos} deliveries {per_sec}")
     {
-        bar.set_style(style.progress_chars("=> "));
+        bar.set_style(style);
     }
     bar.set_prefix(label.to_owned());
     bar

@@ -10,7 +10,7 @@ use serde_json::Value;
 use tokio_postgres::{AsyncMessage, Client, NoTls};
 
 use super::{Collector, Workload, finish, report::PathResult};
-use crate::backend::Failure;
+use crate::failure::Failure;
 
 /// NOTIFY payloads must be shorter than this many bytes.
 const NOTIFY_LIMIT: usize = 8000;
@@ -22,18 +22,20 @@ pub(crate) async fn measure(
     w: &Workload,
     quiet: bool,
 ) -> Result<Option<PathResult>, Failure> {
-    let url = config
-        .get("url")
-        .or_else(|| config.get("connection_string"));
-    let Some(conninfo) = url.and_then(Value::as_str) else {
-        return Err(Failure::usage("raw postgres: `url` is missing"));
+    let conninfo = ["url", "connection_string"]
+        .into_iter()
+        .find_map(|key| config.get(key).and_then(Value::as_str));
+    let Some(conninfo) = conninfo else {
+        return Err(Failure::usage("raw postgres: the server URL is missing"));
     };
     if w.pad_len() + 400 >= NOTIFY_LIMIT {
-        eprintln!("raw postgres skipped: payloads do not fit in one NOTIFY ({NOTIFY_LIMIT} bytes)");
+        crate::output::notice(format!(
+            "raw postgres skipped: payloads do not fit in one NOTIFY ({NOTIFY_LIMIT} bytes)"
+        ));
         return Ok(None);
     }
     let conninfo = conninfo.to_owned();
-    let result = super::measure("raw", w, quiet, |c| run(conninfo, w.clone(), c)).await?;
+    let result = super::measure("raw", w, quiet, |w, c| run(conninfo.clone(), w, c)).await?;
     Ok(Some(result))
 }
 

@@ -9,7 +9,7 @@ use futures_util::StreamExt;
 use serde_json::Value;
 
 use super::{Collector, Workload, finish, report::PathResult};
-use crate::backend::Failure;
+use crate::failure::Failure;
 
 /// Measures raw Redis pub/sub against the server of `config`, on a channel of its own.
 pub(crate) async fn measure(
@@ -20,7 +20,7 @@ pub(crate) async fn measure(
     let url = server_url(config);
     let client = redis::Client::open(url.as_str())
         .map_err(|e| Failure::usage(format!("raw redis: bad url: {e}")))?;
-    let result = super::measure("raw", w, quiet, |c| run(client, w.clone(), c)).await?;
+    let result = super::measure("raw", w, quiet, |w, c| run(client.clone(), w, c)).await?;
     Ok(Some(result))
 }
 
