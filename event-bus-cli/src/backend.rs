@@ -67,10 +67,7 @@ pub(crate) struct Selection {
 enum Origin {
     Default,
     File { option: &'static str, path: PathBuf },
-    Flags {
-        url: &'static str,
-        given: String,
-    },
+    Flags { url: &'static str, given: String },
 }
 
 impl BackendArgs {
@@ -130,8 +127,7 @@ impl BackendArgs {
         let mut backend = self.backend.as_deref().filter(|s| !s.is_empty());
         let mut url = self.url.as_deref().filter(|s| !s.is_empty());
         if config.is_some() && (backend.is_some() || url.is_some()) {
-            let other = if backend.is_some() && self.is_env(Opt::Backend) == self.from_env.config
-            {
+            let other = if backend.is_some() && self.is_env(Opt::Backend) == self.from_env.config {
                 Opt::Backend
             } else {
                 Opt::Url
@@ -227,9 +223,9 @@ impl BackendArgs {
 fn unknown_scheme(url_flag: &str, url: &str) -> Failure {
     let known = BackendName::url_schemes_text();
     Failure::usage(match url.split_once("://") {
-        Some((scheme, _)) => format!(
-            "{url_flag}: unknown scheme `{scheme}://`; a server URL starts with {known}"
-        ),
+        Some((scheme, _)) => {
+            format!("{url_flag}: unknown scheme `{scheme}://`; a server URL starts with {known}")
+        }
         None => format!(
             "{url_flag} is not a URL (no `scheme://`); a server URL starts with {known} \
              (a libpq key=value string needs --backend postgres)"
@@ -336,7 +332,10 @@ mod tests {
             json!({"backend": "postgres", "url": "postgresql://h/db"})
         );
         assert_eq!(
-            args(Some("postgres"), Some("host=h")).select().unwrap().value["url"],
+            args(Some("postgres"), Some("host=h"))
+                .select()
+                .unwrap()
+                .value["url"],
             "host=h"
         );
         assert_eq!(
@@ -348,10 +347,22 @@ mod tests {
     #[test]
     fn flag_errors_speak_in_flags() {
         let cases = [
-            (args(Some("postgres"), None), "--backend postgres needs --url"),
-            (args(Some("kafka"), None), "--backend kafka: unknown backend"),
-            (args(Some("memory"), Some("redis://h")), "does not match --url"),
-            (args(Some("redis"), Some("postgres://h")), "does not match --url"),
+            (
+                args(Some("postgres"), None),
+                "--backend postgres needs --url",
+            ),
+            (
+                args(Some("kafka"), None),
+                "--backend kafka: unknown backend",
+            ),
+            (
+                args(Some("memory"), Some("redis://h")),
+                "does not match --url",
+            ),
+            (
+                args(Some("redis"), Some("postgres://h")),
+                "does not match --url",
+            ),
             (args(None, Some("http://pw@h")), "unknown scheme `http://`"),
             (args(None, Some("host=h password=pw")), "--url is not a URL"),
         ];
@@ -377,7 +388,9 @@ mod tests {
             backend: true,
             url: false,
         };
-        assert!(error(&both).starts_with("EVENT_BUS_CONFIG cannot be combined with EVENT_BUS_BACKEND"));
+        assert!(
+            error(&both).starts_with("EVENT_BUS_CONFIG cannot be combined with EVENT_BUS_BACKEND")
+        );
         // The command line beats the environment.
         both.from_env.config = true;
         both.from_env.backend = false;

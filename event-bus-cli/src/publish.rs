@@ -140,7 +140,11 @@ pub(crate) async fn run(args: PubArgs, backend: &BackendArgs) -> Result<(), Fail
         }
         Err(stop) => {
             closed?;
-            Err(interrupted(stop, sent, (!args.lines).then_some(args.repeat)))
+            Err(interrupted(
+                stop,
+                sent,
+                (!args.lines).then_some(args.repeat),
+            ))
         }
     }
 }
@@ -150,7 +154,10 @@ fn interrupted(stop: Stop, sent: u64, of: Option<u64>) -> Failure {
     let of = of.map_or(String::new(), |total| format!(" of {total}"));
     Failure::with_code(
         stop.exit_code(),
-        format!("interrupted by {} after publishing {sent}{of} event(s)", stop.name()),
+        format!(
+            "interrupted by {} after publishing {sent}{of} event(s)",
+            stop.name()
+        ),
     )
 }
 

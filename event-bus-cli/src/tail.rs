@@ -9,12 +9,7 @@ use std::{
 use event_bus::{Event, EventBusExt, envelope};
 use tokio::sync::mpsc;
 
-use crate::{
-    backend::BackendArgs,
-    failure::Failure,
-    output::notice,
-    signal::StopSignals,
-};
+use crate::{backend::BackendArgs, failure::Failure, output::notice, signal::StopSignals};
 
 /// Arguments of `eventbus sub`.
 #[derive(clap::Args, Debug)]
