@@ -210,7 +210,9 @@ fn zero_counts_are_rejected() {
 fn option_errors_speak_in_options() {
     let config = temp_file("memory.toml", "backend = \"memory\"\n");
     let config = config.to_str().unwrap();
-    let cases: [(Vec<&str>, &[(&str, &str)], &str); 7] = [
+    // (options, environment, start of the message)
+    type Case<'a> = (Vec<&'a str>, &'a [(&'a str, &'a str)], &'a str);
+    let cases: [Case<'_>; 7] = [
         (
             vec!["--backend", "postgres"],
             &[],

@@ -7,8 +7,8 @@
 //! postgres — `pg_notify` of the wire envelope to S `LISTEN` connections. Every run uses
 //! a fresh channel prefix, so benchmarks never see each other's (or an app's) events.
 //!
-//! Each path first runs one unmeasured warm-up round (at most [`WARMUP_EVENTS`] events),
-//! then measured rounds of the whole workload until `--min-seconds` of measured time
+//! Each path first runs one unmeasured warm-up round (at most
+//! [`WARMUP_EVENTS`](rounds::WARMUP_EVENTS) events), then measured rounds of the whole workload until `--min-seconds` of measured time
 //! have passed, so that a small `--events` still gives figures that repeat from run to
 //! run. A run measured for less than [`MEANINGFUL_SECONDS`] gets a warning.
 
@@ -18,32 +18,21 @@ mod raw_memory;
 mod raw_postgres;
 mod raw_redis;
 mod report;
+mod rounds;
 
-use std::{
-    sync::{
-        Arc, Mutex, PoisonError,
-        atomic::{AtomicU64, Ordering},
-    },
-    time::Duration,
-};
+use std::{sync::Arc, time::Duration};
 
 use event_bus::{Event, EventType};
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::Value;
 use tokio::task::JoinHandle;
 
-use self::{
-    collector::Collector,
-    report::{PathResult, Totals},
-};
+pub(crate) use self::rounds::measure;
+use self::{collector::Collector, report::PathResult};
 use crate::{
     backend::BackendArgs,
     failure::Failure,
     output::{self, warning},
 };
-
-/// Events of the unmeasured warm-up round of each path (fewer if `--events` is smaller).
-const WARMUP_EVENTS: u64 = 1000;
 
 /// Measured time below which a path's figures vary too much from run to run to compare.
 const MEANINGFUL_SECONDS: f64 = 0.5;
@@ -204,103 +193,6 @@ fn args_summary(args: &BenchArgs) -> report::Params {
         batch: args.batch,
         min_seconds: args.min_seconds,
     }
-}
-
-/// Runs one path: a warm-up round of at most [`WARMUP_EVENTS`] events, then measured
-/// rounds of the workload until its `min_time` is reached (or a round loses events),
-/// with a progress line, and sums the rounds into a [`PathResult`]. Each call of `path`
-/// sets up its subscribers, publishes a whole round, waits on the collector and returns
-/// the elapsed time from the first publish (or an error).
-pub(crate) async fn measure<F, Fut>(
-    label: &str,
-    w: &Workload,
-    hidden: bool,
-    mut path: F,
-) -> Result<PathResult, Failure>
-where
-    F: FnMut(Workload, Arc<Collector>) -> Fut,
-    Fut: std::future::Future<Output = Result<(Duration, String), Failure>>,
-{
-    let warmup = Workload {
-        events: w.events.min(WARMUP_EVENTS),
-        ..w.clone()
-    };
-    let collector = Arc::new(Collector::new(warmup.subscribers, warmup.events));
-    path(warmup, collector).await?;
-    let progress = Arc::new(Progress::default());
-    let bar = progress_bar(label, hidden);
-    let ticker = {
-        let (bar, progress) = (bar.clone(), progress.clone());
-        tokio::spawn(async move {
-            loop {
-                bar.set_position(progress.delivered());
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        })
-    };
-    let outcome = measured_rounds(w, &progress, &mut path).await;
-    ticker.abort();
-    bar.finish_and_clear();
-    let (totals, transport) = outcome?;
-    Ok(PathResult::new(transport, w, totals))
-}
-
-async fn measured_rounds<F, Fut>(
-    w: &Workload,
-    progress: &Progress,
-    path: &mut F,
-) -> Result<(Totals, String), Failure>
-where
-    F: FnMut(Workload, Arc<Collector>) -> Fut,
-    Fut: std::future::Future<Output = Result<(Duration, String), Failure>>,
-{
-    let mut totals = Totals::default();
-    loop {
-        let collector = Arc::new(Collector::new(w.subscribers, w.events));
-        progress.start_round(&collector);
-        let (elapsed, transport) = path(w.clone(), collector.clone()).await?;
-        totals.add(&collector, elapsed);
-        let lossy = collector.delivered() < collector.expected();
-        if lossy || totals.elapsed >= w.min_time {
-            return Ok((totals, transport));
-        }
-    }
-}
-
-/// Deliveries of the finished rounds and the collector of the current one, for the
-/// progress line.
-#[derive(Default)]
-struct Progress {
-    finished: AtomicU64,
-    current: Mutex<Option<Arc<Collector>>>,
-}
-
-impl Progress {
-    fn start_round(&self, collector: &Arc<Collector>) {
-        let mut current = self.current.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(done) = current.replace(collector.clone()) {
-            self.finished.fetch_add(done.delivered(), Ordering::Relaxed);
-        }
-    }
-
-    fn delivered(&self) -> u64 {
-        let current = self.current.lock().unwrap_or_else(PoisonError::into_inner);
-        self.finished.load(Ordering::Relaxed) + current.as_ref().map_or(0, |c| c.delivered())
-    }
-}
-
-fn progress_bar(label: &str, hidden: bool) -> ProgressBar {
-    if hidden {
-        return ProgressBar::hidden();
-    }
-    let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
-    if let Ok(style) =
-        ProgressStyle::with_template("{prefix:>4} {spinner} {pos} deliveries {per_sec}")
-    {
-        bar.set_style(style);
-    }
-    bar.set_prefix(label.to_owned());
-    bar
 }
 
 /// Waits for the publishers, then for every delivery (up to the workload's timeout);

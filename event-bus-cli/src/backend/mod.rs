@@ -2,16 +2,17 @@
 //! backend) with an optional `--backend`, or the `EVENT_BUS_*` variables of those
 //! options; the memory backend when none is given.
 
-use std::{
-    path::{Path, PathBuf},
-    sync::Arc,
-};
+use std::path::{Path, PathBuf};
 
 use clap::{ArgMatches, parser::ValueSource};
-use event_bus::{BackendName, Config, Error, EventBus, create_event_bus};
+use event_bus::{BackendName, Error};
 use serde_json::{Value, json};
 
-use crate::{failure::Failure, output};
+use self::selection::Origin;
+pub(crate) use self::selection::Selection;
+use crate::failure::Failure;
+
+mod selection;
 
 /// The help heading of the options every subcommand accepts.
 pub(crate) const GLOBAL_OPTIONS: &str = "Global options";
@@ -40,6 +41,9 @@ pub(crate) struct BackendArgs {
     from_env: FromEnv,
 }
 
+/// The config file, backend and URL options that apply (at most one side is set).
+type Given<'a> = (Option<&'a Path>, Option<&'a str>, Option<&'a str>);
+
 #[derive(Clone, Copy, Debug, Default)]
 struct FromEnv {
     config: bool,
@@ -53,21 +57,6 @@ enum Opt {
     Config,
     Backend,
     Url,
-}
-
-/// The bus the options chose, and where the choice came from.
-#[derive(Clone, Debug)]
-pub(crate) struct Selection {
-    /// The configuration as a JSON object (the schema of `event_bus::Config`).
-    pub(crate) value: Value,
-    origin: Origin,
-}
-
-#[derive(Clone, Debug)]
-enum Origin {
-    Default,
-    File { option: &'static str, path: PathBuf },
-    Flags { url: &'static str, given: String },
 }
 
 impl BackendArgs {
@@ -123,39 +112,15 @@ impl BackendArgs {
     /// # Errors
     /// A usage failure naming the options at fault, or the config file's bad key.
     pub(crate) fn select(&self) -> Result<Selection, Failure> {
-        let mut config = self.config.as_deref().filter(|p| !p.as_os_str().is_empty());
-        let mut backend = self.backend.as_deref().filter(|s| !s.is_empty());
-        let mut url = self.url.as_deref().filter(|s| !s.is_empty());
-        if config.is_some() && (backend.is_some() || url.is_some()) {
-            let other = if backend.is_some() && self.is_env(Opt::Backend) == self.from_env.config {
-                Opt::Backend
-            } else {
-                Opt::Url
-            };
-            let others_on_command_line = (backend.is_some() && !self.from_env.backend)
-                || (url.is_some() && !self.from_env.url);
-            match (!self.from_env.config, others_on_command_line) {
-                (true, false) => (backend, url) = (None, None),
-                (false, true) => config = None,
-                _ => {
-                    return Err(Failure::usage(format!(
-                        "{} cannot be combined with {}: the config file names the backend \
-                         and its server; give one or the other",
-                        self.name(Opt::Config),
-                        self.name(other)
-                    )));
-                }
-            }
-        }
+        let (config, backend, url) = self.given()?;
         if let Some(path) = config {
-            let option = self.name(Opt::Config);
             let value = read_config_file(path)
                 .map_err(|e| Failure::from(e).context(&path.display().to_string()))?;
-            let path = path.to_owned();
-            return Ok(Selection {
-                value,
-                origin: Origin::File { option, path },
-            });
+            let origin = Origin::File {
+                option: self.name(Opt::Config),
+                path: path.to_owned(),
+            };
+            return Ok(Selection { value, origin });
         }
         let value = self.flags_value(backend, url)?;
         let origin = if backend.is_none() && url.is_none() {
@@ -173,6 +138,35 @@ impl BackendArgs {
             }
         };
         Ok(Selection { value, origin })
+    }
+
+    /// The non-empty options that apply: the config file, or the backend and URL.
+    fn given(&self) -> Result<Given<'_>, Failure> {
+        let config = self.config.as_deref().filter(|p| !p.as_os_str().is_empty());
+        let backend = self.backend.as_deref().filter(|s| !s.is_empty());
+        let url = self.url.as_deref().filter(|s| !s.is_empty());
+        if config.is_none() || (backend.is_none() && url.is_none()) {
+            return Ok((config, backend, url));
+        }
+        let others_on_command_line =
+            (backend.is_some() && !self.from_env.backend) || (url.is_some() && !self.from_env.url);
+        match (!self.from_env.config, others_on_command_line) {
+            (true, false) => Ok((config, None, None)),
+            (false, true) => Ok((None, backend, url)),
+            _ => {
+                let other = if backend.is_some() && self.from_env.backend == self.from_env.config {
+                    Opt::Backend
+                } else {
+                    Opt::Url
+                };
+                Err(Failure::usage(format!(
+                    "{} cannot be combined with {}: the config file names the backend and \
+                     its server; give one or the other",
+                    self.name(Opt::Config),
+                    self.name(other)
+                )))
+            }
+        }
     }
 
     /// The config of `--backend` and `--url`.
@@ -241,63 +235,6 @@ fn read_config_file(path: &Path) -> Result<Value, Error> {
         event_bus::backend_api::config::from_json_str(&text)
     } else {
         event_bus::backend_api::config::from_toml_str(&text)
-    }
-}
-
-impl Selection {
-    /// The backend name of the config (`memory` when absent, as the parser will say).
-    pub(crate) fn backend(&self) -> &str {
-        self.value
-            .get("backend")
-            .and_then(Value::as_str)
-            .unwrap_or("memory")
-    }
-
-    /// Where the choice came from: `--config shop.toml`, `--url`, or the default.
-    pub(crate) fn origin(&self) -> String {
-        match &self.origin {
-            Origin::Default => "the default (no --config, --backend or --url given)".to_owned(),
-            Origin::File { option, path } => format!("{option} {}", path.display()),
-            Origin::Flags { given, .. } => given.clone(),
-        }
-    }
-
-    /// Parses and checks the configuration.
-    ///
-    /// # Errors
-    /// A usage failure naming the file and key, or the option, at fault.
-    pub(crate) fn parse(&self) -> Result<Config, Failure> {
-        Config::from_json_value(self.value.clone()).map_err(|e| match (&self.origin, &e) {
-            (Origin::File { path, .. }, _) => Failure::from(e).context(&path.display().to_string()),
-            (Origin::Flags { url, .. }, Error::Config { key, message })
-                if matches!(key.as_str(), "url" | "connection_string" | "(root)") =>
-            {
-                Failure::usage(format!("{url}: {message}"))
-            }
-            _ => e.into(),
-        })
-    }
-
-    /// On the memory backend, tells the user (one line on stderr, a notice) that
-    /// `consequence` and how to reach a server instead.
-    pub(crate) fn notice_if_memory(&self, consequence: &str) {
-        if self.backend() == BackendName::Memory.as_str() {
-            output::notice(format!(
-                "note: the memory backend only reaches this process, so {consequence}; \
-                 to reach other processes use --url redis://HOST:6379, \
-                 --url postgres://USER@HOST/DB or --config FILE"
-            ));
-        }
-    }
-
-    /// Builds and connects the bus.
-    ///
-    /// # Errors
-    /// A usage failure for bad config; a runtime failure if the server cannot be reached.
-    pub(crate) async fn connect(&self) -> Result<Arc<dyn EventBus>, Failure> {
-        let bus = create_event_bus(self.parse()?)?;
-        bus.connect().await?;
-        Ok(bus)
     }
 }
 
