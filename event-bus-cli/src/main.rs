@@ -38,7 +38,7 @@ use crate::{
 
 /// Publish, tail, check and benchmark an event bus (memory, Redis or PostgreSQL).
 #[derive(Parser, Debug)]
-#[command(name = "eventbus", version, propagate_version = true)]
+#[command(name = "eventbus", version)]
 struct Cli {
     #[command(flatten)]
     backend: BackendArgs,

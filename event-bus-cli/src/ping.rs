@@ -6,7 +6,7 @@
 
 use std::{io::Write, time::Instant};
 
-use event_bus::{BackendName, EventBus};
+use event_bus::{Config, EventBus};
 
 use crate::{backend::BackendArgs, failure::Failure};
 
@@ -28,18 +28,28 @@ pub(crate) async fn run(_args: PingArgs, backend: &BackendArgs) -> Result<(), Fa
     say(format!("config from {}:", selection.origin()));
     // `Debug` of every backend config redacts its secrets (passwords, in URLs too).
     say(format!("{config:#?}"));
-    if config.backend() == BackendName::Memory {
+    let Some(server) = server_address(&config) else {
         say("server: none (the memory backend lives in this process)");
         return Ok(());
-    }
+    };
     let bus = event_bus::create_event_bus(config)?;
     let result = round_trip(bus.as_ref()).await;
     let _ = bus.close().await;
-    let (connect_ms, trip_ms) = result.inspect_err(|_| say("server: not answering"))?;
+    let (connect_ms, trip_ms) =
+        result.inspect_err(|_| say(format!("server {server}: not answering")))?;
     say(format!(
-        "server: answering (connect {connect_ms:.1} ms, round trip {trip_ms:.1} ms)"
+        "server {server}: answering (connect {connect_ms:.1} ms, round trip {trip_ms:.1} ms)"
     ));
     Ok(())
+}
+
+/// The server the config connects to, password redacted; `None` for memory.
+fn server_address(config: &Config) -> Option<String> {
+    match config {
+        Config::Redis(c) => Some(c.redacted_address()),
+        Config::Postgres(c) => Some(c.redacted_connection_string()),
+        _ => None,
+    }
 }
 
 /// Connects, then flushes (Redis: a `PING`; PostgreSQL: a `NOTIFY` that comes back to
