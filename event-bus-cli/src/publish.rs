@@ -115,21 +115,24 @@ pub(crate) async fn run(args: PubArgs, backend: &BackendArgs) -> Result<(), Fail
         Some(read_payload(args.payload.as_deref())?)
     };
     let selection = backend.select()?;
+    let total = (!args.lines).then_some(args.repeat);
     let mut stop = StopSignals::listen()?;
-    let bus = selection.connect().await?;
+    let bus = match stop.or_stop(selection.connect()).await {
+        Ok(bus) => bus?,
+        Err(signal) => return Err(interrupted(signal, 0, total)),
+    };
     selection.notice_if_memory("nothing else receives these events");
     let mut sent = 0;
-    let outcome = tokio::select! {
-        result = async {
+    let outcome = stop
+        .or_stop(async {
             match payload {
                 Some(payload) => {
                     publish_repeated(bus.as_ref(), &template, payload, args.repeat, &mut sent).await
                 }
                 None => publish_lines(bus.as_ref(), &template, &mut sent).await,
             }
-        } => Ok(result),
-        stop = stop.recv() => Err(stop),
-    };
+        })
+        .await;
     let closed = bus.close().await;
     match outcome {
         Ok(result) => {
@@ -138,13 +141,9 @@ pub(crate) async fn run(args: PubArgs, backend: &BackendArgs) -> Result<(), Fail
             notice(format!("published {sent} event(s)"));
             Ok(())
         }
-        Err(stop) => {
+        Err(signal) => {
             closed?;
-            Err(interrupted(
-                stop,
-                sent,
-                (!args.lines).then_some(args.repeat),
-            ))
+            Err(interrupted(signal, sent, total))
         }
     }
 }

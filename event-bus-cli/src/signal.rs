@@ -80,4 +80,13 @@ impl StopSignals {
             Stop::Interrupt
         }
     }
+
+    /// Runs `work` unless a stop signal comes first, which is returned instead (and
+    /// `work` dropped).
+    pub(crate) async fn or_stop<T>(&mut self, work: impl Future<Output = T>) -> Result<T, Stop> {
+        tokio::select! {
+            done = work => Ok(done),
+            stop = self.recv() => Err(stop),
+        }
+    }
 }

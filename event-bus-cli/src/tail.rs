@@ -33,7 +33,10 @@ const SEEN_WINDOW: usize = 4096;
 pub(crate) async fn run(args: SubArgs, backend: &BackendArgs) -> Result<(), Failure> {
     let selection = backend.select()?;
     let mut stop = StopSignals::listen()?;
-    let bus = selection.connect().await?;
+    let Ok(bus) = stop.or_stop(selection.connect()).await else {
+        return Ok(()); // stopped while connecting: nothing to undo
+    };
+    let bus = bus?;
     selection.notice_if_memory("nothing published elsewhere arrives here");
     let (tx, mut rx) = mpsc::channel::<Event>(1024);
     let mut subscriptions = Vec::new();
@@ -61,13 +64,13 @@ pub(crate) async fn run(args: SubArgs, backend: &BackendArgs) -> Result<(), Fail
         args.patterns.join(" "),
         selection.backend()
     ));
-    let result = tokio::select! {
-        result = print_events(&mut rx, &args) => result,
-        stop = stop.recv() => {
-            notice(format!("{}: unsubscribing", stop.name()));
+    let result = stop
+        .or_stop(print_events(&mut rx, &args))
+        .await
+        .unwrap_or_else(|signal| {
+            notice(format!("{}: unsubscribing", signal.name()));
             Ok(())
-        }
-    };
+        });
     for sub in subscriptions {
         sub.cancel().await;
     }

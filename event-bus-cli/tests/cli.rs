@@ -381,3 +381,20 @@ fn bench_repeats_rounds_for_the_minimum_time_and_warns_when_that_is_short() {
         "{stderr}"
     );
 }
+
+/// Ctrl-C while `pub` or `sub` waits for a server that never answers stops it then, as
+/// an interruption (130) or a clean stop (0), not later with a timeout error (1).
+#[test]
+fn ctrl_c_while_connecting_stops_at_once() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let url = format!("redis://{}", listener.local_addr().expect("addr"));
+    for (args, code) in [(vec!["pub", "a", "1"], 130), (vec!["sub", "a"], 0)] {
+        let mut cmd = eventbus();
+        cmd.args(["--url", &url]).args(&args);
+        let mut child = Running::spawn(cmd);
+        // The connection is accepted and never answered: the command is connecting.
+        let (_silent, _) = listener.accept().expect("accept");
+        send_signal(child.id(), "INT");
+        assert_eq!(child.wait_exit().code(), Some(code), "{args:?}");
+    }
+}
