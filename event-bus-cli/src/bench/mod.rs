@@ -8,9 +8,10 @@
 //! a fresh channel prefix, so benchmarks never see each other's (or an app's) events.
 //!
 //! Each path first runs one unmeasured warm-up round (at most
-//! [`WARMUP_EVENTS`](rounds::WARMUP_EVENTS) events), then measured rounds of the whole workload until `--min-seconds` of measured time
-//! have passed, so that a small `--events` still gives figures that repeat from run to
-//! run. A run measured for less than [`MEANINGFUL_SECONDS`] gets a warning.
+//! [`WARMUP_EVENTS`](rounds::WARMUP_EVENTS) events), then measured rounds of the whole workload, bus and raw taking turns, until each has
+//! `--min-seconds` of measured time: a small `--events` still gives figures that repeat
+//! from run to run, and a busy machine slows both paths alike rather than whichever ran
+//! second. A run measured for less than [`MEANINGFUL_SECONDS`] gets a warning.
 
 mod bus_path;
 mod collector;
@@ -26,8 +27,7 @@ use event_bus::{Event, EventType};
 use serde_json::Value;
 use tokio::task::JoinHandle;
 
-pub(crate) use self::rounds::measure;
-use self::{collector::Collector, report::PathResult};
+use self::{collector::Collector, report::PathResult, rounds::Path};
 use crate::{
     backend::BackendArgs,
     failure::Failure,
@@ -149,23 +149,25 @@ pub(crate) async fn run(args: BenchArgs, backend: &BackendArgs) -> Result<(), Fa
         topic: "bench:events".into(),
         pad: "x".repeat(pad_len).into(),
     };
-    let hidden = args.json || output::is_quiet();
-    let bus = measure("bus", &workload, hidden, |w, c| {
-        bus_path::run(selection.clone(), w, c)
-    })
-    .await?;
     let raw_workload = Workload {
         topic: format!("eventbus_bench_raw_{run_id}"),
         ..workload.clone()
     };
-    let raw = match name.as_str() {
-        "memory" => measure("raw", &raw_workload, hidden, raw_memory::run)
-            .await
-            .map(Some)?,
-        "redis" => raw_redis::measure(&config, &raw_workload, hidden).await?,
-        "postgres" => raw_postgres::measure(&config, &raw_workload, hidden).await?,
+    let bus_path: Path = Box::new(move |w, c| Box::pin(bus_path::run(selection.clone(), w, c)));
+    let raw_path: Option<Path> = match name.as_str() {
+        "memory" => Some(Box::new(|w, c| Box::pin(raw_memory::run(w, c)))),
+        "redis" => Some(raw_redis::path(&config)?),
+        "postgres" => raw_postgres::path(&config, &raw_workload)?,
         _ => None,
     };
+    let mut paths = vec![(workload, bus_path)];
+    paths.extend(raw_path.map(|path| (raw_workload, path)));
+    let hidden = args.json || output::is_quiet();
+    let mut results = rounds::measure(paths, hidden).await?.into_iter();
+    let bus = results
+        .next()
+        .ok_or_else(|| Failure::runtime("the bus path gave no result"))?;
+    let raw = results.next();
     warn_if_short(&bus, raw.as_ref());
     let report = report::Report::new(&name, &args_summary(&args), bus, raw);
     report.print(args.json);

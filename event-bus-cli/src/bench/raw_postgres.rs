@@ -9,19 +9,19 @@ use futures_util::StreamExt;
 use serde_json::Value;
 use tokio_postgres::{AsyncMessage, Client, NoTls};
 
-use super::{Collector, Workload, finish, report::PathResult};
+use super::{Collector, Workload, finish, rounds::Path};
 use crate::failure::Failure;
 
 /// NOTIFY payloads must be shorter than this many bytes.
 const NOTIFY_LIMIT: usize = 8000;
 
-/// Measures raw NOTIFY/LISTEN against the server of `config` (without TLS), on a
-/// channel of its own. Skipped (`None`) when the payloads exceed NOTIFY's size limit.
-pub(crate) async fn measure(
-    config: &Value,
-    w: &Workload,
-    quiet: bool,
-) -> Result<Option<PathResult>, Failure> {
+/// The raw NOTIFY/LISTEN path against the server of `config` (without TLS), on a
+/// channel of its own; `None` (skipped) when the payloads of `w` exceed NOTIFY's size
+/// limit.
+///
+/// # Errors
+/// A usage failure if the config has no server URL.
+pub(crate) fn path(config: &Value, w: &Workload) -> Result<Option<Path>, Failure> {
     let conninfo = ["url", "connection_string"]
         .into_iter()
         .find_map(|key| config.get(key).and_then(Value::as_str));
@@ -35,8 +35,9 @@ pub(crate) async fn measure(
         return Ok(None);
     }
     let conninfo = conninfo.to_owned();
-    let result = super::measure("raw", w, quiet, |w, c| run(conninfo.clone(), w, c)).await?;
-    Ok(Some(result))
+    Ok(Some(Box::new(move |w, c| {
+        Box::pin(run(conninfo.clone(), w, c))
+    })))
 }
 
 fn failed(what: &str) -> impl Fn(tokio_postgres::Error) -> Failure + '_ {

@@ -8,20 +8,18 @@ use event_bus::envelope;
 use futures_util::StreamExt;
 use serde_json::Value;
 
-use super::{Collector, Workload, finish, report::PathResult};
+use super::{Collector, Workload, finish, rounds::Path};
 use crate::failure::Failure;
 
-/// Measures raw Redis pub/sub against the server of `config`, on a channel of its own.
-pub(crate) async fn measure(
-    config: &Value,
-    w: &Workload,
-    quiet: bool,
-) -> Result<Option<PathResult>, Failure> {
+/// The raw Redis pub/sub path against the server of `config`, on a channel of its own.
+///
+/// # Errors
+/// A usage failure if the server URL is unusable.
+pub(crate) fn path(config: &Value) -> Result<Path, Failure> {
     let url = server_url(config);
     let client = redis::Client::open(url.as_str())
         .map_err(|e| Failure::usage(format!("raw redis: bad url: {e}")))?;
-    let result = super::measure("raw", w, quiet, |w, c| run(client.clone(), w, c)).await?;
-    Ok(Some(result))
+    Ok(Box::new(move |w, c| Box::pin(run(client.clone(), w, c))))
 }
 
 /// The server URL of a redis config: its `url`, or one built from `host`, `port`,
