@@ -168,8 +168,8 @@ impl Report {
     fn table(&self) -> String {
         let p = &self.params;
         let mut out = format!(
-            "backend {}: {} events x {} subscriber(s), ~{} B payload, {} publisher(s), batch {}; \
-             per path a warm-up round, then rounds for at least {} s\n\n",
+            "backend {}: {} events x {} subscriber(s), ~{} B payload, {} publisher(s), batch {}\n\
+             each path: a warm-up round, then rounds (bus and raw in turn) for at least {} s\n\n",
             self.backend,
             p.events,
             p.subscribers,
