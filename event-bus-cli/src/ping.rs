@@ -47,7 +47,7 @@ pub(crate) async fn run(_args: PingArgs, backend: &BackendArgs) -> Result<(), Fa
 fn server_address(config: &Config) -> Option<String> {
     match config {
         Config::Redis(c) => Some(c.redacted_address()),
-        Config::Postgres(c) => Some(c.redacted_connection_string()),
+        Config::Postgres(c) => Some(c.redacted_url()),
         _ => None,
     }
 }
