@@ -42,7 +42,7 @@ use crate::{
 struct Cli {
     #[command(flatten)]
     backend: BackendArgs,
-    /// Print only results and errors: no notices, progress or summaries on stderr.
+    /// Print only results, warnings and errors: no notes, progress or summaries.
     #[arg(short, long, global = true, help_heading = GLOBAL_OPTIONS)]
     quiet: bool,
     #[command(subcommand)]
@@ -59,11 +59,11 @@ enum Command {
     /// Subscribe to topic patterns and print each event as it arrives.
     Sub(tail::SubArgs),
     /// Print the effective configuration and check that the server answers.
-    #[command(alias = "check")]
+    #[command(visible_alias = "check")]
     Ping(ping::PingArgs),
     /// Measure throughput and latency of the bus next to its raw transport.
     Bench(bench::BenchArgs),
-    /// Print a shell completion script: `eventbus completions bash > ~/.local/share/bash-completion/completions/eventbus`.
+    /// Print a shell completion script (bash, zsh, fish, elvish or powershell).
     Completions(CompletionsArgs),
 }
 

@@ -6,7 +6,10 @@ use std::{convert::Infallible, future::ready, sync::Arc, time::Duration};
 use event_bus::{Event, EventBus, EventBusExt};
 
 use super::{Collector, Workload, finish};
-use crate::{backend::Selection, failure::Failure};
+use crate::{
+    backend::Selection,
+    failure::{Failure, chain},
+};
 
 /// Publishes one round of the workload through the bus `selection` describes.
 pub(crate) async fn run(
@@ -57,7 +60,7 @@ async fn publish_all(
                     } else {
                         bus.publish_batch(events).await
                     };
-                    result.map_err(|e| e.to_string())?;
+                    result.map_err(|e| chain(&e))?;
                 }
                 Ok(())
             })

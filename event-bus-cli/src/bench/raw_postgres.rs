@@ -10,7 +10,7 @@ use serde_json::Value;
 use tokio_postgres::{AsyncMessage, Client, NoTls};
 
 use super::{Collector, Workload, finish, rounds::Path};
-use crate::failure::Failure;
+use crate::failure::{Failure, chain};
 
 /// NOTIFY payloads must be shorter than this many bytes.
 const NOTIFY_LIMIT: usize = 8000;
@@ -41,7 +41,7 @@ pub(crate) fn path(config: &Value, w: &Workload) -> Result<Option<Path>, Failure
 }
 
 fn failed(what: &str) -> impl Fn(tokio_postgres::Error) -> Failure + '_ {
-    move |e| Failure::runtime(format!("raw postgres: {what}: {e}"))
+    move |e| Failure::runtime(format!("raw postgres: {what}: {}", chain(&e)))
 }
 
 /// Opens a connection whose notifications are decoded and recorded for subscriber `sub`
@@ -115,25 +115,25 @@ async fn publish(
     let one = client
         .prepare("SELECT pg_notify($1, $2)")
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| chain(&e))?;
     let many = client
         .prepare(
             "SELECT pg_notify($1, m) FROM unnest($2::text[]) WITH ORDINALITY AS t(m, i) ORDER BY i",
         )
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| chain(&e))?;
     for (seqs, events) in batches {
         c.stamp(seqs);
         let texts = events
             .iter()
             .map(envelope::encode)
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| chain(&e))?;
         let result = match texts.as_slice() {
             [text] => client.execute(&one, &[&channel, text]).await,
             _ => client.execute(&many, &[&channel, &texts]).await,
         };
-        result.map_err(|e| e.to_string())?;
+        result.map_err(|e| chain(&e))?;
     }
     Ok(())
 }

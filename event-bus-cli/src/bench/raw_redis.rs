@@ -9,7 +9,7 @@ use futures_util::StreamExt;
 use serde_json::Value;
 
 use super::{Collector, Workload, finish, rounds::Path};
-use crate::failure::Failure;
+use crate::failure::{Failure, chain};
 
 /// The raw Redis pub/sub path against the server of `config`, on a channel of its own.
 ///
@@ -18,7 +18,7 @@ use crate::failure::Failure;
 pub(crate) fn path(config: &Value) -> Result<Path, Failure> {
     let url = server_url(config);
     let client = redis::Client::open(url.as_str())
-        .map_err(|e| Failure::usage(format!("raw redis: bad url: {e}")))?;
+        .map_err(|e| Failure::usage(format!("raw redis: not a usable url ({:?})", e.kind())))?;
     Ok(Box::new(move |w, c| Box::pin(run(client.clone(), w, c))))
 }
 
@@ -47,7 +47,7 @@ fn server_url(config: &Value) -> String {
 }
 
 fn failed(what: &str) -> impl Fn(redis::RedisError) -> Failure + '_ {
-    move |e| Failure::runtime(format!("raw redis: {what}: {e}"))
+    move |e| Failure::runtime(format!("raw redis: {what}: {}", chain(&e)))
 }
 
 async fn run(
@@ -92,12 +92,12 @@ async fn run(
                     c.stamp(seqs);
                     let mut pipe = redis::pipe();
                     for event in &events {
-                        let text = envelope::encode(event).map_err(|e| e.to_string())?;
+                        let text = envelope::encode(event).map_err(|e| chain(&e))?;
                         pipe.cmd("PUBLISH").arg(&channel).arg(text).ignore();
                     }
                     pipe.query_async::<()>(&mut connection)
                         .await
-                        .map_err(|e| e.to_string())?;
+                        .map_err(|e| chain(&e))?;
                 }
                 Ok(())
             })
