@@ -386,9 +386,10 @@ fn bench_repeats_rounds_for_the_minimum_time_and_warns_when_that_is_short() {
 /// an interruption (130) or a clean stop (0), not later with a timeout error (1).
 #[test]
 fn ctrl_c_while_connecting_stops_at_once() {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let url = format!("redis://{}", listener.local_addr().expect("addr"));
     for (args, code) in [(vec!["pub", "a", "1"], 130), (vec!["sub", "a"], 0)] {
+        // A listener of its own per command, so no connection of the other is accepted.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let url = format!("redis://{}", listener.local_addr().expect("addr"));
         let mut cmd = eventbus();
         cmd.args(["--url", &url]).args(&args);
         let mut child = Running::spawn(cmd);
