@@ -17,7 +17,7 @@ use event_bus::{
 use serde_json::json;
 use tokio::sync::Notify;
 
-use crate::backend::Failure;
+use crate::{backend::BackendArgs, failure::Failure};
 
 /// Arguments of `eventbus demo` (none yet; the demo always runs on memory).
 #[derive(clap::Args, Debug)]
@@ -44,7 +44,14 @@ fn tick(n: u32, slow: bool) -> Event {
 }
 
 /// Runs `eventbus demo`.
-pub(crate) async fn run(_args: DemoArgs) -> Result<(), Failure> {
+pub(crate) async fn run(_args: DemoArgs, backend: &BackendArgs) -> Result<(), Failure> {
+    let given = backend.on_command_line();
+    if !given.is_empty() {
+        return Err(Failure::usage(format!(
+            "the demo always runs on the memory backend: drop {}",
+            given.join(" and ")
+        )));
+    }
     let bus = create_event_bus(Config::from_json_str(CONFIG)?)?;
     bus.connect().await?;
     say("eventbus demo: failing, slow and busy handlers on the memory backend");

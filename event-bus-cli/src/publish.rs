@@ -1,17 +1,17 @@
 //! `eventbus pub`: publish one event, the same event several times, or JSON lines from
 //! standard input.
 
-use std::{
-    io::{IsTerminal, Read},
-    sync::Arc,
-};
+use std::io::{IsTerminal, Read};
 
 use event_bus::{Event, EventBus, EventType, Priority, envelope};
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 use crate::{
-    backend::{self, BackendArgs, Failure},
+    backend::BackendArgs,
+    failure::Failure,
+    output::notice,
+    signal::{Stop, StopSignals},
     usage,
 };
 
@@ -43,7 +43,8 @@ pub(crate) struct PubArgs {
     #[arg(long = "meta", value_name = "KEY=VALUE")]
     meta: Vec<String>,
     /// Publish the event this many times (each copy gets its own id).
-    #[arg(long, value_name = "N", default_value_t = 1, conflicts_with = "lines")]
+    #[arg(long, value_name = "N", default_value_t = 1, conflicts_with = "lines",
+          value_parser = clap::value_parser!(u64).range(1..))]
     repeat: u64,
     /// Read JSON lines from standard input. A line that is an object with a `"v"` key is
     /// a full wire envelope, published as is (its own topic, type, priority, ...); any
@@ -72,6 +73,9 @@ impl Template {
                 _ => Err(Failure::usage(format!("--meta {kv:?}: expected KEY=VALUE"))),
             })
             .collect::<Result<_, _>>()?;
+        if let Some(topic) = &args.topic {
+            event_bus::topic::validate_topic(topic)?;
+        }
         let Ok(event_type) = args.event_type.parse();
         Ok(Self {
             topic: args.topic.clone(),
@@ -110,16 +114,50 @@ pub(crate) async fn run(args: PubArgs, backend: &BackendArgs) -> Result<(), Fail
     } else {
         Some(read_payload(args.payload.as_deref())?)
     };
-    let bus = backend::connect(backend.config_value()?).await?;
-    let result = match payload {
-        Some(payload) => publish_repeated(bus.as_ref(), &template, payload, args.repeat).await,
-        None => publish_lines(&bus, &template).await,
+    let selection = backend.select()?;
+    let total = (!args.lines).then_some(args.repeat);
+    let mut stop = StopSignals::listen()?;
+    let bus = match stop.or_stop(selection.connect()).await {
+        Ok(bus) => bus?,
+        Err(signal) => return Err(interrupted(signal, 0, total)),
     };
+    selection.notice_if_memory("nothing else receives these events");
+    let mut sent = 0;
+    let outcome = stop
+        .or_stop(async {
+            match payload {
+                Some(payload) => {
+                    publish_repeated(bus.as_ref(), &template, payload, args.repeat, &mut sent).await
+                }
+                None => publish_lines(bus.as_ref(), &template, &mut sent).await,
+            }
+        })
+        .await;
     let closed = bus.close().await;
-    let count = result?;
-    closed?;
-    eprintln!("published {count} event(s)");
-    Ok(())
+    match outcome {
+        Ok(result) => {
+            result?;
+            closed?;
+            notice(format!("published {sent} event(s)"));
+            Ok(())
+        }
+        Err(signal) => {
+            closed?;
+            Err(interrupted(signal, sent, total))
+        }
+    }
+}
+
+/// The failure of a `pub` stopped by a signal, saying how far it got.
+fn interrupted(stop: Stop, sent: u64, of: Option<u64>) -> Failure {
+    let of = of.map_or(String::new(), |total| format!(" of {total}"));
+    Failure::with_code(
+        stop.exit_code(),
+        format!(
+            "interrupted by {} after publishing {sent}{of} event(s)",
+            stop.name()
+        ),
+    )
 }
 
 fn read_payload(arg: Option<&str>) -> Result<Value, Failure> {
@@ -144,25 +182,41 @@ fn read_payload(arg: Option<&str>) -> Result<Value, Failure> {
     )
 }
 
+/// Publishes `repeat` copies of the event, counting each one sent in `sent`.
 async fn publish_repeated(
     bus: &dyn EventBus,
     template: &Template,
     payload: Value,
     repeat: u64,
-) -> Result<u64, Failure> {
+    sent: &mut u64,
+) -> Result<(), Failure> {
+    if repeat > 1 {
+        notice(format!(
+            "publishing {repeat} events on {}; Ctrl-C to stop",
+            template.topic.as_deref().unwrap_or_default()
+        ));
+    }
     for _ in 0..repeat {
         let event = template.event(payload.clone())?;
         if repeat == 1 {
-            eprintln!("publishing event {} on {}", event.id, event.topic);
+            notice(format!("publishing event {} on {}", event.id, event.topic));
         }
         bus.publish(event).await?;
+        *sent += 1;
+        // A publish that never waits (memory, no subscriber) must still let a stop
+        // signal in.
+        tokio::task::consume_budget().await;
     }
-    Ok(repeat)
+    Ok(())
 }
 
-async fn publish_lines(bus: &Arc<dyn EventBus>, template: &Template) -> Result<u64, Failure> {
+/// Publishes one event per line of standard input, counting each one sent in `sent`.
+async fn publish_lines(
+    bus: &dyn EventBus,
+    template: &Template,
+    sent: &mut u64,
+) -> Result<(), Failure> {
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
-    let mut count = 0;
     let mut number = 0u64;
     while let Some(line) = usage(lines.next_line().await, "reading standard input")? {
         number += 1;
@@ -173,9 +227,9 @@ async fn publish_lines(bus: &Arc<dyn EventBus>, template: &Template) -> Result<u
         let event = line_event(line, template)
             .map_err(|e| Failure::usage(format!("line {number}: {e}")))?;
         bus.publish(event).await?;
-        count += 1;
+        *sent += 1;
     }
-    Ok(count)
+    Ok(())
 }
 
 /// One `--lines` line: a full envelope (an object with `"v"`) or a payload.

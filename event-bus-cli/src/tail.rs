@@ -9,7 +9,7 @@ use std::{
 use event_bus::{Event, EventBusExt, envelope};
 use tokio::sync::mpsc;
 
-use crate::backend::{self, BackendArgs, Failure};
+use crate::{backend::BackendArgs, failure::Failure, output::notice, signal::StopSignals};
 
 /// Arguments of `eventbus sub`.
 #[derive(clap::Args, Debug)]
@@ -20,8 +20,8 @@ pub(crate) struct SubArgs {
     /// Print each event as its wire envelope, one JSON object per line (for `jq`).
     #[arg(long)]
     json: bool,
-    /// Exit after printing this many events.
-    #[arg(long, value_name = "N")]
+    /// Exit after printing this many events (at least 1).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     count: Option<u64>,
 }
 
@@ -31,9 +31,13 @@ const SEEN_WINDOW: usize = 4096;
 
 /// Runs `eventbus sub`.
 pub(crate) async fn run(args: SubArgs, backend: &BackendArgs) -> Result<(), Failure> {
-    let config = backend.config_value()?;
-    let name = backend::backend_of(&config).to_owned();
-    let bus = backend::connect(config).await?;
+    let selection = backend.select()?;
+    let mut stop = StopSignals::listen()?;
+    let Ok(bus) = stop.or_stop(selection.connect()).await else {
+        return Ok(()); // stopped while connecting: nothing to undo
+    };
+    let bus = bus?;
+    selection.notice_if_memory("nothing published elsewhere arrives here");
     let (tx, mut rx) = mpsc::channel::<Event>(1024);
     let mut subscriptions = Vec::new();
     for pattern in &args.patterns {
@@ -55,15 +59,23 @@ pub(crate) async fn run(args: SubArgs, backend: &BackendArgs) -> Result<(), Fail
         }
     }
     drop(tx);
-    eprintln!(
-        "subscribed to {} on {name}; Ctrl-C to stop",
-        args.patterns.join(" ")
-    );
-    let result = print_events(&mut rx, &args).await;
+    notice(format!(
+        "subscribed to {} on {}; Ctrl-C to stop",
+        args.patterns.join(" "),
+        selection.backend()
+    ));
+    let result = stop
+        .or_stop(print_events(&mut rx, &args))
+        .await
+        .unwrap_or_else(|signal| {
+            notice(format!("{}: unsubscribing", signal.name()));
+            Ok(())
+        });
     for sub in subscriptions {
         sub.cancel().await;
     }
     bus.close().await?;
+    notice(format!("unsubscribed from {}", args.patterns.join(" ")));
     result
 }
 
@@ -71,19 +83,7 @@ async fn print_events(rx: &mut mpsc::Receiver<Event>, args: &SubArgs) -> Result<
     let mut seen = HashSet::new();
     let mut order = VecDeque::new();
     let mut printed = 0u64;
-    if args.count == Some(0) {
-        return Ok(());
-    }
-    let ctrl_c = tokio::signal::ctrl_c();
-    tokio::pin!(ctrl_c);
-    loop {
-        let event = tokio::select! {
-            event = rx.recv() => match event {
-                Some(event) => event,
-                None => return Ok(()),
-            },
-            _ = &mut ctrl_c => return Ok(()),
-        };
+    while let Some(event) = rx.recv().await {
         if !seen.insert(event.id) {
             continue;
         }
@@ -107,6 +107,7 @@ async fn print_events(rx: &mut mpsc::Receiver<Event>, args: &SubArgs) -> Result<
             return Ok(());
         }
     }
+    Ok(())
 }
 
 /// `2026-01-02T10:00:00.123Z orders:eu created normal {"id":42} source=checkout tenant=acme`.

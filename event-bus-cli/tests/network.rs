@@ -1,25 +1,49 @@
 //! `sub` in one process receives what `pub` in another publishes, on Redis and on
-//! PostgreSQL; `bench` runs against both. Each test uses its own channel prefix.
+//! PostgreSQL; `ping` and `bench` run against both; errors show their causes. Each test
+//! uses its own channel prefix or topics.
 
 mod support;
 
-use support::{Running, eventbus, host_port, namespace, require_server, run_ok, temp_file};
+use support::{
+    Running, closed_port, eventbus, host_port, namespace, require_server, run_ok, run_status,
+    send_signal, temp_file,
+};
 
-/// A config file for the Redis server of `EVENT_BUS_REDIS_URL` (or the local default),
-/// under a fresh channel prefix. Fails if no server answers.
-fn redis() -> std::path::PathBuf {
+/// The Redis server of `EVENT_BUS_REDIS_URL` (or the local default). Fails if no server
+/// answers.
+fn redis_url() -> String {
     let url =
         std::env::var("EVENT_BUS_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
     require_server(&host_port(&url, 6379), "EVENT_BUS_REDIS_URL");
-    config("redis", "url", &url)
+    url
 }
 
-/// Like [`redis`], for PostgreSQL (`EVENT_BUS_POSTGRES_URL`).
-fn postgres() -> std::path::PathBuf {
+/// Like [`redis_url`], for PostgreSQL (`EVENT_BUS_POSTGRES_URL`).
+fn postgres_url() -> String {
     let url = std::env::var("EVENT_BUS_POSTGRES_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
     require_server(&host_port(&url, 5432), "EVENT_BUS_POSTGRES_URL");
-    config("postgres", "url", &url)
+    url
+}
+
+/// A config file for the Redis server under a fresh channel prefix.
+fn redis() -> std::path::PathBuf {
+    config("redis", "url", &redis_url())
+}
+
+/// A config file for the PostgreSQL server under a fresh channel prefix.
+fn postgres() -> std::path::PathBuf {
+    config("postgres", "url", &postgres_url())
+}
+
+/// `url` (a `postgres://` URL) with its database replaced by `database`.
+fn with_database(url: &str, database: &str) -> String {
+    let (scheme, rest) = url.split_once("://").expect("a postgres:// URL");
+    let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let query = path
+        .split_once('?')
+        .map_or(String::new(), |(_, q)| format!("?{q}"));
+    format!("{scheme}://{authority}/{database}{query}")
 }
 
 /// A config file for `backend` at `url` under a fresh channel prefix.
@@ -79,7 +103,16 @@ fn sub_receives_pub(config: &std::path::Path) {
 
 fn bench_runs(config: &std::path::Path, raw_transport: &str) {
     let config = config.to_str().expect("utf-8");
-    let out = run_ok(eventbus().args(["--config", config, "bench", "--events", "300", "--json"]));
+    let out = run_ok(eventbus().args([
+        "--config",
+        config,
+        "bench",
+        "--events",
+        "300",
+        "--min-seconds",
+        "0",
+        "--json",
+    ]));
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON report");
     assert_eq!(report["bus"]["delivered"], 300, "{report}");
     assert_eq!(report["raw"]["delivered"], 300, "{report}");
@@ -104,4 +137,118 @@ fn redis_bench_reports_bus_and_raw() {
 #[test]
 fn postgres_bench_reports_bus_and_raw() {
     bench_runs(&postgres(), "postgres pg_notify/LISTEN");
+}
+
+/// With only `--url`, `sub` and `pub` pick the backend from its scheme and reach each
+/// other; SIGTERM then stops `sub` cleanly.
+fn url_alone_picks_the_backend(url: &str) {
+    let topic = format!("{}:x", namespace());
+    let mut cmd = eventbus();
+    cmd.args(["--url", url, "sub", &topic, "--json"]);
+    let mut sub = Running::spawn(cmd);
+    let backend = if url.starts_with("redis") {
+        "redis"
+    } else {
+        "postgres"
+    };
+    sub.wait_stderr(&format!("subscribed to {topic} on {backend}"));
+    let out = run_ok(eventbus().args(["--url", url, "pub", &topic, "7"]));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("note: the memory backend"), "{stderr}");
+    let event: serde_json::Value = serde_json::from_str(&sub.next_stdout()).expect("JSON line");
+    assert_eq!(
+        (&event["topic"], &event["payload"]),
+        (&topic.clone().into(), &7.into())
+    );
+    send_signal(sub.id(), "TERM");
+    sub.wait_stderr(&format!("unsubscribed from {topic}"));
+    assert_eq!(sub.wait_exit().code(), Some(0));
+}
+
+#[test]
+fn redis_url_alone_picks_the_backend() {
+    url_alone_picks_the_backend(&redis_url());
+}
+
+#[test]
+fn postgresql_url_alone_picks_the_backend() {
+    let url = postgres_url().replacen("postgres://", "postgresql://", 1);
+    url_alone_picks_the_backend(&url);
+}
+
+#[test]
+fn postgres_errors_show_the_servers_reason() {
+    let database = format!("nosuchdb_{}", namespace());
+    let url = with_database(&postgres_url(), &database);
+    let (stdout, stderr) = run_status(eventbus().args(["--url", &url, "pub", "a", "1"]), 1);
+    assert_eq!(stdout, "");
+    assert!(
+        stderr.contains(&format!("database \"{database}\" does not exist")),
+        "{stderr}"
+    );
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+}
+
+#[test]
+fn postgres_tls_errors_show_the_reason() {
+    // No server on loopback has a certificate for 127.0.0.1 from a public CA.
+    let url = with_database(&postgres_url(), "test?sslmode=verify-full");
+    let (_, stderr) = run_status(eventbus().args(["--url", &url, "ping"]), 1);
+    match stderr.split_once("error performing TLS handshake") {
+        Some((_, reason)) => assert!(
+            reason.starts_with(": ") && reason.trim().len() > 2,
+            "{stderr}"
+        ),
+        None => assert!(stderr.contains("TLS"), "{stderr}"),
+    }
+}
+
+/// `ping` prints the config and says the server answers, with timings.
+fn ping_answers(url: &str, shown: &str) {
+    let out = run_ok(eventbus().args(["--url", url, "ping"]));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.starts_with("config from --url:\n"), "{stdout}");
+    assert!(stdout.contains(shown), "{stdout}");
+    let last = stdout.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("server ")
+            && last.contains(": answering (connect ")
+            && last.contains(" ms, round trip "),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn ping_redis_answers() {
+    ping_answers(&redis_url(), "RedisConfig {");
+}
+
+#[test]
+fn ping_postgres_answers() {
+    ping_answers(&postgres_url(), "PostgresConfig {");
+}
+
+#[test]
+fn ping_a_closed_port_exits_1_and_never_shows_the_password() {
+    let port = closed_port();
+    for url in [
+        format!("redis://:s3cret@127.0.0.1:{port}"),
+        format!("postgres://app:s3cret@127.0.0.1:{port}/app"),
+    ] {
+        let (stdout, stderr) = run_status(eventbus().args(["--url", &url, "ping"]), 1);
+        let last = stdout.lines().last().unwrap_or_default();
+        assert!(
+            last.starts_with("server ") && last.ends_with(": not answering"),
+            "{stdout}"
+        );
+        assert!(
+            last.contains(&port.to_string()) && last.contains("***"),
+            "{stdout}"
+        );
+        assert!(stderr.contains("refused"), "{stderr}");
+        assert!(
+            !stdout.contains("s3cret") && !stderr.contains("s3cret"),
+            "{stdout}{stderr}"
+        );
+    }
 }

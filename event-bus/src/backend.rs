@@ -36,25 +36,6 @@ impl BackendName {
         self.as_str()
     }
 
-    /// The backend a server URL is for, by its scheme: `redis://` and `rediss://` are
-    /// Redis, `postgres://` and `postgresql://` are PostgreSQL; `None` for anything
-    /// else (including libpq key/value strings).
-    ///
-    /// ```
-    /// use event_bus::BackendName;
-    /// assert_eq!(BackendName::for_url("rediss://cache:6380"), Some(BackendName::Redis));
-    /// assert_eq!(BackendName::for_url("postgresql://db/app"), Some(BackendName::Postgres));
-    /// assert_eq!(BackendName::for_url("host=db user=app"), None);
-    /// ```
-    pub fn for_url(url: &str) -> Option<Self> {
-        let (scheme, _) = url.split_once("://")?;
-        match scheme {
-            "redis" | "rediss" => Some(Self::Redis),
-            "postgres" | "postgresql" => Some(Self::Postgres),
-            _ => None,
-        }
-    }
-
     /// Whether this backend is compiled in.
     pub fn is_enabled(self) -> bool {
         match self {

@@ -86,8 +86,10 @@ fn backend_value(backend: Option<&str>, url: Option<String>) -> Result<Value, Er
         (None, Some(url)) => BackendName::for_url(url).ok_or_else(|| {
             Error::config(
                 URL_VAR,
-                "its scheme names no backend (redis://, rediss://, postgres://, \
-                 postgresql://): set EVENT_BUS_BACKEND",
+                format!(
+                    "its scheme names no backend ({}): set EVENT_BUS_BACKEND",
+                    BackendName::url_schemes_text()
+                ),
             )
         })?,
         (None, None) => BackendName::Memory,

@@ -5,6 +5,7 @@ mod backend;
 pub mod backend_api;
 mod env;
 mod factory;
+mod url_scheme;
 
 // The bus.
 pub use event_bus_core::{

@@ -4,23 +4,25 @@
 use std::{convert::Infallible, future::ready, sync::Arc, time::Duration};
 
 use event_bus::{Event, EventBus, EventBusExt};
-use serde_json::Value;
 
 use super::{Collector, Workload, finish};
-use crate::backend::{self, Failure};
+use crate::{
+    backend::Selection,
+    failure::{Failure, chain},
+};
 
-/// Publishes the workload through the bus `config` describes.
+/// Publishes one round of the workload through the bus `selection` describes.
 pub(crate) async fn run(
-    config: Value,
+    selection: Selection,
     w: Workload,
     c: Arc<Collector>,
 ) -> Result<(Duration, String), Failure> {
-    let name = backend::backend_of(&config).to_owned();
-    let sub_bus = backend::connect(config.clone()).await?;
+    let name = selection.backend().to_owned();
+    let sub_bus = selection.connect().await?;
     let pub_bus = if name == "memory" {
         sub_bus.clone()
     } else {
-        backend::connect(config).await?
+        selection.connect().await?
     };
     let result = publish_all(&sub_bus, &pub_bus, &w, &c).await;
     let closed_pub = pub_bus.close().await;
@@ -58,7 +60,7 @@ async fn publish_all(
                     } else {
                         bus.publish_batch(events).await
                     };
-                    result.map_err(|e| e.to_string())?;
+                    result.map_err(|e| chain(&e))?;
                 }
                 Ok(())
             })

@@ -6,6 +6,12 @@
 //! values; redis — `PUBLISH` of the wire envelope to S `SUBSCRIBE` connections;
 //! postgres — `pg_notify` of the wire envelope to S `LISTEN` connections. Every run uses
 //! a fresh channel prefix, so benchmarks never see each other's (or an app's) events.
+//!
+//! Each path first runs one unmeasured warm-up round (at most
+//! [`WARMUP_EVENTS`](rounds::WARMUP_EVENTS) events), then measured rounds of the whole workload, bus and raw taking turns, until each has
+//! `--min-seconds` of measured time: a small `--events` still gives figures that repeat
+//! from run to run, and a busy machine slows both paths alike rather than whichever ran
+//! second. A run measured for less than [`MEANINGFUL_SECONDS`] gets a warning.
 
 mod bus_path;
 mod collector;
@@ -13,16 +19,23 @@ mod raw_memory;
 mod raw_postgres;
 mod raw_redis;
 mod report;
+mod rounds;
 
 use std::{sync::Arc, time::Duration};
 
 use event_bus::{Event, EventType};
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::Value;
 use tokio::task::JoinHandle;
 
-use self::{collector::Collector, report::PathResult};
-use crate::backend::{self, BackendArgs, Failure};
+use self::{collector::Collector, report::PathResult, rounds::Path};
+use crate::{
+    backend::BackendArgs,
+    failure::Failure,
+    output::{self, warning},
+};
+
+/// Measured time below which a path's figures vary too much from run to run to compare.
+const MEANINGFUL_SECONDS: f64 = 0.5;
 
 /// Arguments of `eventbus bench`.
 #[derive(clap::Args, Debug, Clone)]
@@ -46,7 +59,11 @@ pub(crate) struct BenchArgs {
     #[arg(long, value_name = "K", default_value_t = 1,
           value_parser = clap::value_parser!(u32).range(1..=100_000))]
     batch: u32,
-    /// Give up on a path after this many seconds (what has not arrived counts as lost).
+    /// Measure each path for at least this long, repeating the workload in rounds
+    /// (after one warm-up round); `0` measures one round.
+    #[arg(long, value_name = "SECS", default_value_t = 1.0, value_parser = parse_min_seconds)]
+    min_seconds: f64,
+    /// Give up on a round after this many seconds (what has not arrived counts as lost).
     #[arg(long, value_name = "SECS", default_value_t = 60)]
     timeout: u64,
     /// Print the report as JSON (and no progress bar).
@@ -62,6 +79,8 @@ pub(crate) struct Workload {
     pub(crate) publishers: usize,
     pub(crate) batch: usize,
     pub(crate) timeout: Duration,
+    /// Measured time to reach before the rounds stop.
+    pub(crate) min_time: Duration,
     /// Topic (bus) or channel (raw) unique to this run.
     pub(crate) topic: String,
     pad: Arc<str>,
@@ -100,17 +119,25 @@ impl Workload {
     }
 }
 
+fn parse_min_seconds(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(secs) if (0.0..=3600.0).contains(&secs) => Ok(secs),
+        _ => Err("expected a number of seconds from 0 to 3600".to_owned()),
+    }
+}
+
 /// Runs `eventbus bench`.
 pub(crate) async fn run(args: BenchArgs, backend: &BackendArgs) -> Result<(), Failure> {
     let run_id = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
-    let mut config = backend.config_value()?;
-    let name = backend::backend_of(&config).to_owned();
+    let mut selection = backend.select()?;
+    let name = selection.backend().to_owned();
     if name != "memory"
-        && let Value::Object(map) = &mut config
+        && let Value::Object(map) = &mut selection.value
     {
         let prefix = format!("eventbus_bench_{run_id}");
         map.insert("channel_prefix".into(), prefix.into());
     }
+    let config = selection.value.clone();
     let pad_len = args.payload_bytes.saturating_sub(20);
     let workload = Workload {
         events: args.events,
@@ -118,30 +145,45 @@ pub(crate) async fn run(args: BenchArgs, backend: &BackendArgs) -> Result<(), Fa
         publishers: usize::from(args.publishers),
         batch: args.batch as usize,
         timeout: Duration::from_secs(args.timeout.max(1)),
+        min_time: Duration::from_secs_f64(args.min_seconds),
         topic: "bench:events".into(),
         pad: "x".repeat(pad_len).into(),
     };
-    let bus = measure("bus", &workload, args.json, |c| {
-        bus_path::run(config.clone(), workload.clone(), c)
-    })
-    .await?;
     let raw_workload = Workload {
         topic: format!("eventbus_bench_raw_{run_id}"),
         ..workload.clone()
     };
-    let raw = match name.as_str() {
-        "memory" => measure("raw", &raw_workload, args.json, |c| {
-            raw_memory::run(raw_workload.clone(), c)
-        })
-        .await
-        .map(Some)?,
-        "redis" => raw_redis::measure(&config, &raw_workload, args.json).await?,
-        "postgres" => raw_postgres::measure(&config, &raw_workload, args.json).await?,
+    let bus_path: Path = Box::new(move |w, c| Box::pin(bus_path::run(selection.clone(), w, c)));
+    let raw_path: Option<Path> = match name.as_str() {
+        "memory" => Some(Box::new(|w, c| Box::pin(raw_memory::run(w, c)))),
+        "redis" => Some(raw_redis::path(&config)?),
+        "postgres" => raw_postgres::path(&config, &raw_workload)?,
         _ => None,
     };
+    let mut paths = vec![(workload, bus_path)];
+    paths.extend(raw_path.map(|path| (raw_workload, path)));
+    let hidden = args.json || output::is_quiet();
+    let mut results = rounds::measure(paths, hidden).await?.into_iter();
+    let bus = results
+        .next()
+        .ok_or_else(|| Failure::runtime("the bus path gave no result"))?;
+    let raw = results.next();
+    warn_if_short(&bus, raw.as_ref());
     let report = report::Report::new(&name, &args_summary(&args), bus, raw);
     report.print(args.json);
     Ok(())
+}
+
+/// Warns (on stderr) when a path was measured too briefly for its figures to repeat.
+fn warn_if_short(bus: &PathResult, raw: Option<&PathResult>) {
+    let shortest = raw.map_or(bus.seconds, |raw| raw.seconds.min(bus.seconds));
+    if shortest < MEANINGFUL_SECONDS {
+        warning(format!(
+            "a path was measured for only {shortest:.2} s: runs this short vary widely \
+             from one to the next; measure at least {MEANINGFUL_SECONDS} s \
+             (--min-seconds, default 1) before comparing figures"
+        ));
+    }
 }
 
 fn args_summary(args: &BenchArgs) -> report::Params {
@@ -151,52 +193,8 @@ fn args_summary(args: &BenchArgs) -> report::Params {
         payload_bytes: args.payload_bytes,
         publishers: args.publishers.into(),
         batch: args.batch,
+        min_seconds: args.min_seconds,
     }
-}
-
-/// Runs one path with a progress bar and turns its outcome into a [`PathResult`].
-/// `path` sets up its subscribers, publishes everything, waits on the collector and
-/// returns the elapsed time from the first publish (or an error).
-pub(crate) async fn measure<F, Fut>(
-    label: &str,
-    w: &Workload,
-    quiet: bool,
-    path: F,
-) -> Result<PathResult, Failure>
-where
-    F: FnOnce(Arc<Collector>) -> Fut,
-    Fut: std::future::Future<Output = Result<(Duration, String), Failure>>,
-{
-    let collector = Arc::new(Collector::new(w.subscribers, w.events));
-    let bar = progress_bar(label, collector.expected(), quiet);
-    let ticker = {
-        let (bar, c) = (bar.clone(), collector.clone());
-        tokio::spawn(async move {
-            loop {
-                bar.set_position(c.delivered());
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        })
-    };
-    let outcome = path(collector.clone()).await;
-    ticker.abort();
-    bar.finish_and_clear();
-    let (elapsed, transport) = outcome?;
-    Ok(PathResult::new(transport, w, &collector, elapsed))
-}
-
-fn progress_bar(label: &str, total: u64, hidden: bool) -> ProgressBar {
-    if hidden {
-        return ProgressBar::hidden();
-    }
-    let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
-    if let Ok(style) =
-        ProgressStyle::with_template("{prefix:>4} [{bar:40}] {pos}/{len} deliveries {per_sec}")
-    {
-        bar.set_style(style.progress_chars("=> "));
-    }
-    bar.set_prefix(label.to_owned());
-    bar
 }
 
 /// Waits for the publishers, then for every delivery (up to the workload's timeout);

@@ -7,7 +7,7 @@ use event_bus::Event;
 use tokio::sync::broadcast::{self, error::RecvError};
 
 use super::{Collector, Workload, finish};
-use crate::backend::Failure;
+use crate::failure::Failure;
 
 /// Events the publishers let queue up before waiting, like the bus's default
 /// `dispatcher.queue_maxsize` under the `block` policy.

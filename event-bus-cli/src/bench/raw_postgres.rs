@@ -9,36 +9,39 @@ use futures_util::StreamExt;
 use serde_json::Value;
 use tokio_postgres::{AsyncMessage, Client, NoTls};
 
-use super::{Collector, Workload, finish, report::PathResult};
-use crate::backend::Failure;
+use super::{Collector, Workload, finish, rounds::Path};
+use crate::failure::{Failure, chain};
 
 /// NOTIFY payloads must be shorter than this many bytes.
 const NOTIFY_LIMIT: usize = 8000;
 
-/// Measures raw NOTIFY/LISTEN against the server of `config` (without TLS), on a
-/// channel of its own. Skipped (`None`) when the payloads exceed NOTIFY's size limit.
-pub(crate) async fn measure(
-    config: &Value,
-    w: &Workload,
-    quiet: bool,
-) -> Result<Option<PathResult>, Failure> {
-    let url = config
-        .get("url")
-        .or_else(|| config.get("connection_string"));
-    let Some(conninfo) = url.and_then(Value::as_str) else {
-        return Err(Failure::usage("raw postgres: `url` is missing"));
+/// The raw NOTIFY/LISTEN path against the server of `config` (without TLS), on a
+/// channel of its own; `None` (skipped) when the payloads of `w` exceed NOTIFY's size
+/// limit.
+///
+/// # Errors
+/// A usage failure if the config has no server URL.
+pub(crate) fn path(config: &Value, w: &Workload) -> Result<Option<Path>, Failure> {
+    let conninfo = ["url", "connection_string"]
+        .into_iter()
+        .find_map(|key| config.get(key).and_then(Value::as_str));
+    let Some(conninfo) = conninfo else {
+        return Err(Failure::usage("raw postgres: the server URL is missing"));
     };
     if w.pad_len() + 400 >= NOTIFY_LIMIT {
-        eprintln!("raw postgres skipped: payloads do not fit in one NOTIFY ({NOTIFY_LIMIT} bytes)");
+        crate::output::notice(format!(
+            "raw postgres skipped: payloads do not fit in one NOTIFY ({NOTIFY_LIMIT} bytes)"
+        ));
         return Ok(None);
     }
     let conninfo = conninfo.to_owned();
-    let result = super::measure("raw", w, quiet, |c| run(conninfo, w.clone(), c)).await?;
-    Ok(Some(result))
+    Ok(Some(Box::new(move |w, c| {
+        Box::pin(run(conninfo.clone(), w, c))
+    })))
 }
 
 fn failed(what: &str) -> impl Fn(tokio_postgres::Error) -> Failure + '_ {
-    move |e| Failure::runtime(format!("raw postgres: {what}: {e}"))
+    move |e| Failure::runtime(format!("raw postgres: {what}: {}", chain(&e)))
 }
 
 /// Opens a connection whose notifications are decoded and recorded for subscriber `sub`
@@ -112,25 +115,25 @@ async fn publish(
     let one = client
         .prepare("SELECT pg_notify($1, $2)")
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| chain(&e))?;
     let many = client
         .prepare(
             "SELECT pg_notify($1, m) FROM unnest($2::text[]) WITH ORDINALITY AS t(m, i) ORDER BY i",
         )
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| chain(&e))?;
     for (seqs, events) in batches {
         c.stamp(seqs);
         let texts = events
             .iter()
             .map(envelope::encode)
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| chain(&e))?;
         let result = match texts.as_slice() {
             [text] => client.execute(&one, &[&channel, text]).await,
             _ => client.execute(&many, &[&channel, &texts]).await,
         };
-        result.map_err(|e| e.to_string())?;
+        result.map_err(|e| chain(&e))?;
     }
     Ok(())
 }

@@ -8,20 +8,18 @@ use event_bus::envelope;
 use futures_util::StreamExt;
 use serde_json::Value;
 
-use super::{Collector, Workload, finish, report::PathResult};
-use crate::backend::Failure;
+use super::{Collector, Workload, finish, rounds::Path};
+use crate::failure::{Failure, chain};
 
-/// Measures raw Redis pub/sub against the server of `config`, on a channel of its own.
-pub(crate) async fn measure(
-    config: &Value,
-    w: &Workload,
-    quiet: bool,
-) -> Result<Option<PathResult>, Failure> {
+/// The raw Redis pub/sub path against the server of `config`, on a channel of its own.
+///
+/// # Errors
+/// A usage failure if the server URL is unusable.
+pub(crate) fn path(config: &Value) -> Result<Path, Failure> {
     let url = server_url(config);
     let client = redis::Client::open(url.as_str())
-        .map_err(|e| Failure::usage(format!("raw redis: bad url: {e}")))?;
-    let result = super::measure("raw", w, quiet, |c| run(client, w.clone(), c)).await?;
-    Ok(Some(result))
+        .map_err(|e| Failure::usage(format!("raw redis: not a usable url ({:?})", e.kind())))?;
+    Ok(Box::new(move |w, c| Box::pin(run(client.clone(), w, c))))
 }
 
 /// The server URL of a redis config: its `url`, or one built from `host`, `port`,
@@ -49,7 +47,7 @@ fn server_url(config: &Value) -> String {
 }
 
 fn failed(what: &str) -> impl Fn(redis::RedisError) -> Failure + '_ {
-    move |e| Failure::runtime(format!("raw redis: {what}: {e}"))
+    move |e| Failure::runtime(format!("raw redis: {what}: {}", chain(&e)))
 }
 
 async fn run(
@@ -94,12 +92,12 @@ async fn run(
                     c.stamp(seqs);
                     let mut pipe = redis::pipe();
                     for event in &events {
-                        let text = envelope::encode(event).map_err(|e| e.to_string())?;
+                        let text = envelope::encode(event).map_err(|e| chain(&e))?;
                         pipe.cmd("PUBLISH").arg(&channel).arg(text).ignore();
                     }
                     pipe.query_async::<()>(&mut connection)
                         .await
-                        .map_err(|e| e.to_string())?;
+                        .map_err(|e| chain(&e))?;
                 }
                 Ok(())
             })

@@ -15,6 +15,7 @@ pub(crate) struct Params {
     pub(crate) payload_bytes: usize,
     pub(crate) publishers: u32,
     pub(crate) batch: u32,
+    pub(crate) min_seconds: f64,
 }
 
 /// End-to-end latency percentiles, in microseconds.
@@ -31,12 +32,14 @@ pub(crate) struct Latency {
 pub(crate) struct PathResult {
     /// What carried the events, e.g. `event-bus (memory)`, `tokio::sync::broadcast`.
     pub(crate) transport: String,
-    /// Deliveries expected (events x subscribers) and made.
+    /// Measured rounds of the whole workload (after the warm-up round).
+    pub(crate) rounds: u32,
+    /// Deliveries expected (events x subscribers x rounds) and made.
     pub(crate) expected: u64,
     pub(crate) delivered: u64,
     /// Deliveries that did not arrive before the timeout or were reported lost.
     pub(crate) lost: u64,
-    /// From the first publish to the last delivery.
+    /// Measured time: from the first publish to the last delivery, summed over the rounds.
     pub(crate) seconds: f64,
     /// Events fully delivered per second (deliveries / subscribers / seconds).
     pub(crate) events_per_s: f64,
@@ -45,21 +48,45 @@ pub(crate) struct PathResult {
     pub(crate) latency_us: Latency,
 }
 
+/// The measured rounds of one path, summed.
+#[derive(Debug, Default)]
+pub(crate) struct Totals {
+    pub(crate) rounds: u32,
+    pub(crate) expected: u64,
+    pub(crate) delivered: u64,
+    pub(crate) elapsed: Duration,
+    /// Latencies in nanoseconds, of every round.
+    latencies: Vec<u64>,
+}
+
+impl Totals {
+    /// Adds a round that took `elapsed` and recorded into `c`.
+    pub(crate) fn add(&mut self, c: &Collector, elapsed: Duration) {
+        self.rounds += 1;
+        self.expected += c.expected();
+        self.delivered += c.delivered();
+        self.elapsed += elapsed;
+        self.latencies.extend(c.sorted_latencies());
+    }
+}
+
 impl PathResult {
-    /// Summarises the collector after a path ran for `elapsed`.
-    pub(crate) fn new(transport: String, w: &Workload, c: &Collector, elapsed: Duration) -> Self {
-        let sorted = c.sorted_latencies();
+    /// Summarises the measured rounds of a path.
+    pub(crate) fn new(transport: String, w: &Workload, mut totals: Totals) -> Self {
+        totals.latencies.sort_unstable();
+        let sorted = &totals.latencies;
         let pick = |q: f64| {
             let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len().max(1));
             sorted.get(rank - 1).map_or(0.0, |&ns| ns as f64 / 1e3)
         };
-        let secs = elapsed.as_secs_f64().max(1e-9);
-        let delivered = c.delivered();
+        let secs = totals.elapsed.as_secs_f64().max(1e-9);
+        let delivered = totals.delivered;
         Self {
             transport,
-            expected: c.expected(),
+            rounds: totals.rounds,
+            expected: totals.expected,
             delivered,
-            lost: c.expected() - delivered.min(c.expected()),
+            lost: totals.expected - delivered.min(totals.expected),
             seconds: secs,
             events_per_s: delivered as f64 / w.subscribers as f64 / secs,
             deliveries_per_s: delivered as f64 / secs,
@@ -141,17 +168,24 @@ impl Report {
     fn table(&self) -> String {
         let p = &self.params;
         let mut out = format!(
-            "backend {}: {} events x {} subscriber(s), ~{} B payload, {} publisher(s), batch {}\n\n",
-            self.backend, p.events, p.subscribers, p.payload_bytes, p.publishers, p.batch
+            "backend {}: {} events x {} subscriber(s), ~{} B payload, {} publisher(s), batch {}\n\
+             each path: a warm-up round, then rounds (bus and raw in turn) for at least {} s\n\n",
+            self.backend,
+            p.events,
+            p.subscribers,
+            p.payload_bytes,
+            p.publishers,
+            p.batch,
+            p.min_seconds
         );
         out.push_str(&format!(
-            "{:<28} {:>12} {:>12} {:>9} {:>9} {:>9} {:>9} {:>7}\n",
-            "path", "events/s", "deliveries/s", "p50", "p90", "p99", "max", "lost"
+            "{:<28} {:>12} {:>12} {:>9} {:>9} {:>9} {:>9} {:>7} {:>7}\n",
+            "path", "events/s", "deliveries/s", "p50", "p90", "p99", "max", "lost", "rounds"
         ));
         for r in std::iter::once(&self.bus).chain(&self.raw) {
             let l = &r.latency_us;
             out.push_str(&format!(
-                "{:<28} {:>12.0} {:>12.0} {:>9} {:>9} {:>9} {:>9} {:>7}\n",
+                "{:<28} {:>12.0} {:>12.0} {:>9} {:>9} {:>9} {:>9} {:>7} {:>7}\n",
                 r.transport,
                 r.events_per_s,
                 r.deliveries_per_s,
@@ -159,7 +193,8 @@ impl Report {
                 us(l.p90),
                 us(l.p99),
                 us(l.max),
-                r.lost
+                r.lost,
+                r.rounds
             ));
         }
         match &self.ratio {

@@ -28,7 +28,6 @@ pub fn eventbus() -> Command {
     cmd
 }
 
-/// A unique lowercase name for channel prefixes and temp files.
 /// Runs `cmd` to completion and asserts it succeeded, showing its stderr if not.
 pub fn run_ok(cmd: &mut Command) -> std::process::Output {
     let out = cmd.output().expect("run eventbus");
@@ -40,6 +39,36 @@ pub fn run_ok(cmd: &mut Command) -> std::process::Output {
     out
 }
 
+/// Runs `cmd` to completion, asserts it exited with `code` and returns its stdout and
+/// stderr.
+pub fn run_status(cmd: &mut Command, code: i32) -> (String, String) {
+    let out = cmd.output().expect("run eventbus");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "{cmd:?}\nstdout: {stdout}\nstderr: {stderr}"
+    );
+    (stdout, stderr)
+}
+
+/// Sends `signal` (`INT`, `TERM`) to the process `pid`, which the test started.
+pub fn send_signal(pid: u32, signal: &str) {
+    let status = Command::new("kill")
+        .args([&format!("-{signal}"), &pid.to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill -{signal} {pid}");
+}
+
+/// A loopback port nothing listens on (bound, then released).
+pub fn closed_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("local addr").port()
+}
+
+/// A unique lowercase name for channel prefixes, topics and temp files.
 pub fn namespace() -> String {
     format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..12])
 }
@@ -133,6 +162,12 @@ impl Running {
                 )
             }
         }
+    }
+
+    /// Waits for a stderr line containing `needle` and returns it.
+    pub fn stderr_line(&mut self, needle: &str) -> String {
+        self.wait_stderr(needle);
+        self.stderr_seen.last().cloned().unwrap_or_default()
     }
 
     /// Waits for the process to exit, within the deadline.
