@@ -61,6 +61,7 @@
 //! # Ok(()) }
 //! ```
 
+mod buffer;
 mod bus;
 mod channel;
 mod config;
@@ -69,4 +70,5 @@ mod publisher;
 mod registry;
 
 pub use bus::RedisEventBus;
-pub use config::{MAX_PREFIX_LEN, RedisConfig};
+pub use config::RedisConfig;
+pub use event_bus_core::namespace::MAX_PREFIX_LEN;

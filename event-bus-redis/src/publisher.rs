@@ -1,125 +1,238 @@
-//! Publishing: `PUBLISH` on one multiplexed, auto-reconnecting connection.
+//! Publishing: `PUBLISH` on one multiplexed connection, replaced in the background
+//! when it is lost.
 //!
 //! Concurrent publishes share the connection and are pipelined on it (many commands
 //! in flight, answers matched in order), so publishing from many tasks needs no pool.
 //! A batch is one pipeline: one write, one round trip.
+//!
+//! # Failures
+//!
+//! The connection reports its own loss, so the publisher knows when it is down: a
+//! publish then fails at once with [`PublishOutcome::NotSent`] while a background task
+//! reconnects (with [`Backoff`], resuming as soon as the server accepts connections
+//! again). A command that was handed to a live connection and got no answer (the
+//! connection died, or `command_timeout_seconds` passed) fails with
+//! [`PublishOutcome::Unknown`]: the server may have executed it.
 
-use std::time::Duration;
+use std::{
+    sync::{Arc, RwLock},
+    time::Duration,
+};
 
-use event_bus_core::{BoxError, Error, Event, envelope::encode};
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use event_bus_core::{
+    Error, Event, PublishOutcome,
+    envelope::encode,
+    reconnect::{Backoff, tcp_probe},
+};
+use redis::{AsyncConnectionConfig, PushInfo, PushKind, aio::MultiplexedConnection};
+use tokio::{sync::mpsc, task::JoinHandle};
 
 use crate::channel::ChannelNames;
 
-/// The publishing side of a bus.
-#[derive(Clone)]
+/// The publishing side of a bus. Dropping it stops the reconnect task.
 pub(crate) struct Publisher {
-    conn: ConnectionManager,
-    names: ChannelNames,
-    timeout: Duration,
+    shared: Arc<Shared>,
+    supervisor: JoinHandle<()>,
+}
+
+/// Settings of a [`Publisher`].
+pub(crate) struct PublisherConfig {
+    /// A RESP3 client (the connection reports its loss through a push).
+    pub(crate) client: redis::Client,
+    pub(crate) names: ChannelNames,
+    pub(crate) timeout: Duration,
+    pub(crate) max_backoff: Duration,
+    pub(crate) max_message_bytes: usize,
+    /// The server's TCP address, probed while waiting to reconnect.
+    pub(crate) probe: Vec<(String, u16)>,
+}
+
+struct Shared {
+    config: PublisherConfig,
+    /// The live connection; `None` while reconnecting, with the reason.
+    conn: RwLock<Result<MultiplexedConnection, String>>,
 }
 
 impl Publisher {
-    /// Connects. The connection re-establishes itself in the background after it is
-    /// lost; the publish that found it lost fails.
-    pub(crate) async fn connect(
-        client: redis::Client,
-        names: ChannelNames,
-        timeout: Duration,
-        max_backoff: Duration,
-    ) -> Result<Self, Error> {
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(timeout))
-            // Every request is bounded by `timeout` here already: one timer is enough.
-            .set_response_timeout(None)
-            .set_number_of_retries(2)
-            .set_max_delay(max_backoff);
-        let conn =
-            match tokio::time::timeout(timeout, ConnectionManager::new_with_config(client, config))
-                .await
-            {
-                Ok(Ok(conn)) => conn,
-                Ok(Err(e)) => return Err(Error::connection("connect publisher", e)),
-                Err(_) => return Err(timed_out("connect publisher", timeout)),
-            };
-        Ok(Self {
-            conn,
-            names,
-            timeout,
-        })
+    /// Connects, and starts the task that replaces the connection when it is lost.
+    pub(crate) async fn connect(config: PublisherConfig) -> Result<Self, Error> {
+        let (lost_tx, lost_rx) = mpsc::unbounded_channel();
+        let conn = open(&config, 0, lost_tx.clone()).await?;
+        let shared = Arc::new(Shared {
+            config,
+            conn: RwLock::new(Ok(conn)),
+        });
+        let supervisor = tokio::spawn(supervise(shared.clone(), lost_tx, lost_rx));
+        Ok(Self { shared, supervisor })
     }
 
     /// Sends one event.
     pub(crate) async fn publish(&self, event: Event) -> Result<(), Error> {
-        let payload = encode(&event)?;
-        let channel = self.names.channel(&event.topic);
+        let payload = self.encode(&event)?;
+        let mut conn = match self.connection() {
+            Ok(conn) => conn,
+            Err(down) => return Err(Error::publish(event, PublishOutcome::NotSent, down)),
+        };
         let mut cmd = redis::cmd("PUBLISH");
-        cmd.arg(channel).arg(payload);
-        let cmd = &cmd;
-        let send = self.send(|mut conn| async move { cmd.exec_async(&mut conn).await });
-        match tokio::time::timeout(self.timeout, send).await {
+        cmd.arg(self.shared.config.names.channel(&event.topic))
+            .arg(payload);
+        let timeout = self.shared.config.timeout;
+        match tokio::time::timeout(timeout, cmd.exec_async(&mut conn)).await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(publish_error(event, e.into())),
-            Err(_) => Err(publish_error(
+            // The server answered with an error: it did not publish.
+            Ok(Err(e)) if matches!(e.kind(), redis::ErrorKind::Server(_)) => {
+                Err(Error::publish(event, PublishOutcome::NotSent, e))
+            }
+            Ok(Err(e)) => Err(Error::publish(event, PublishOutcome::Unknown, e)),
+            Err(_) => Err(Error::publish(
                 event,
-                timed_out("publish", self.timeout).into(),
+                PublishOutcome::Unknown,
+                timed_out("publish", timeout),
             )),
         }
     }
 
-    /// Sends `events` in one pipeline. On failure the first event is handed back and
-    /// the error says how many were in the batch (any of them may have been sent).
+    /// Sends `events` in one pipeline. Every event is encoded and checked first, so an
+    /// event too large publishes nothing and is the one handed back. Otherwise, on
+    /// failure, the first event is handed back and the error says how many were in the
+    /// batch; with [`PublishOutcome::Unknown`] any of them may have been published.
     pub(crate) async fn publish_batch(&self, events: Vec<Event>) -> Result<(), Error> {
-        if events.is_empty() {
-            return Ok(());
-        }
         let mut pipe = redis::pipe();
         for event in &events {
             pipe.cmd("PUBLISH")
-                .arg(self.names.channel(&event.topic))
-                .arg(encode(event)?)
+                .arg(self.shared.config.names.channel(&event.topic))
+                .arg(self.encode(event)?)
                 .ignore();
         }
-        let pipe = &pipe;
-        let send = self.send(|mut conn| async move { pipe.exec_async(&mut conn).await });
-        let failure: BoxError = match tokio::time::timeout(self.timeout, send).await {
-            Ok(Ok(())) => return Ok(()),
-            Ok(Err(e)) => e.into(),
-            Err(_) => timed_out("publish", self.timeout).into(),
-        };
         let count = events.len();
         let Some(first) = events.into_iter().next() else {
             return Ok(());
         };
-        Err(publish_error(
-            first,
-            format!("batch of {count} events (some may have been published): {failure}").into(),
-        ))
+        let mut conn = match self.connection() {
+            Ok(conn) => conn,
+            Err(down) => {
+                let why = format!("batch of {count} events, none sent: {down}");
+                return Err(Error::publish(first, PublishOutcome::NotSent, why));
+            }
+        };
+        let timeout = self.shared.config.timeout;
+        let failure = match tokio::time::timeout(timeout, pipe.exec_async(&mut conn)).await {
+            Ok(Ok(())) => return Ok(()),
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => timed_out("publish", timeout).to_string(),
+        };
+        let why = format!("batch of {count} events (some may have been published): {failure}");
+        Err(Error::publish(first, PublishOutcome::Unknown, why))
     }
 
-    /// Runs `request` on the connection, trying a second time if the connection was
-    /// refused. A refusal means the command never left (no duplicate), and it may be
-    /// stale: after an outage longer than its own retries (a server restart), the
-    /// connection manager hands the failure of its last reconnect attempt to the next
-    /// request, and only that request makes it try again. The second try waits for that
-    /// fresh attempt, so the first publish after the server is back succeeds.
-    async fn send<F, Fut>(&self, request: F) -> redis::RedisResult<()>
-    where
-        F: Fn(ConnectionManager) -> Fut,
-        Fut: Future<Output = redis::RedisResult<()>>,
-    {
-        match request(self.conn.clone()).await {
-            Err(e) if e.is_connection_refusal() => request(self.conn.clone()).await,
-            result => result,
+    /// The envelope of `event`. An envelope larger than `max_message_bytes` is refused
+    /// with [`Error::Publish`] ([`PublishOutcome::NotSent`]) handing a copy back:
+    /// every subscriber would drop it.
+    fn encode(&self, event: &Event) -> Result<String, Error> {
+        let payload = encode(event)?;
+        let max = self.shared.config.max_message_bytes;
+        if payload.len() > max {
+            let why = format!(
+                "its envelope of {} bytes exceeds max_message_bytes ({max})",
+                payload.len()
+            );
+            return Err(Error::publish(event.clone(), PublishOutcome::NotSent, why));
+        }
+        Ok(payload)
+    }
+
+    /// The live connection, or why there is none.
+    fn connection(&self) -> Result<MultiplexedConnection, String> {
+        self.shared
+            .conn
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+}
+
+impl Drop for Publisher {
+    fn drop(&mut self) {
+        self.supervisor.abort();
+    }
+}
+
+/// Opens a publishing connection that reports its loss as `generation` on `lost`.
+async fn open(
+    config: &PublisherConfig,
+    generation: u64,
+    lost: mpsc::UnboundedSender<u64>,
+) -> Result<MultiplexedConnection, Error> {
+    let connection = AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(config.timeout))
+        // Every request is bounded by the timeout here already: one timer is enough.
+        .set_response_timeout(None)
+        .set_push_sender(move |info: PushInfo| {
+            if info.kind == PushKind::Disconnection {
+                let _ = lost.send(generation);
+            }
+            Ok::<(), std::convert::Infallible>(())
+        });
+    let connect = config
+        .client
+        .get_multiplexed_async_connection_with_config(&connection);
+    match tokio::time::timeout(config.timeout, connect).await {
+        Ok(Ok(conn)) => Ok(conn),
+        Ok(Err(e)) => Err(Error::connection("connect publisher", e)),
+        Err(_) => Err(timed_out("connect publisher", config.timeout)),
+    }
+}
+
+/// Replaces the connection each time it reports its loss.
+async fn supervise(
+    shared: Arc<Shared>,
+    lost_tx: mpsc::UnboundedSender<u64>,
+    mut lost_rx: mpsc::UnboundedReceiver<u64>,
+) {
+    let config = &shared.config;
+    let mut backoff = Backoff::new(config.max_backoff);
+    let mut generation = 0;
+    while let Some(lost) = lost_rx.recv().await {
+        if lost != generation {
+            continue; // an older connection, already replaced
+        }
+        tracing::warn!("redis publishing connection lost; reconnecting");
+        set(
+            &shared,
+            Err("the publishing connection is down (reconnecting)".into()),
+        );
+        loop {
+            backoff.wait(|| tcp_probe(&config.probe)).await;
+            generation += 1;
+            match open(config, generation, lost_tx.clone()).await {
+                Ok(conn) => {
+                    set(&shared, Ok(conn));
+                    tracing::warn!(
+                        attempts = backoff.attempts(),
+                        "redis publishing connection re-established"
+                    );
+                    backoff.reset();
+                    break;
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, attempt = backoff.attempts(), "redis publishing reconnect failed");
+                    set(
+                        &shared,
+                        Err(format!(
+                            "the publishing connection is down (reconnecting): {e}"
+                        )),
+                    );
+                }
+            }
         }
     }
 }
 
-fn publish_error(event: Event, source: BoxError) -> Error {
-    Error::Publish {
-        event: Box::new(event),
-        source,
-    }
+fn set(shared: &Shared, conn: Result<MultiplexedConnection, String>) {
+    *shared
+        .conn
+        .write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = conn;
 }
 
 fn timed_out(operation: &str, after: Duration) -> Error {
