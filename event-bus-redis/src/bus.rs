@@ -46,6 +46,7 @@ struct Inner {
     publish_client: redis::Client,
     pubsub_client: redis::Client,
     pubsub_name: String,
+    publish_name: String,
     /// The server's TCP address, probed while reconnecting.
     probe: Vec<(String, u16)>,
     dispatcher: Dispatcher,
@@ -121,6 +122,7 @@ impl RedisEventBus {
             inner: Arc::new(Inner {
                 names: ChannelNames::new(&config.channel_prefix),
                 pubsub_name: format!("eventbus:{}:sub:{}", config.channel_prefix, &id[..12]),
+                publish_name: format!("eventbus:{}:pub:{}", config.channel_prefix, &id[..12]),
                 config,
                 publish_client,
                 pubsub_client,
@@ -163,6 +165,12 @@ impl RedisEventBus {
     /// `eventbus:{channel_prefix}:sub:{random id}`.
     pub fn pubsub_client_name(&self) -> &str {
         &self.inner.pubsub_name
+    }
+
+    /// The `CLIENT SETNAME` name of the publishing connection:
+    /// `eventbus:{channel_prefix}:pub:{random id}`.
+    pub fn publish_client_name(&self) -> &str {
+        &self.inner.publish_name
     }
 
     fn is_closed(&self) -> bool {
@@ -241,6 +249,7 @@ impl RedisEventBus {
             max_backoff: inner.dispatcher.config().consumer_error_sleep(),
             max_message_bytes: inner.config.max_message_bytes,
             probe: inner.probe.clone(),
+            name: inner.publish_name.clone(),
         })
         .await
         .map_err(at)?;

@@ -45,6 +45,8 @@ pub(crate) struct PublisherConfig {
     pub(crate) max_message_bytes: usize,
     /// The server's TCP address, probed while waiting to reconnect.
     pub(crate) probe: Vec<(String, u16)>,
+    /// The `CLIENT SETNAME` name of the connection.
+    pub(crate) name: String,
 }
 
 struct Shared {
@@ -163,9 +165,10 @@ async fn open(
     generation: u64,
     lost: mpsc::UnboundedSender<u64>,
 ) -> Result<MultiplexedConnection, Error> {
+    // Connecting and every request are bounded by the timeout here already: one timer
+    // is enough, and its error is ours.
     let connection = AsyncConnectionConfig::new()
-        .set_connection_timeout(Some(config.timeout))
-        // Every request is bounded by the timeout here already: one timer is enough.
+        .set_connection_timeout(None)
         .set_response_timeout(None)
         .set_push_sender(move |info: PushInfo| {
             if info.kind == PushKind::Disconnection {
@@ -176,7 +179,16 @@ async fn open(
     let connect = config
         .client
         .get_multiplexed_async_connection_with_config(&connection);
-    match tokio::time::timeout(config.timeout, connect).await {
+    let named = async {
+        let mut conn = connect.await?;
+        redis::cmd("CLIENT")
+            .arg("SETNAME")
+            .arg(&config.name)
+            .exec_async(&mut conn)
+            .await?;
+        Ok::<_, redis::RedisError>(conn)
+    };
+    match tokio::time::timeout(config.timeout, named).await {
         Ok(Ok(conn)) => Ok(conn),
         Ok(Err(e)) => Err(Error::connection("connect publisher", e)),
         Err(_) => Err(timed_out("connect publisher", config.timeout)),

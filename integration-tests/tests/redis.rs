@@ -10,11 +10,14 @@ use event_bus::{
 use integration_tests::{
     conformance::{event, test_dispatcher},
     proxy::TcpProxy,
-    redis_server::{self, kill_pubsub_connections},
+    redis_server::{self, OwnRedisServer, kill_pubsub_connections},
     support::{DEADLINE, Recorder, namespace, wait_until},
 };
 use redis::AsyncCommands;
 use serde_json::json;
+
+#[path = "redis/faults.rs"]
+mod faults;
 
 /// Test settings in namespace `ns` on the test server (or `url`).
 async fn config_at(ns: &str, url: String) -> RedisConfig {
@@ -651,91 +654,6 @@ async fn concurrent_and_batch_publishing_deliver_everything() {
         bus.publish(event(format!("{ns}:c:1"), 1)).await,
         Err(Error::Closed)
     ));
-}
-
-/// A private `redis-server` child process on a loopback port, for tests that restart the
-/// server itself. Dropping it kills and reaps the child, so it never outlives a test,
-/// whether the test passes or panics.
-struct OwnRedisServer {
-    port: u16,
-    child: Option<std::process::Child>,
-}
-
-impl OwnRedisServer {
-    /// Starts `redis-server` on a free loopback port and waits until it answers.
-    async fn start() -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|listener| listener.local_addr())
-            .expect("a free loopback port")
-            .port();
-        let mut server = Self { port, child: None };
-        server.spawn().await;
-        server
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    /// Starts the child on `self.port` (nothing in memory, nothing on disk) and waits
-    /// until that very process answers.
-    async fn spawn(&mut self) {
-        assert!(self.child.is_none(), "redis-server already running");
-        let child = std::process::Command::new("redis-server")
-            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
-            .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("start redis-server (is it on PATH?)");
-        let pid = child.id();
-        self.child = Some(child);
-        let client = redis::Client::open(self.url()).unwrap();
-        let deadline = Instant::now() + DEADLINE;
-        loop {
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().unwrap()) {
-                panic!("redis-server on port {} exited: {status}", self.port);
-            }
-            let info = async {
-                let mut conn = client.get_multiplexed_async_connection().await?;
-                redis::cmd("INFO")
-                    .arg("server")
-                    .query_async::<String>(&mut conn)
-                    .await
-            };
-            // Only our child counts: another process could have taken the port.
-            if let Ok(Ok(info)) = tokio::time::timeout(Duration::from_millis(500), info).await {
-                assert!(
-                    info.lines()
-                        .any(|l| l.trim() == format!("process_id:{pid}")),
-                    "port {} is served by another process",
-                    self.port
-                );
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "redis-server on port {} never answered",
-                self.port
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    /// Kills the child (SIGKILL, no shutdown handshake) and reaps it.
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for OwnRedisServer {
-    fn drop(&mut self) {
-        self.kill();
-    }
 }
 
 #[tokio::test]
