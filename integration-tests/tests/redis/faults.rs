@@ -18,7 +18,7 @@ use event_bus::{
 };
 use integration_tests::{
     conformance::{event, gated},
-    redis_server::kill_connections,
+    redis_server::{OwnRedisServer, kill_connections},
     support::{DEADLINE, Recorder, namespace, wait_until},
 };
 use serde_json::json;
@@ -64,27 +64,34 @@ async fn close_with_a_backlog_delivers_or_counts_every_received_event() {
         m.delivered,
         m.dropped
     );
-    assert!(m.dropped > 0, "the backlog should outlast the deadline: {m:?}");
+    assert!(
+        m.dropped > 0,
+        "the backlog should outlast the deadline: {m:?}"
+    );
     assert_eq!((m.malformed, m.buffered, m.buffered_bytes), (0, 0, 0));
     publisher.close().await.unwrap();
 }
 
 /// Subscribe, publish one event, close at once: the event is delivered or counted,
-/// every time.
+/// every time, whether the bus published it itself or another one did (then it is
+/// still on its way to the closing bus when `close()` starts).
 #[tokio::test]
 async fn publish_one_then_close_at_once_always_accounts_for_it() {
     let ns = namespace();
     let topic = format!("{ns}:t");
+    let other = connected(config(&ns).await).await;
     for attempt in 0..30 {
         let bus = connected(config(&ns).await).await;
         let r = Recorder::new();
         bus.subscribe(&topic, r.handler()).await.unwrap();
-        bus.publish(event(&topic, attempt)).await.unwrap();
+        let publisher = if attempt % 2 == 0 { &bus } else { &other };
+        publisher.publish(event(&topic, attempt)).await.unwrap();
         bus.close().await.unwrap();
         let m = bus.metrics();
         assert_eq!(m.delivered + m.dropped, 1, "attempt {attempt}: {m:?}");
         assert_eq!(r.len() as u64, m.delivered);
     }
+    other.close().await.unwrap();
 }
 
 /// Killing the publishing connection during publishes: an error saying "not sent"
@@ -119,7 +126,10 @@ async fn killed_publishing_connections_tell_retryable_errors_apart() {
     for n in 0..total {
         let mut next = event(&topic, n);
         loop {
-            assert!(tokio::time::Instant::now() < deadline, "publishing never recovered");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "publishing never recovered"
+            );
             match publisher.publish(next).await {
                 Ok(()) => break,
                 Err(e) => match e.publish_outcome() {
@@ -162,7 +172,10 @@ async fn killed_publishing_connections_tell_retryable_errors_apart() {
         if unknown.contains(&n) {
             assert!(count <= 1, "event {n} delivered {count} times");
         } else {
-            assert_eq!(count, 1, "event {n} (never an unknown outcome) delivered {count} times");
+            assert_eq!(
+                count, 1,
+                "event {n} (never an unknown outcome) delivered {count} times"
+            );
         }
     }
     let kills = kills.load(Ordering::SeqCst);
@@ -171,8 +184,14 @@ async fn killed_publishing_connections_tell_retryable_errors_apart() {
          {} outcome-unknown errors",
         unknown.len()
     );
-    assert!(kills > 0, "nothing was killed: the publishing connection's name is wrong");
-    assert!(not_sent + unknown.len() as u64 > 0, "no publish ever failed");
+    assert!(
+        kills > 0,
+        "nothing was killed: the publishing connection's name is wrong"
+    );
+    assert!(
+        not_sent + unknown.len() as u64 > 0,
+        "no publish ever failed"
+    );
     assert_eq!(
         publisher.metrics().publish_failed,
         not_sent + unknown.len() as u64
@@ -217,7 +236,10 @@ async fn the_receive_buffer_is_bounded_in_bytes() {
         "nothing dropped: the buffer is not bounded in bytes"
     );
     let held = subscriber.metrics();
-    assert!(held.buffered > 0 && held.buffered_bytes <= bound as u64, "{held:?}");
+    assert!(
+        held.buffered > 0 && held.buffered_bytes <= bound as u64,
+        "{held:?}"
+    );
     gate.add_permits(total as usize);
     assert!(
         wait_until(DEADLINE, || accounted(&subscriber) == total).await,
@@ -231,7 +253,10 @@ async fn the_receive_buffer_is_bounded_in_bytes() {
     assert_eq!(r.len() as u64, m.delivered);
     assert_eq!((m.buffered, m.buffered_bytes), (0, 0));
     let most = most.load(Ordering::SeqCst);
-    assert!(most <= bound as u64, "buffered up to {most} bytes, bound {bound}");
+    assert!(
+        most <= bound as u64,
+        "buffered up to {most} bytes, bound {bound}"
+    );
     println!(
         "16 KiB events, bound {bound} bytes: at most {most} bytes buffered, {} delivered, {} dropped",
         m.delivered, m.dropped
@@ -252,7 +277,11 @@ async fn an_oversized_event_is_refused_at_publish() {
     let huge = Event::new(EventType::Created, &topic, json!("x".repeat(10 << 20)));
     let err = bus.publish(huge.clone()).await.unwrap_err();
     let text = err.to_string();
-    assert_eq!(err.publish_outcome(), Some(PublishOutcome::NotSent), "{text}");
+    assert_eq!(
+        err.publish_outcome(),
+        Some(PublishOutcome::NotSent),
+        "{text}"
+    );
     assert!(text.contains("max_message_bytes (8388608)"), "{text}");
     assert_eq!(err.into_event().unwrap(), huge);
     // In a batch, it stops the whole batch before anything is sent.
@@ -294,7 +323,10 @@ async fn hostile_prefixes_are_refused_by_every_backend() {
         let err = Config::from_json_value(json)
             .and_then(|c| create_event_bus(c).map(drop))
             .unwrap_err();
-        assert!(err.to_string().contains("`channel_prefix`"), "{prefix:?}: {err}");
+        assert!(
+            err.to_string().contains("`channel_prefix`"),
+            "{prefix:?}: {err}"
+        );
     }
 }
 
@@ -352,5 +384,68 @@ async fn a_non_ascii_prefix_is_refused_before_connecting() {
     })
     .await;
     assert!(bus.health().await.is_healthy());
+    bus.close().await.unwrap();
+}
+
+/// Recovery after a server restart, with the default backoff cap (5 s) and a 3 s
+/// outage: prints how fast a publish fails once the bus knows the server is gone, and
+/// how soon after the server accepts connections again the subscription and the
+/// publisher are back (figures in `docs/operations.md`). The bounds asserted are loose
+/// (a loaded machine must not fail it); the targets are 50 ms and 0.5 s.
+#[tokio::test]
+async fn recovery_after_a_server_restart_is_prompt() {
+    let ns = namespace();
+    let mut server = OwnRedisServer::start().await;
+    let mut bus_config = super::config_at(&ns, server.url()).await;
+    bus_config.dispatcher.consumer_error_sleep_seconds = 5.0;
+    let bus = connected(bus_config).await;
+    let topic = format!("{ns}:r");
+    let r = Recorder::new();
+    bus.subscribe(&topic, r.handler()).await.unwrap();
+
+    server.kill();
+    super::wait_disconnected(&bus).await;
+    // The outage itself (not synchronisation): long enough for the backoff to grow.
+    let outage = tokio::time::Instant::now() + Duration::from_secs(3);
+    let mut slowest_failure = Duration::ZERO;
+    let mut failures = 0;
+    while tokio::time::Instant::now() < outage {
+        let started = tokio::time::Instant::now();
+        let err = bus.publish(event(&topic, 0)).await.unwrap_err();
+        slowest_failure = slowest_failure.max(started.elapsed());
+        failures += 1;
+        assert_eq!(
+            err.publish_outcome(),
+            Some(PublishOutcome::NotSent),
+            "{err}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    server.spawn().await;
+    let back = tokio::time::Instant::now();
+    assert!(
+        wait_until(DEADLINE, || bus.metrics().reconnects >= 1).await,
+        "the subscriber never reconnected"
+    );
+    let subscriber_back = back.elapsed();
+    let publisher_back = back.elapsed() + super::publish_retrying(&bus, event(&topic, 1)).await;
+    r.wait_for(1, DEADLINE).await;
+    println!(
+        "redis recovery: publish during the outage failed in at most {:.1} ms ({failures} tries); \
+         after the server accepted connections again the subscription resumed in {:.0} ms \
+         and publishing in {:.0} ms",
+        slowest_failure.as_secs_f64() * 1e3,
+        subscriber_back.as_secs_f64() * 1e3,
+        publisher_back.as_secs_f64() * 1e3,
+    );
+    assert!(
+        slowest_failure < Duration::from_millis(500),
+        "{slowest_failure:?}"
+    );
+    assert!(
+        subscriber_back < Duration::from_secs(2),
+        "{subscriber_back:?}"
+    );
     bus.close().await.unwrap();
 }
