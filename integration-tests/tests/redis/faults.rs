@@ -179,7 +179,7 @@ async fn killed_publishing_connections_tell_retryable_errors_apart() {
         }
     }
     let kills = kills.load(Ordering::SeqCst);
-    println!(
+    eprintln!(
         "publishing connection killed {kills} times: {not_sent} not-sent errors retried, \
          {} outcome-unknown errors",
         unknown.len()
@@ -257,7 +257,7 @@ async fn the_receive_buffer_is_bounded_in_bytes() {
         most <= bound as u64,
         "buffered up to {most} bytes, bound {bound}"
     );
-    println!(
+    eprintln!(
         "16 KiB events, bound {bound} bytes: at most {most} bytes buffered, {} delivered, {} dropped",
         m.delivered, m.dropped
     );
@@ -431,7 +431,7 @@ async fn recovery_after_a_server_restart_is_prompt() {
     let subscriber_back = back.elapsed();
     let publisher_back = back.elapsed() + super::publish_retrying(&bus, event(&topic, 1)).await;
     r.wait_for(1, DEADLINE).await;
-    println!(
+    eprintln!(
         "redis recovery: publish during the outage failed in at most {:.1} ms ({failures} tries); \
          after the server accepted connections again the subscription resumed in {:.0} ms \
          and publishing in {:.0} ms",
