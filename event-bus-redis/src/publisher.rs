@@ -9,13 +9,16 @@
 //!
 //! The connection reports its own loss, so the publisher knows when it is down: a
 //! publish then fails at once with [`PublishOutcome::NotSent`] while a background task
-//! reconnects (with [`Backoff`], resuming as soon as the server accepts connections
-//! again). A command that was handed to a live connection and got no answer (the
+//! reconnects (at once, then with [`Backoff`], resuming as soon as the server accepts
+//! connections again). A command that was handed to a live connection and got no answer (the
 //! connection died, or `command_timeout_seconds` passed) fails with
 //! [`PublishOutcome::Unknown`]: the server may have executed it.
 
 use std::{
-    sync::{Arc, RwLock},
+    sync::{
+        Arc, RwLock,
+        atomic::{AtomicBool, Ordering},
+    },
     time::Duration,
 };
 
@@ -51,8 +54,17 @@ pub(crate) struct PublisherConfig {
 
 struct Shared {
     config: PublisherConfig,
-    /// The live connection; `None` while reconnecting, with the reason.
-    conn: RwLock<Result<MultiplexedConnection, String>>,
+    /// The live connection, or why there is none while reconnecting.
+    conn: RwLock<Result<Link, String>>,
+}
+
+/// A connection and whether it is still up: the driver clears the flag the moment it
+/// sees the connection end, before the supervisor replaces it, so a publish in between
+/// knows its command would not be sent.
+#[derive(Clone)]
+struct Link {
+    conn: MultiplexedConnection,
+    up: Arc<AtomicBool>,
 }
 
 impl Publisher {
@@ -145,11 +157,17 @@ impl Publisher {
 
     /// The live connection, or why there is none.
     fn connection(&self) -> Result<MultiplexedConnection, String> {
-        self.shared
+        let link = self
+            .shared
             .conn
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
+            .clone()?;
+        if link.up.load(Ordering::Acquire) {
+            Ok(link.conn)
+        } else {
+            Err("the publishing connection was lost (reconnecting)".into())
+        }
     }
 }
 
@@ -164,7 +182,9 @@ async fn open(
     config: &PublisherConfig,
     generation: u64,
     lost: mpsc::UnboundedSender<u64>,
-) -> Result<MultiplexedConnection, Error> {
+) -> Result<Link, Error> {
+    let up = Arc::new(AtomicBool::new(true));
+    let down = up.clone();
     // Connecting and every request are bounded by the timeout here already: one timer
     // is enough, and its error is ours.
     let connection = AsyncConnectionConfig::new()
@@ -172,6 +192,7 @@ async fn open(
         .set_response_timeout(None)
         .set_push_sender(move |info: PushInfo| {
             if info.kind == PushKind::Disconnection {
+                down.store(false, Ordering::Release);
                 let _ = lost.send(generation);
             }
             Ok::<(), std::convert::Infallible>(())
@@ -189,7 +210,7 @@ async fn open(
         Ok::<_, redis::RedisError>(conn)
     };
     match tokio::time::timeout(config.timeout, named).await {
-        Ok(Ok(conn)) => Ok(conn),
+        Ok(Ok(conn)) => Ok(Link { conn, up }),
         Ok(Err(e)) => Err(Error::connection("connect publisher", e)),
         Err(_) => Err(timed_out("connect publisher", config.timeout)),
     }
@@ -213,8 +234,13 @@ async fn supervise(
             &shared,
             Err("the publishing connection is down (reconnecting)".into()),
         );
+        // The first attempt is immediate: after a killed connection the server is
+        // usually there, and every publish fails until the connection is back.
+        let mut first = true;
         loop {
-            backoff.wait(|| tcp_probe(&config.probe)).await;
+            if !std::mem::take(&mut first) {
+                backoff.wait(|| tcp_probe(&config.probe)).await;
+            }
             generation += 1;
             match open(config, generation, lost_tx.clone()).await {
                 Ok(conn) => {
@@ -240,7 +266,7 @@ async fn supervise(
     }
 }
 
-fn set(shared: &Shared, conn: Result<MultiplexedConnection, String>) {
+fn set(shared: &Shared, conn: Result<Link, String>) {
     *shared
         .conn
         .write()

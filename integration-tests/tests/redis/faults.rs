@@ -120,7 +120,7 @@ async fn killed_publishing_connections_tell_retryable_errors_apart() {
             }
         })
     };
-    let total = 600u64;
+    let total = 2000u64;
     let (mut not_sent, mut unknown) = (0u64, HashSet::new());
     let deadline = tokio::time::Instant::now() + DEADLINE * 3;
     for n in 0..total {
@@ -149,11 +149,9 @@ async fn killed_publishing_connections_tell_retryable_errors_apart() {
     }
     done.store(true, Ordering::SeqCst);
     killer.await.unwrap();
-    publisher
-        .publish(event(&topic, total))
-        .await
-        .expect("the last publish after the kills");
-    r.wait_for(1, DEADLINE).await;
+    let failed = publisher.metrics().publish_failed;
+    // A marker after everything, once the connection is back from the last kill.
+    super::publish_retrying(&publisher, event(&topic, total)).await;
     assert!(
         wait_until(DEADLINE, || r
             .events()
@@ -179,9 +177,10 @@ async fn killed_publishing_connections_tell_retryable_errors_apart() {
         }
     }
     let kills = kills.load(Ordering::SeqCst);
+    let reached = unknown.iter().filter(|n| seen.contains_key(n)).count();
     eprintln!(
         "publishing connection killed {kills} times: {not_sent} not-sent errors retried, \
-         {} outcome-unknown errors",
+         {} outcome-unknown errors ({reached} of those events were delivered anyway)",
         unknown.len()
     );
     assert!(
@@ -192,10 +191,7 @@ async fn killed_publishing_connections_tell_retryable_errors_apart() {
         not_sent + unknown.len() as u64 > 0,
         "no publish ever failed"
     );
-    assert_eq!(
-        publisher.metrics().publish_failed,
-        not_sent + unknown.len() as u64
-    );
+    assert_eq!(failed, not_sent + unknown.len() as u64);
     publisher.close().await.unwrap();
     subscriber.close().await.unwrap();
 }
