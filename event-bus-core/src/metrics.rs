@@ -465,6 +465,28 @@ mod tests {
     }
 
     #[test]
+    fn failed_publishes_and_the_receive_buffer_are_rendered() {
+        let m = Metrics::default();
+        m.add_publish_failed(3);
+        m.add_buffered(2, 300);
+        m.add_buffered(-1, -100);
+        let s = m.snapshot();
+        assert_eq!(
+            (s.publish_failed, s.buffered, s.buffered_bytes),
+            (3, 1, 200)
+        );
+        let text = s.to_prometheus("redis");
+        for line in [
+            "event_bus_publish_failed_total{backend=\"redis\"} 3",
+            "# TYPE event_bus_buffered gauge",
+            "event_bus_buffered{backend=\"redis\"} 1",
+            "event_bus_buffered_bytes{backend=\"redis\"} 200",
+        ] {
+            assert!(text.contains(line), "{line} missing from {text}");
+        }
+    }
+
+    #[test]
     fn default_snapshot_renders_empty_histogram() {
         let text = MetricsSnapshot::default().to_prometheus("x");
         assert!(text.contains("event_bus_delivery_latency_seconds_count{backend=\"x\"} 0"));
