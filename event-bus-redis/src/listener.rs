@@ -23,7 +23,7 @@ use std::{
 };
 
 use event_bus_core::{
-    Dispatcher, Error,
+    Dispatcher, Error, Pattern,
     envelope::decode,
     log_limit::{Excerpt, LogLimiter},
     reconnect::{Backoff, tcp_probe},
@@ -360,28 +360,28 @@ impl Listener {
             Err(e) => return self.malformed(channel, &e.to_string()),
         };
         let (id, topic) = (event.id, event.topic.clone());
-        let dispatch = async {
-            if msg.from_pattern() {
-                let glob: String = msg.get_pattern().unwrap_or_default();
-                self.dispatcher
-                    .dispatch_where(event, |p| {
-                        p.literal().is_none() && self.names.glob(p) == glob
-                    })
-                    .await
-            } else {
-                self.dispatcher
-                    .dispatch_where(event, |p| p.literal().is_some())
-                    .await
-            }
+        // The subscriptions the server delivered this message for.
+        let glob: Option<String> = msg
+            .from_pattern()
+            .then(|| msg.get_pattern().unwrap_or_default());
+        let for_route = |p: &Pattern| match &glob {
+            Some(glob) => p.literal().is_none() && self.names.glob(p) == *glob,
+            None => p.literal().is_some(),
         };
         // Dispatching is all or nothing: cut short while waiting for room, the event
-        // was queued nowhere.
+        // was queued nowhere, and is counted once per subscription it was for.
         let result = tokio::select! {
             biased;
-            result = dispatch => result,
+            result = self.dispatcher.dispatch_where(event, &for_route) => result,
             () = self.past_deadline() => {
-                self.dispatcher.metrics().add_dropped(1);
-                tracing::debug!(event_id = %id, %topic, "close deadline passed: received event dropped");
+                let targets = self
+                    .dispatcher
+                    .patterns()
+                    .iter()
+                    .filter(|p| for_route(p) && p.matches(&topic))
+                    .count();
+                self.dispatcher.metrics().add_dropped(targets as u64);
+                tracing::debug!(event_id = %id, %topic, targets, "close deadline passed: received event dropped");
                 return;
             }
         };
