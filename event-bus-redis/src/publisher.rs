@@ -10,9 +10,11 @@
 //! The connection reports its own loss, so the publisher knows when it is down: a
 //! publish then fails at once with [`PublishOutcome::NotSent`] while a background task
 //! reconnects (at once, then with [`Backoff`], resuming as soon as the server accepts
-//! connections again). A command that was handed to a live connection and got no answer (the
-//! connection died, or `command_timeout_seconds` passed) fails with
-//! [`PublishOutcome::Unknown`]: the server may have executed it.
+//! connections again). A command that was handed to a live connection and got no
+//! answer (the connection died, or `command_timeout_seconds` passed) fails with
+//! [`PublishOutcome::Unknown`]: the server may have executed it. A connection on which
+//! a command timed out may be stalled (a network black hole): it is replaced the same
+//! way, so the publishes after it fail at once instead of each waiting for the timeout.
 
 use std::{
     sync::{
@@ -56,6 +58,8 @@ struct Shared {
     config: PublisherConfig,
     /// The live connection, or why there is none while reconnecting.
     conn: RwLock<Result<Link, String>>,
+    /// Tells the supervisor that the connection of a generation is lost.
+    lost: mpsc::UnboundedSender<u64>,
 }
 
 /// A connection and whether it is still up: the driver clears the flag the moment it
@@ -65,6 +69,7 @@ struct Shared {
 struct Link {
     conn: MultiplexedConnection,
     up: Arc<AtomicBool>,
+    generation: u64,
 }
 
 impl Publisher {
@@ -75,6 +80,7 @@ impl Publisher {
         let shared = Arc::new(Shared {
             config,
             conn: RwLock::new(Ok(conn)),
+            lost: lost_tx.clone(),
         });
         let supervisor = tokio::spawn(supervise(shared.clone(), lost_tx, lost_rx));
         Ok(Self { shared, supervisor })
@@ -83,26 +89,34 @@ impl Publisher {
     /// Sends one event.
     pub(crate) async fn publish(&self, event: Event) -> Result<(), Error> {
         let payload = self.encode(&event)?;
-        let mut conn = match self.connection() {
-            Ok(conn) => conn,
+        let mut link = match self.connection() {
+            Ok(link) => link,
             Err(down) => return Err(Error::publish(event, PublishOutcome::NotSent, down)),
         };
         let mut cmd = redis::cmd("PUBLISH");
         cmd.arg(self.shared.config.names.channel(&event.topic))
             .arg(payload);
         let timeout = self.shared.config.timeout;
-        match tokio::time::timeout(timeout, cmd.exec_async(&mut conn)).await {
+        match tokio::time::timeout(timeout, cmd.exec_async(&mut link.conn)).await {
             Ok(Ok(())) => Ok(()),
             // The server answered with an error: it did not publish.
-            Ok(Err(e)) if matches!(e.kind(), redis::ErrorKind::Server(_)) => {
+            Ok(Err(e))
+                if matches!(
+                    e.kind(),
+                    redis::ErrorKind::Server(_) | redis::ErrorKind::Extension
+                ) =>
+            {
                 Err(Error::publish(event, PublishOutcome::NotSent, e))
             }
             Ok(Err(e)) => Err(Error::publish(event, PublishOutcome::Unknown, e)),
-            Err(_) => Err(Error::publish(
-                event,
-                PublishOutcome::Unknown,
-                timed_out("publish", timeout),
-            )),
+            Err(_) => {
+                self.replace(&link);
+                Err(Error::publish(
+                    event,
+                    PublishOutcome::Unknown,
+                    timed_out("publish", timeout),
+                ))
+            }
         }
     }
 
@@ -122,18 +136,21 @@ impl Publisher {
         let Some(first) = events.into_iter().next() else {
             return Ok(());
         };
-        let mut conn = match self.connection() {
-            Ok(conn) => conn,
+        let mut link = match self.connection() {
+            Ok(link) => link,
             Err(down) => {
                 let why = format!("batch of {count} events, none sent: {down}");
                 return Err(Error::publish(first, PublishOutcome::NotSent, why));
             }
         };
         let timeout = self.shared.config.timeout;
-        let failure = match tokio::time::timeout(timeout, pipe.exec_async(&mut conn)).await {
+        let failure = match tokio::time::timeout(timeout, pipe.exec_async(&mut link.conn)).await {
             Ok(Ok(())) => return Ok(()),
             Ok(Err(e)) => e.to_string(),
-            Err(_) => timed_out("publish", timeout).to_string(),
+            Err(_) => {
+                self.replace(&link);
+                timed_out("publish", timeout).to_string()
+            }
         };
         let why = format!("batch of {count} events (some may have been published): {failure}");
         Err(Error::publish(first, PublishOutcome::Unknown, why))
@@ -156,7 +173,7 @@ impl Publisher {
     }
 
     /// The live connection, or why there is none.
-    fn connection(&self) -> Result<MultiplexedConnection, String> {
+    fn connection(&self) -> Result<Link, String> {
         let link = self
             .shared
             .conn
@@ -164,9 +181,17 @@ impl Publisher {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone()?;
         if link.up.load(Ordering::Acquire) {
-            Ok(link.conn)
+            Ok(link)
         } else {
             Err("the publishing connection was lost (reconnecting)".into())
+        }
+    }
+
+    /// Gives up on `link` after a command timed out on it: it may be stalled.
+    fn replace(&self, link: &Link) {
+        if link.up.swap(false, Ordering::AcqRel) {
+            tracing::debug!("a publish timed out: replacing the publishing connection");
+            let _ = self.shared.lost.send(link.generation);
         }
     }
 }
@@ -210,7 +235,11 @@ async fn open(
         Ok::<_, redis::RedisError>(conn)
     };
     match tokio::time::timeout(config.timeout, named).await {
-        Ok(Ok(conn)) => Ok(Link { conn, up }),
+        Ok(Ok(conn)) => Ok(Link {
+            conn,
+            up,
+            generation,
+        }),
         Ok(Err(e)) => Err(Error::connection("connect publisher", e)),
         Err(_) => Err(timed_out("connect publisher", config.timeout)),
     }

@@ -569,6 +569,20 @@ async fn publishing_during_an_outage_fails_within_the_timeout() {
     proxy.stall(true);
     let sent = event(format!("{ns}:lost"), 1);
     publish_fails_fast(&bus, sent.clone()).await;
+    // The timed-out connection may be stalled: it is replaced, and until then publishes
+    // fail at once, saying the event was not sent.
+    let started = Instant::now();
+    let err = bus.publish(sent.clone()).await.unwrap_err();
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        err.publish_outcome(),
+        Some(PublishOutcome::NotSent),
+        "{err}"
+    );
     // The server is gone: connections are refused.
     proxy.refuse(true);
     proxy.cut();
