@@ -58,7 +58,10 @@ impl Backoff {
     /// last attempt for another reason (authentication, a full server, a broken
     /// handshake), so the whole delay is slept and `probe` is not called again.
     /// Otherwise it runs every [`PROBE_INTERVAL`], and the wait ends at the first
-    /// probe that succeeds.
+    /// probe that succeeds. The backoff then starts over from its base delay: a server
+    /// that has just come back may refuse the next attempt while it is still starting
+    /// (PostgreSQL's "the database system is starting up", Redis's `LOADING`), and
+    /// that must not cost the whole grown delay.
     pub async fn wait<F, Fut>(&mut self, mut probe: F)
     where
         F: FnMut() -> Fut,
@@ -72,7 +75,11 @@ impl Backoff {
         loop {
             let next = deadline.min(Instant::now() + PROBE_INTERVAL);
             tokio::time::sleep_until(next).await;
-            if next >= deadline || probe().await {
+            if next >= deadline {
+                return;
+            }
+            if probe().await {
+                self.reset();
                 return;
             }
         }
@@ -141,6 +148,15 @@ mod tests {
         assert!(
             waited >= Duration::from_secs(3) && waited <= Duration::from_secs(3) + PROBE_INTERVAL,
             "{waited:?}"
+        );
+        // The server may still refuse the next attempt while it starts: the wait after
+        // that is short again, not the grown delay.
+        let started = Instant::now();
+        backoff.wait(probe(&up, &calls)).await;
+        assert!(
+            started.elapsed() <= Duration::from_millis(100),
+            "{:?}",
+            started.elapsed()
         );
     }
 
