@@ -63,8 +63,9 @@ pub trait EventBus: Send + Sync + 'static {
     ///
     /// # Errors
     /// [`Error::InvalidTopic`]; [`Error::Closed`]; [`Error::QueueFull`] under the `reject`
-    /// policy; [`Error::Publish`] when the server cannot be reached. Errors about one
-    /// event hand it back ([`Error::into_event`]).
+    /// policy; [`Error::Publish`] when sending to the server failed, saying whether it is
+    /// safe to retry ([`Error::publish_outcome`]). Errors about one event hand it back
+    /// ([`Error::into_event`]).
     async fn publish(&self, event: Event) -> Result<(), Error>;
 
     /// Publishes several events, in order. Network backends send them in one round trip.
@@ -117,10 +118,11 @@ pub trait EventBus: Send + Sync + 'static {
     /// Whether the bus is usable and connected.
     async fn health(&self) -> Health;
 
-    /// Stops accepting events, lets queued events drain (up to
-    /// `dispatcher.shutdown_timeout_seconds`), waits for running handlers (up to their
-    /// timeout), closes connections and returns. Events still queued at the deadline are
-    /// discarded and counted in `dropped`. Idempotent; a handler may call it.
+    /// Stops accepting events, stops receiving, lets received and queued events drain
+    /// (up to `dispatcher.shutdown_timeout_seconds`), waits for running handlers (up to
+    /// their timeout), closes connections and returns. Events still waiting at the
+    /// deadline are discarded and counted in `dropped`: every event the bus received is,
+    /// when `close` returns, delivered or counted. Idempotent; a handler may call it.
     ///
     /// # Errors
     /// Reserved for backends whose connections fail to close cleanly.

@@ -64,12 +64,15 @@ pub enum Error {
         event: Box<Event>,
     },
 
-    /// Sending an event to the server failed. The event is handed back for a retry;
-    /// it may or may not have reached the server.
-    #[error("publishing event {} on topic {:?} failed: {source}", .event.id, .event.topic)]
+    /// Sending an event to the server failed. The event is handed back; `outcome` says
+    /// whether publishing it again is safe ([`PublishOutcome::NotSent`]) or may deliver
+    /// it twice ([`PublishOutcome::Unknown`]). See [`Error::publish_outcome`].
+    #[error("publishing event {} on topic {:?} failed ({outcome}): {source}", .event.id, .event.topic)]
     Publish {
-        /// The event that could not be published.
+        /// The event that could not be published (for a batch, its first event).
         event: Box<Event>,
+        /// Whether the event may have reached the server.
+        outcome: PublishOutcome,
         /// Why.
         #[source]
         source: BoxError,
@@ -142,11 +145,67 @@ impl Error {
         }
     }
 
+    /// Builds [`Error::Publish`] handing `event` back.
+    pub fn publish(event: Event, outcome: PublishOutcome, source: impl Into<BoxError>) -> Self {
+        Self::Publish {
+            event: Box::new(event),
+            outcome,
+            source: source.into(),
+        }
+    }
+
+    /// For [`Error::Publish`], whether the event may have reached the server; `None`
+    /// for every other error.
+    ///
+    /// ```
+    /// use event_bus_core::{Error, Event, EventType, error::PublishOutcome};
+    /// let event = Event::new(EventType::Created, "orders", serde_json::json!({}));
+    /// let err = Error::publish(event, PublishOutcome::NotSent, "not connected");
+    /// assert!(err.publish_outcome().is_some_and(PublishOutcome::is_safe_to_retry));
+    /// ```
+    pub fn publish_outcome(&self) -> Option<PublishOutcome> {
+        match self {
+            Self::Publish { outcome, .. } => Some(*outcome),
+            _ => None,
+        }
+    }
+
     /// The event a failed publish hands back, if any.
     pub fn into_event(self) -> Option<Event> {
         match self {
             Self::QueueFull { event } | Self::Publish { event, .. } => Some(*event),
             _ => None,
         }
+    }
+}
+
+/// What a failed publish may have done, for [`Error::Publish`]: whether the event can be
+/// published again without risk of delivering it twice.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum PublishOutcome {
+    /// The event never reached the server (the bus knew it was disconnected, the
+    /// connection could not be opened, or the server refused the statement): nobody
+    /// received it, and publishing it again cannot duplicate it.
+    NotSent,
+    /// The event was sent but no answer came (the connection was lost or the command
+    /// timed out while waiting): it may already have been delivered, and publishing it
+    /// again may deliver it twice.
+    Unknown,
+}
+
+impl PublishOutcome {
+    /// Whether publishing the event again cannot deliver it twice.
+    pub fn is_safe_to_retry(self) -> bool {
+        self == Self::NotSent
+    }
+}
+
+impl std::fmt::Display for PublishOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::NotSent => "not sent: safe to retry",
+            Self::Unknown => "outcome unknown: it may have been delivered",
+        })
     }
 }

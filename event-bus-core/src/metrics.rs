@@ -28,6 +28,7 @@ pub const LATENCY_BUCKETS_US: [u64; 16] = [
 #[derive(Default)]
 pub struct Metrics {
     published: AtomicU64,
+    publish_failed: AtomicU64,
     received: AtomicU64,
     dropped: AtomicU64,
     rejected: AtomicU64,
@@ -35,6 +36,8 @@ pub struct Metrics {
     reconnects: AtomicU64,
     malformed: AtomicU64,
     subscriptions: AtomicI64,
+    buffered: AtomicI64,
+    buffered_bytes: AtomicI64,
     /// Outcomes of subscriptions whose worker has finished.
     retired: HandlerStats,
     /// Live subscriptions' own statistics, by subscription sequence number.
@@ -145,9 +148,12 @@ macro_rules! counters {
 counters! {
     /// Counts events accepted by this bus's `publish`.
     add_published => published;
+    /// Counts events a publish failed to send (each event of a failed batch).
+    add_publish_failed => publish_failed;
     /// Counts events handed to the dispatcher (published locally or received from the server).
     add_received => received;
-    /// Counts queued events discarded (overflow policy, cancel, close deadline).
+    /// Counts events discarded after they were received or queued (overflow policy,
+    /// full receive buffer, cancel, close deadline).
     add_dropped => dropped;
     /// Counts publishes refused by the `reject` overflow policy.
     add_rejected => rejected;
@@ -160,6 +166,14 @@ counters! {
 }
 
 impl Metrics {
+    /// Adds `messages` and `bytes` (negative to remove) to the receive-buffer gauges: what
+    /// a network backend has read off its connection and not yet handed to the
+    /// dispatcher.
+    pub fn add_buffered(&self, messages: i64, bytes: i64) {
+        self.buffered.fetch_add(messages, Relaxed);
+        self.buffered_bytes.fetch_add(bytes, Relaxed);
+    }
+
     /// Adds `delta` to the live-subscriptions gauge.
     pub(crate) fn add_subscriptions(&self, delta: i64) {
         self.subscriptions.fetch_add(delta, Relaxed);
@@ -193,6 +207,7 @@ impl Metrics {
         let load = |a: &AtomicU64| a.load(Relaxed);
         let mut s = MetricsSnapshot {
             published: load(&self.published),
+            publish_failed: load(&self.publish_failed),
             received: load(&self.received),
             dropped: load(&self.dropped),
             rejected: load(&self.rejected),
@@ -200,6 +215,8 @@ impl Metrics {
             reconnects: load(&self.reconnects),
             malformed: load(&self.malformed),
             subscriptions: self.subscriptions.load(Relaxed).max(0).unsigned_abs(),
+            buffered: self.buffered.load(Relaxed).max(0).unsigned_abs(),
+            buffered_bytes: self.buffered_bytes.load(Relaxed).max(0).unsigned_abs(),
             latency: LatencyHistogram {
                 bucket_bounds_us: LATENCY_BUCKETS_US.to_vec(),
                 counts: vec![0; LATENCY_BUCKETS_US.len() + 1],
@@ -263,6 +280,8 @@ impl LatencyHistogram {
 pub struct MetricsSnapshot {
     /// Events accepted by this bus's `publish`.
     pub published: u64,
+    /// Events a publish failed to send (see [`Error::Publish`](crate::Error::Publish)).
+    pub publish_failed: u64,
     /// Events handed to the dispatcher (published locally, or received from the server).
     pub received: u64,
     /// Handler calls that succeeded.
@@ -273,7 +292,8 @@ pub struct MetricsSnapshot {
     pub timed_out: u64,
     /// Handler calls that panicked.
     pub panicked: u64,
-    /// Queued events discarded (overflow policy, cancel, close deadline).
+    /// Received or queued events discarded (overflow policy, full receive buffer,
+    /// cancel, close deadline).
     pub dropped: u64,
     /// Publishes refused by the `reject` overflow policy.
     pub rejected: u64,
@@ -287,6 +307,11 @@ pub struct MetricsSnapshot {
     pub queue_depth: u64,
     /// Live subscriptions.
     pub subscriptions: u64,
+    /// Received messages waiting for the dispatcher in a network backend's receive
+    /// buffer.
+    pub buffered: u64,
+    /// Bytes of the messages counted in `buffered`.
+    pub buffered_bytes: u64,
     /// Handler calls running now.
     pub in_flight: u64,
     /// Delivery latency distribution.
@@ -307,6 +332,11 @@ impl MetricsSnapshot {
         let counters = [
             ("published", self.published, "Events accepted by publish."),
             (
+                "publish_failed",
+                self.publish_failed,
+                "Events a publish failed to send.",
+            ),
+            (
                 "received",
                 self.received,
                 "Events handed to the dispatcher.",
@@ -323,7 +353,11 @@ impl MetricsSnapshot {
                 "Handler calls cancelled by the timeout.",
             ),
             ("panicked", self.panicked, "Handler calls that panicked."),
-            ("dropped", self.dropped, "Queued events discarded."),
+            (
+                "dropped",
+                self.dropped,
+                "Received or queued events discarded.",
+            ),
             (
                 "rejected",
                 self.rejected,
@@ -356,6 +390,16 @@ impl MetricsSnapshot {
                 "Events waiting in subscription queues.",
             ),
             ("subscriptions", self.subscriptions, "Live subscriptions."),
+            (
+                "buffered",
+                self.buffered,
+                "Received messages waiting in the receive buffer.",
+            ),
+            (
+                "buffered_bytes",
+                self.buffered_bytes,
+                "Bytes of the messages in the receive buffer.",
+            ),
             ("in_flight", self.in_flight, "Handler calls running now."),
         ];
         for (name, value, help) in gauges {
@@ -418,6 +462,28 @@ mod tests {
         let text = s.to_prometheus("memory");
         assert!(text.contains("le=\"+Inf\"} 100"), "{text}");
         assert!(text.contains("le=\"0.00005\"} 90"), "{text}");
+    }
+
+    #[test]
+    fn failed_publishes_and_the_receive_buffer_are_rendered() {
+        let m = Metrics::default();
+        m.add_publish_failed(3);
+        m.add_buffered(2, 300);
+        m.add_buffered(-1, -100);
+        let s = m.snapshot();
+        assert_eq!(
+            (s.publish_failed, s.buffered, s.buffered_bytes),
+            (3, 1, 200)
+        );
+        let text = s.to_prometheus("redis");
+        for line in [
+            "event_bus_publish_failed_total{backend=\"redis\"} 3",
+            "# TYPE event_bus_buffered gauge",
+            "event_bus_buffered{backend=\"redis\"} 1",
+            "event_bus_buffered_bytes{backend=\"redis\"} 200",
+        ] {
+            assert!(text.contains(line), "{line} missing from {text}");
+        }
     }
 
     #[test]

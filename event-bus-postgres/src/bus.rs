@@ -125,11 +125,11 @@ impl PostgresEventBus {
         inner.check_open()?;
         let events = [event];
         let out = Outgoing::new(&inner.channels, &events, inner.config.max_message_bytes)
-            .map_err(|(_, e)| e)?;
+            .map_err(|(_, e)| inner.count_failed(e, 1))?;
         let sent = out.send_in(client, &inner.pool, &inner.store).await;
         drop(out);
         let [event] = events;
-        sent.map_err(|e| publish_error(event, e))?;
+        sent.map_err(|e| inner.count_failed(publish_error(event, e), 1))?;
         inner.dispatcher.metrics().add_published(1);
         Ok(())
     }
@@ -149,6 +149,14 @@ impl Inner {
             return Err(Error::Closed);
         }
         Ok(())
+    }
+
+    /// Counts the `events` of a failed publish in `publish_failed`, returning `error`.
+    fn count_failed(&self, error: Error, events: u64) -> Error {
+        if matches!(error, Error::Publish { .. }) {
+            self.dispatcher.metrics().add_publish_failed(events);
+        }
+        error
     }
 
     async fn start_listener(&self) -> Result<(), Error> {
@@ -200,14 +208,16 @@ impl Inner {
         self.check_open()?;
         let max = self.config.max_message_bytes;
         // Validate and encode everything first: an invalid topic publishes nothing.
-        let out = Outgoing::new(&self.channels, &events, max).map_err(|(_, e)| e)?;
+        let count = events.len() as u64;
+        let out = Outgoing::new(&self.channels, &events, max)
+            .map_err(|(_, e)| self.count_failed(e, count))?;
         let sent = out.send(&self.pool, &self.store).await;
         drop(out);
-        if let Err(source) = sent {
+        if let Err(failure) = sent {
             let mut events = events;
             return Err(match events.len() {
-                0 => Error::connection("publishing", source),
-                _ => publish_error(events.swap_remove(0), source),
+                0 => Error::connection("publishing", failure.source),
+                _ => self.count_failed(publish_error(events.swap_remove(0), failure), count),
             });
         }
         self.dispatcher.metrics().add_published(events.len() as u64);

@@ -13,43 +13,17 @@
 //! The mapping is case-exact (`Orders` and `orders` hash differently) and, with a
 //! 128-bit digest, collision-free in practice; because the envelope carries the real
 //! topic, a listener still drops (and counts as malformed) a message whose topic does
-//! not belong to the channel it arrived on. The prefix is restricted to 1–30 ASCII
-//! letters, digits and `_`, so every name fits in 63 bytes, and names of different
-//! prefixes never coincide. Every name is still double-quoted in `LISTEN`/`UNLISTEN`.
+//! not belong to the channel it arrived on. The prefix follows the rules of
+//! [`event_bus_core::namespace`], the same on every backend: 1–30 ASCII letters, digits
+//! and `_`, so every name fits in 63 bytes, and names of different prefixes never
+//! coincide. Every name is still double-quoted in `LISTEN`/`UNLISTEN`.
 //!
 //! In SQL: `SELECT 'events_' || left(encode(sha256(convert_to('orders:eu', 'UTF8')), 'hex'), 32)`.
 
 use event_bus_core::{Error, topic::validate_topic};
 use sha2::{Digest, Sha256};
 
-/// Longest `channel_prefix`, in bytes.
-pub const MAX_PREFIX_LEN: usize = 30;
-
-/// Checks a `channel_prefix`.
-///
-/// # Errors
-/// [`Error::Config`] naming `channel_prefix`.
-pub fn validate_prefix(prefix: &str) -> Result<(), Error> {
-    if prefix.is_empty() || prefix.len() > MAX_PREFIX_LEN {
-        return Err(Error::config(
-            "channel_prefix",
-            format!(
-                "must be 1 to {MAX_PREFIX_LEN} bytes long, got {}",
-                prefix.len()
-            ),
-        ));
-    }
-    if let Some(c) = prefix
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || *c == '_'))
-    {
-        return Err(Error::config(
-            "channel_prefix",
-            format!("may hold only ASCII letters, digits and `_` (found {c:?})"),
-        ));
-    }
-    Ok(())
-}
+pub use event_bus_core::namespace::{MAX_PREFIX_LEN, validate_prefix};
 
 /// The channel a topic's events are sent on under `prefix` (see the [module docs](self)).
 ///

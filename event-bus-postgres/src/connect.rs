@@ -44,6 +44,26 @@ impl Connector {
         self.timeout
     }
 
+    /// The TCP addresses of the server (host, port), for probing whether it is back
+    /// (see [`Backoff::wait`](event_bus_core::reconnect::Backoff::wait)); Unix sockets
+    /// are left out.
+    pub(crate) fn tcp_addresses(&self) -> Vec<(String, u16)> {
+        let ports = self.config.get_ports();
+        self.config
+            .get_hosts()
+            .iter()
+            .enumerate()
+            .filter_map(|(i, host)| match host {
+                tokio_postgres::config::Host::Tcp(name) => {
+                    let port = ports.get(i).or(ports.first()).copied().unwrap_or(5432);
+                    Some((name.clone(), port))
+                }
+                #[cfg(unix)]
+                tokio_postgres::config::Host::Unix(_) => None,
+            })
+            .collect()
+    }
+
     /// Opens a connection for `role` (`listen` or `publish`). Unless the connection
     /// string sets one, the session's `application_name` is
     /// `eventbus-{role}-{channel_prefix}`, so operators can find it in `pg_stat_activity`.

@@ -21,7 +21,10 @@ use std::{
     sync::{Arc, Mutex as SyncMutex, PoisonError},
 };
 
-use event_bus_core::{Error, SubscriptionId, reconnect::Backoff};
+use event_bus_core::{
+    Error, SubscriptionId,
+    reconnect::{Backoff, tcp_probe},
+};
 use futures_util::future::poll_fn;
 use tokio::{
     sync::{Mutex, mpsc, oneshot, watch},
@@ -140,9 +143,10 @@ impl Listener {
             tracing::warn!(error = %reason, "LISTEN connection lost; reconnecting");
             let mut backoff = Backoff::new(ctx.dispatcher.config().consumer_error_sleep());
             let mut stop = self.stop_signal();
+            let addresses = self.connector.tcp_addresses();
             rx = loop {
                 tokio::select! {
-                    () = tokio::time::sleep(backoff.next_delay()) => {}
+                    () = backoff.wait(|| tcp_probe(&addresses)) => {}
                     () = stopping(&mut stop) => return,
                 }
                 if ctx.dispatcher.is_closed() || self.state.lock().await.closed {

@@ -1,13 +1,13 @@
 //! Turning events into the notifications (and stored rows) that publish them.
 
-use event_bus_core::{BoxError, Error, Event, envelope::WIRE_VERSION};
+use event_bus_core::{Error, Event, PublishOutcome, envelope::WIRE_VERSION};
 use tokio_postgres::GenericClient;
 use uuid::Uuid;
 
 use crate::{
     channel::Channels,
     large::{LargeRef, LargeStore, NOTIFY_PAYLOAD_LIMIT},
-    publisher::{NOTIFY_PAIR, Pool},
+    publisher::{NOTIFY_PAIR, Pool, SendError},
 };
 
 /// What one event sends: its envelope inline, or a reference to a stored row.
@@ -42,7 +42,8 @@ impl<'a> Outgoing<'a> {
                     "its envelope of {} bytes exceeds max_message_bytes ({max_bytes})",
                     envelope.len()
                 );
-                return Err((i, publish_error(event.clone(), source.into())));
+                let error = Error::publish(event.clone(), PublishOutcome::NotSent, source);
+                return Err((i, error));
             }
             let body = if envelope.len() < NOTIFY_PAYLOAD_LIMIT {
                 Body::Inline(envelope)
@@ -101,7 +102,7 @@ impl<'a> Outgoing<'a> {
     }
 
     /// Sends everything through the pool, in one statement.
-    pub(crate) async fn send(&self, pool: &Pool, store: &LargeStore) -> Result<(), BoxError> {
+    pub(crate) async fn send(&self, pool: &Pool, store: &LargeStore) -> Result<(), SendError> {
         if let [(channel, _, Body::Inline(envelope))] = self.items.as_slice() {
             return pool
                 .notify_pair(channel, self.channels.all(), envelope)
@@ -111,7 +112,10 @@ impl<'a> Outgoing<'a> {
         if !self.has_stored() {
             return pool.notify_many(&channels, &payloads).await;
         }
-        store.ensure_table(pool).await?;
+        store
+            .ensure_table(pool)
+            .await
+            .map_err(SendError::not_sent)?;
         let (ids, topics, envelopes) = self.stored();
         pool.execute_large(
             store.insert_sql(),
@@ -128,39 +132,42 @@ impl<'a> Outgoing<'a> {
         client: &C,
         pool: &Pool,
         store: &LargeStore,
-    ) -> Result<(), BoxError> {
+    ) -> Result<(), SendError> {
         if let [(channel, _, Body::Inline(envelope))] = self.items.as_slice() {
             let all = self.channels.all();
             client
                 .execute(NOTIFY_PAIR, &[channel, &all, envelope])
-                .await?;
+                .await
+                .map_err(SendError::from_statement)?;
             return Ok(());
         }
         let (channels, payloads) = self.arrays();
         if !self.has_stored() {
             client
                 .execute(crate::publisher::NOTIFY_MANY, &[&channels, &payloads])
-                .await?;
+                .await
+                .map_err(SendError::from_statement)?;
             return Ok(());
         }
         // The table is created through the pool: DDL inside the caller's transaction
         // would be undone by a rollback.
-        store.ensure_table(pool).await?;
+        store
+            .ensure_table(pool)
+            .await
+            .map_err(SendError::not_sent)?;
         let (ids, topics, envelopes) = self.stored();
         client
             .execute(
                 store.insert_sql(),
                 &[&channels, &payloads, &ids, &topics, &envelopes],
             )
-            .await?;
+            .await
+            .map_err(SendError::from_statement)?;
         Ok(())
     }
 }
 
-/// [`Error::Publish`] handing `event` back.
-pub(crate) fn publish_error(event: Event, source: BoxError) -> Error {
-    Error::Publish {
-        event: Box::new(event),
-        source,
-    }
+/// [`Error::Publish`] handing `event` back after `failure`.
+pub(crate) fn publish_error(event: Event, failure: SendError) -> Error {
+    Error::publish(event, failure.outcome, failure.source)
 }

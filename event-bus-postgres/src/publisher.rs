@@ -15,7 +15,7 @@ use std::{
     },
 };
 
-use event_bus_core::{BoxError, Error};
+use event_bus_core::{BoxError, Error, PublishOutcome};
 use tokio::sync::{Mutex, OnceCell};
 use tokio_postgres::{Client, Statement};
 
@@ -142,24 +142,39 @@ impl Pool {
     where
         Fut: Future<Output = Result<T, tokio_postgres::Error>>,
     {
-        let (i, pc) = self.get().await?;
+        self.send(what, op).await.map_err(|e| e.source)
+    }
+
+    /// [`run`](Self::run), telling whether a failed statement may have run.
+    async fn send<T, Fut>(
+        &self,
+        what: &str,
+        op: impl FnOnce(Arc<PooledClient>) -> Fut,
+    ) -> Result<T, SendError>
+    where
+        Fut: Future<Output = Result<T, tokio_postgres::Error>>,
+    {
+        let (i, pc) = self.get().await.map_err(SendError::not_sent)?;
         let after = self.connector.timeout();
         let outcome = {
             let _busy = InFlight::enter(&self.in_flight[i]);
             tokio::time::timeout(after, op(pc.clone())).await
         };
         match outcome {
-            Ok(result) => Ok(result?),
+            Ok(result) => result.map_err(SendError::from_statement),
             Err(_) => {
                 let mut slot = self.slots[i].lock().await;
                 if slot.as_ref().is_some_and(|cur| Arc::ptr_eq(cur, &pc)) {
                     *slot = None;
                 }
-                Err(Error::Timeout {
-                    operation: what.to_owned(),
-                    after,
-                }
-                .into())
+                Err(SendError {
+                    outcome: PublishOutcome::Unknown,
+                    source: Error::Timeout {
+                        operation: what.to_owned(),
+                        after,
+                    }
+                    .into(),
+                })
             }
         }
     }
@@ -170,8 +185,8 @@ impl Pool {
         topic_channel: &str,
         all_channel: &str,
         payload: &str,
-    ) -> Result<(), BoxError> {
-        self.run("NOTIFY", |pc| async move {
+    ) -> Result<(), SendError> {
+        self.send("NOTIFY", |pc| async move {
             pc.client
                 .execute(&pc.pair, &[&topic_channel, &all_channel, &payload])
                 .await
@@ -194,8 +209,8 @@ impl Pool {
         &self,
         channels: &[&str],
         payloads: &[&str],
-    ) -> Result<(), BoxError> {
-        self.run("batch NOTIFY", |pc| async move {
+    ) -> Result<(), SendError> {
+        self.send("batch NOTIFY", |pc| async move {
             pc.client.execute(&pc.many, &[&channels, &payloads]).await
         })
         .await
@@ -208,8 +223,8 @@ impl Pool {
         &self,
         sql: &str,
         params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
-    ) -> Result<(), BoxError> {
-        self.run("NOTIFY with stored payloads", |pc| async move {
+    ) -> Result<(), SendError> {
+        self.send("NOTIFY with stored payloads", |pc| async move {
             let stmt = pc
                 .large
                 .get_or_try_init(|| pc.client.prepare(sql))
@@ -254,6 +269,38 @@ impl Pool {
             pc.client.execute(sql, params).await
         })
         .await
+    }
+}
+
+/// A publishing statement that failed, and whether it may have run.
+#[derive(Debug)]
+pub(crate) struct SendError {
+    pub(crate) outcome: PublishOutcome,
+    pub(crate) source: BoxError,
+}
+
+impl SendError {
+    /// Failed before anything was sent (no connection, or a step before the statement).
+    pub(crate) fn not_sent(source: impl Into<BoxError>) -> Self {
+        Self {
+            outcome: PublishOutcome::NotSent,
+            source: source.into(),
+        }
+    }
+
+    /// A statement's own failure: an error the server answered with means it did not
+    /// run (a failed statement notifies nobody); anything else (the connection closed
+    /// while the statement was sent or awaited) leaves the outcome unknown.
+    pub(crate) fn from_statement(e: tokio_postgres::Error) -> Self {
+        let outcome = if e.as_db_error().is_some() {
+            PublishOutcome::NotSent
+        } else {
+            PublishOutcome::Unknown
+        };
+        Self {
+            outcome,
+            source: e.into(),
+        }
     }
 }
 

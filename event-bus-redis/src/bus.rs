@@ -7,17 +7,22 @@ use std::sync::{
 
 use async_trait::async_trait;
 use event_bus_core::{
-    Dispatcher, Error, Event, EventBus, Handler, Health, MetricsSnapshot, Pattern, Subscription,
-    flush::until_quiescent, topic::validate_topic,
+    Dispatcher, Error, Event, EventBus, Handler, Health, MetricsSnapshot, Pattern, PublishOutcome,
+    Subscription, flush::until_quiescent, topic::validate_topic,
 };
-use redis::{ProtocolVersion, io::tcp::TcpSettings};
-use tokio::{sync::mpsc, task::JoinHandle};
+use redis::{ConnectionAddr, ProtocolVersion, io::tcp::TcpSettings};
+use tokio::{
+    sync::{mpsc, watch},
+    task::JoinHandle,
+    time::Instant,
+};
 
 use crate::{
+    buffer::{MESSAGES_PER_QUEUE_SLOT, ReceiveBuffer},
     channel::ChannelNames,
     config::RedisConfig,
     listener::{Listener, Progress, ping},
-    publisher::Publisher,
+    publisher::{Publisher, PublisherConfig},
     registry::{Control, Registry, removal_hook},
 };
 
@@ -41,9 +46,13 @@ struct Inner {
     publish_client: redis::Client,
     pubsub_client: redis::Client,
     pubsub_name: String,
+    publish_name: String,
+    /// The server's TCP address, probed while reconnecting.
+    probe: Vec<(String, u16)>,
     dispatcher: Dispatcher,
     registry: Arc<Registry>,
     progress: Arc<Progress>,
+    buffer: Arc<ReceiveBuffer>,
     closed: AtomicBool,
     started: RwLock<Option<Arc<Started>>>,
     connecting: tokio::sync::Mutex<()>,
@@ -52,12 +61,16 @@ struct Inner {
 /// The connections and the listener task of a connected bus.
 struct Started {
     publisher: Publisher,
-    listener: JoinHandle<()>,
+    listener: tokio::sync::Mutex<Option<JoinHandle<()>>>,
+    /// Tells the listener to stop, with the close deadline.
+    stop: watch::Sender<Option<Instant>>,
 }
 
 impl Drop for Started {
     fn drop(&mut self) {
-        self.listener.abort();
+        if let Some(listener) = self.listener.get_mut().take() {
+            listener.abort();
+        }
     }
 }
 
@@ -82,24 +95,42 @@ impl RedisEventBus {
         let client = |info| {
             redis::Client::open(info).map_err(|e| Error::config("url", format!("{:?}", e.kind())))
         };
-        let pubsub_client = client(info.clone().set_redis_settings(resp3))?;
-        let publish_client = client(info)?;
+        let probe = match info.addr() {
+            ConnectionAddr::Tcp(host, port) | ConnectionAddr::TcpTls { host, port, .. } => {
+                vec![(host.clone(), *port)]
+            }
+            _ => Vec::new(),
+        };
+        // Both connections speak RESP3: the publishing one reports its own loss.
+        let pubsub_client = client(info.set_redis_settings(resp3))?;
+        let publish_client = pubsub_client.clone();
         let registry = Arc::new(Registry::new(config.command_timeout()));
         let dispatcher = Dispatcher::with_removal_hook(
             config.dispatcher.clone(),
             Some(removal_hook(Arc::downgrade(&registry))),
         )?;
+        let buffer = Arc::new(ReceiveBuffer::new(
+            config
+                .dispatcher
+                .queue_maxsize
+                .saturating_mul(MESSAGES_PER_QUEUE_SLOT),
+            config.receive_buffer_bytes,
+            dispatcher.metrics().clone(),
+        ));
         let id = uuid::Uuid::new_v4().simple().to_string();
         Ok(Self {
             inner: Arc::new(Inner {
                 names: ChannelNames::new(&config.channel_prefix),
                 pubsub_name: format!("eventbus:{}:sub:{}", config.channel_prefix, &id[..12]),
+                publish_name: format!("eventbus:{}:pub:{}", config.channel_prefix, &id[..12]),
                 config,
                 publish_client,
                 pubsub_client,
+                probe,
                 dispatcher,
                 registry,
                 progress: Arc::default(),
+                buffer,
                 closed: AtomicBool::new(false),
                 started: RwLock::new(None),
                 connecting: tokio::sync::Mutex::new(()),
@@ -134,6 +165,12 @@ impl RedisEventBus {
     /// `eventbus:{channel_prefix}:sub:{random id}`.
     pub fn pubsub_client_name(&self) -> &str {
         &self.inner.pubsub_name
+    }
+
+    /// The `CLIENT SETNAME` name of the publishing connection:
+    /// `eventbus:{channel_prefix}:pub:{random id}`.
+    pub fn publish_client_name(&self) -> &str {
+        &self.inner.publish_name
     }
 
     fn is_closed(&self) -> bool {
@@ -205,15 +242,19 @@ impl RedisEventBus {
             let address = inner.config.redacted_address();
             Error::connection(format!("connect to {address}{hint}"), e)
         };
-        let publisher = Publisher::connect(
-            inner.publish_client.clone(),
-            inner.names.clone(),
+        let publisher = Publisher::connect(PublisherConfig {
+            client: inner.publish_client.clone(),
+            names: inner.names.clone(),
             timeout,
-            inner.dispatcher.config().consumer_error_sleep(),
-        )
+            max_backoff: inner.dispatcher.config().consumer_error_sleep(),
+            max_message_bytes: inner.config.max_message_bytes,
+            probe: inner.probe.clone(),
+            name: inner.publish_name.clone(),
+        })
         .await
         .map_err(at)?;
         let (tx, rx) = mpsc::unbounded_channel();
+        let (stop, stop_rx) = watch::channel(None);
         let listener = Listener {
             client: inner.pubsub_client.clone(),
             name: inner.pubsub_name.clone(),
@@ -221,9 +262,12 @@ impl RedisEventBus {
             registry: inner.registry.clone(),
             dispatcher: inner.dispatcher.clone(),
             progress: inner.progress.clone(),
+            buffer: inner.buffer.clone(),
             max_message_bytes: inner.config.max_message_bytes,
             timeout,
             ping_interval: inner.config.ping_interval(),
+            probe: inner.probe.clone(),
+            stop: stop_rx,
             tx,
             malformed_log: Default::default(),
         };
@@ -241,7 +285,8 @@ impl RedisEventBus {
         inner.dispatcher.start();
         Ok(Started {
             publisher,
-            listener: tokio::spawn(listener.run(rx, 0)),
+            listener: tokio::sync::Mutex::new(Some(tokio::spawn(listener.run(rx, 0)))),
+            stop,
         })
     }
 
@@ -250,15 +295,16 @@ impl RedisEventBus {
         match self.started().await {
             Ok(started) => Ok((started, event)),
             Err(Error::Closed) => Err(Error::Closed),
-            Err(e) => Err(publish_failed(event, e)),
+            Err(e) => Err(Error::publish(event, PublishOutcome::NotSent, e)),
         }
     }
-}
 
-fn publish_failed(event: Event, error: Error) -> Error {
-    Error::Publish {
-        event: Box::new(event),
-        source: error.into(),
+    /// Counts the `events` of a failed publish in `publish_failed`.
+    fn counted<T>(&self, result: Result<T, Error>, events: u64) -> Result<T, Error> {
+        if let Err(Error::Publish { .. }) = &result {
+            self.inner.dispatcher.metrics().add_publish_failed(events);
+        }
+        result
     }
 }
 
@@ -291,8 +337,8 @@ impl EventBus for RedisEventBus {
             return Err(Error::Closed);
         }
         validate_topic(&event.topic)?;
-        let (started, event) = self.publisher_for(event).await?;
-        started.publisher.publish(event).await?;
+        let (started, event) = self.counted(self.publisher_for(event).await, 1)?;
+        self.counted(started.publisher.publish(event).await, 1)?;
         self.inner.dispatcher.metrics().add_published(1);
         Ok(())
     }
@@ -312,13 +358,16 @@ impl EventBus for RedisEventBus {
             Ok(started) => started,
             Err(Error::Closed) => return Err(Error::Closed),
             Err(e) => {
-                return Err(match events.into_iter().next() {
-                    Some(first) => publish_failed(first, e),
-                    None => e,
-                });
+                return self.counted(
+                    Err(match events.into_iter().next() {
+                        Some(first) => Error::publish(first, PublishOutcome::NotSent, e),
+                        None => e,
+                    }),
+                    count,
+                );
             }
         };
-        started.publisher.publish_batch(events).await?;
+        self.counted(started.publisher.publish_batch(events).await, count)?;
         self.inner.dispatcher.metrics().add_published(count);
         Ok(())
     }
@@ -366,8 +415,14 @@ impl EventBus for RedisEventBus {
         Health::new("redis", !self.is_closed(), link.connected, link.last_error)
     }
 
+    /// Closes in order, so that every event the bus received is, when this returns,
+    /// delivered or counted in `dropped`: the listener stops receiving (unsubscribes,
+    /// then hands everything it holds to the dispatcher until the deadline and counts
+    /// the rest), then the dispatcher drains its queues until the same deadline
+    /// (`dispatcher.shutdown_timeout_seconds` from now), then the connections close.
     async fn close(&self) -> Result<(), Error> {
         let inner = &self.inner;
+        let deadline = Instant::now() + inner.dispatcher.config().shutdown_timeout();
         inner.closed.store(true, Ordering::Release);
         let started = inner
             .started
@@ -375,10 +430,13 @@ impl EventBus for RedisEventBus {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .take();
         if let Some(started) = &started {
-            started.listener.abort();
+            started.stop.send_replace(Some(deadline));
+            if let Some(listener) = started.listener.lock().await.take() {
+                let _ = listener.await;
+            }
         }
         inner.registry.detach(None).await;
-        inner.dispatcher.close().await;
+        inner.dispatcher.close_by(deadline).await;
         drop(started);
         Ok(())
     }

@@ -5,13 +5,11 @@ use std::{fmt, time::Duration};
 use event_bus_core::{
     DispatcherConfig, Error, Secret,
     config::{check_seconds, from_json_str},
+    namespace::validate_prefix,
     secret::redact_connection_string,
 };
 use redis::{ConnectionAddr, ConnectionInfo, IntoConnectionInfo, RedisConnectionInfo};
 use serde::{Deserialize, Serialize};
-
-/// Longest accepted `channel_prefix`, in bytes.
-pub const MAX_PREFIX_LEN: usize = 64;
 
 /// Configuration of [`RedisEventBus`](crate::RedisEventBus) (config
 /// `{"backend": "redis", ...}`).
@@ -55,12 +53,20 @@ pub struct RedisConfig {
     pub url: Option<String>,
     /// Namespace of the bus: topic `t` travels on channel `{channel_prefix}:t`, so
     /// applications (or tests) with different prefixes never see each other's events.
-    /// Non-empty, at most 64 bytes, no whitespace or control characters.
-    /// Default: `"events"`.
+    /// 1 to 30 ASCII letters, digits and `_`, the same rule on every backend (see
+    /// [`event_bus_core::namespace`]). Default: `"events"`.
     pub channel_prefix: String,
-    /// Received messages longer than this many bytes are counted as malformed and
-    /// skipped. Default: `8388608` (8 MiB).
+    /// Largest event envelope, in bytes: a larger event is refused by `publish` (never
+    /// sent), and a larger received message is counted as malformed and skipped.
+    /// Default: `8388608` (8 MiB).
     pub max_message_bytes: usize,
+    /// Bound of the receive buffer, in bytes of message payload: messages the server
+    /// has sent and the dispatcher has not taken yet (its queues are full under the
+    /// `block` overflow policy). A message arriving when the buffer is full is dropped
+    /// and counted in `dropped`; one message is always accepted into an empty buffer.
+    /// The buffer also holds at most 64 × `dispatcher.queue_maxsize` messages.
+    /// Default: `16777216` (16 MiB).
+    pub receive_buffer_bytes: usize,
     /// Longest wait for the server when connecting, publishing, subscribing and
     /// flushing; an operation still waiting then fails. Default: `5.0`.
     #[serde(deserialize_with = "event_bus_core::seconds::deserialize")]
@@ -87,6 +93,7 @@ impl Default for RedisConfig {
             url: None,
             channel_prefix: "events".to_owned(),
             max_message_bytes: 8 * 1024 * 1024,
+            receive_buffer_bytes: 16 * 1024 * 1024,
             command_timeout_seconds: 5.0,
             ping_interval_seconds: 10.0,
             dispatcher: DispatcherConfig::default(),
@@ -124,27 +131,15 @@ impl RedisConfig {
     /// [`Error::Config`] naming the key and the problem.
     pub fn validate(&self) -> Result<(), Error> {
         self.dispatcher.validate()?;
-        let prefix = &self.channel_prefix;
-        if prefix.is_empty() || prefix.len() > MAX_PREFIX_LEN {
-            return Err(Error::config(
-                "channel_prefix",
-                format!(
-                    "must be 1 to {MAX_PREFIX_LEN} bytes long, got {}",
-                    prefix.len()
-                ),
-            ));
-        }
-        if prefix.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            return Err(Error::config(
-                "channel_prefix",
-                "must not contain whitespace or control characters",
-            ));
-        }
+        validate_prefix(&self.channel_prefix)?;
         if self.port == 0 {
             return Err(Error::config("port", "must be between 1 and 65535"));
         }
         if self.max_message_bytes == 0 {
             return Err(Error::config("max_message_bytes", "must be at least 1"));
+        }
+        if self.receive_buffer_bytes == 0 {
+            return Err(Error::config("receive_buffer_bytes", "must be at least 1"));
         }
         check_seconds(
             "command_timeout_seconds",
@@ -238,6 +233,7 @@ impl fmt::Debug for RedisConfig {
             .field("url", &self.url.as_deref().map(redact_connection_string))
             .field("channel_prefix", &self.channel_prefix)
             .field("max_message_bytes", &self.max_message_bytes)
+            .field("receive_buffer_bytes", &self.receive_buffer_bytes)
             .field("command_timeout_seconds", &self.command_timeout_seconds)
             .field("ping_interval_seconds", &self.ping_interval_seconds)
             .field("dispatcher", &self.dispatcher)
@@ -284,6 +280,9 @@ mod tests {
             (r#"{"prot": 1}"#, "prot"),
             (r#"{"channel_prefix": ""}"#, "channel_prefix"),
             (r#"{"channel_prefix": "a b"}"#, "channel_prefix"),
+            (r#"{"channel_prefix": "P:b"}"#, "channel_prefix"),
+            (r#"{"channel_prefix": "préfixe"}"#, "channel_prefix"),
+            (r#"{"receive_buffer_bytes": 0}"#, "receive_buffer_bytes"),
             (r#"{"url": "http://x"}"#, "url"),
             (r#"{"url": "redis://"}"#, "url"),
             (r#"{"max_message_bytes": 0}"#, "max_message_bytes"),

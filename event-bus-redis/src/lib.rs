@@ -9,8 +9,9 @@
 //! # Channels
 //!
 //! Topic `t` travels on the Redis channel `{channel_prefix}:t` (prefix `events` by
-//! default), so applications with different prefixes share a server without seeing
-//! each other's events. A subscription to a plain topic is a `SUBSCRIBE` of its channel;
+//! default; a prefix is ASCII letters, digits and `_`, see
+//! [`event_bus_core::namespace`]), so applications with different prefixes share a
+//! server without seeing each other's events. A subscription to a plain topic is a `SUBSCRIBE` of its channel;
 //! a wildcard pattern is a `PSUBSCRIBE` of a Redis glob matching at least the same
 //! channels, and the core [pattern](event_bus_core::pattern) language then decides
 //! exactly, so escapes and character classes behave as on every other backend. Local
@@ -21,19 +22,26 @@
 //!
 //! Redis pub/sub is **at-most-once**: an event published while a subscriber is
 //! disconnected is lost for that subscriber, and nothing is replayed. A publish that
-//! fails (server unreachable, connection lost, `command_timeout_seconds` passed) returns
-//! [`Error::Publish`](event_bus_core::Error::Publish) with the event; it may or may not
-//! have reached the server.
+//! fails returns [`Error::Publish`](event_bus_core::Error::Publish) with the event and
+//! its [`PublishOutcome`](event_bus_core::PublishOutcome): `NotSent` (safe to retry)
+//! when the publishing connection was known to be down, the server refused the command
+//! or the event is larger than `max_message_bytes`; `Unknown` (it may have been
+//! published) when the connection was lost or `command_timeout_seconds` passed after it
+//! was sent. `close()` stops receiving first, so every event the bus received is
+//! delivered or counted in `dropped` when it returns.
 //!
 //! # Reconnects
 //!
 //! When the pub/sub connection is lost (server restart, `CLIENT KILL`, a network cut, or
-//! a failed periodic `PING`), the bus logs a warning, reconnects with exponential
-//! backoff capped at `dispatcher.consumer_error_sleep_seconds`, subscribes every live
-//! subscription again exactly once, counts the reconnect in
+//! a failed periodic `PING`), the bus logs a warning, reconnects with
+//! [`Backoff`](event_bus_core::reconnect::Backoff) (exponential, capped at
+//! `dispatcher.consumer_error_sleep_seconds`, cut short when the server accepts
+//! connections again), subscribes every live subscription again exactly once, counts the
+//! reconnect in
 //! [`MetricsSnapshot::reconnects`](event_bus_core::MetricsSnapshot::reconnects) and logs
 //! another warning. `health()` reports the connection state and last error. The
-//! publishing connection reconnects on the next publish after it was lost.
+//! publishing connection is replaced in the background the same way; meanwhile
+//! publishes fail at once.
 //!
 //! # Example
 //!
@@ -61,6 +69,7 @@
 //! # Ok(()) }
 //! ```
 
+mod buffer;
 mod bus;
 mod channel;
 mod config;
@@ -69,4 +78,5 @@ mod publisher;
 mod registry;
 
 pub use bus::RedisEventBus;
-pub use config::{MAX_PREFIX_LEN, RedisConfig};
+pub use config::RedisConfig;
+pub use event_bus_core::namespace::MAX_PREFIX_LEN;

@@ -188,6 +188,46 @@ impl Registry {
         });
     }
 
+    /// Stops for close: forgets the connection, marks the link down and returns the
+    /// connection, so the caller can unsubscribe it.
+    pub(crate) async fn stop(&self) -> Option<MultiplexedConnection> {
+        let conn = self.state.lock().await.conn.take();
+        self.link.send_replace(Link::default());
+        conn
+    }
+
+    /// Unsubscribes `conn` from every live target, so the server sends it nothing more.
+    pub(crate) async fn unsubscribe_all(
+        &self,
+        conn: &mut MultiplexedConnection,
+    ) -> Result<(), Error> {
+        let (channels, globs) = {
+            let state = self.state.lock().await;
+            let mut lists = (Vec::new(), Vec::new());
+            for target in state.targets.keys() {
+                match target {
+                    ServerTarget::Channel(c) => lists.0.push(c.clone()),
+                    ServerTarget::Glob(g) => lists.1.push(g.clone()),
+                }
+            }
+            lists
+        };
+        let unsubscribe = async {
+            if !channels.is_empty() {
+                conn.unsubscribe(&channels).await?;
+            }
+            if !globs.is_empty() {
+                conn.punsubscribe(&globs).await?;
+            }
+            Ok::<_, redis::RedisError>(())
+        };
+        match tokio::time::timeout(self.timeout, unsubscribe).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(Error::connection("unsubscribe", e)),
+            Err(_) => Err(self.timed_out("unsubscribe")),
+        }
+    }
+
     /// Records a failed reconnect attempt.
     pub(crate) fn set_error(&self, error: String) {
         self.link.send_modify(|l| l.last_error = Some(error));

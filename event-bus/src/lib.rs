@@ -23,7 +23,7 @@ pub use event_bus_core::{
 };
 
 // Errors.
-pub use event_bus_core::{BoxError, Error};
+pub use event_bus_core::{BoxError, Error, PublishOutcome};
 
 // Configuration.
 pub use backend::{BackendName, Config};

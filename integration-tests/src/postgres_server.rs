@@ -7,8 +7,10 @@
 
 use std::{net::SocketAddr, time::Duration};
 
-use tokio::sync::OnceCell;
+use tokio::{sync::OnceCell, time::Instant};
 use tokio_postgres::{Client, NoTls};
+
+use crate::support::DEADLINE;
 
 /// The default local server.
 pub const LOCAL_DEFAULT: &str = "host=127.0.0.1 port=5432 user=postgres dbname=test";
@@ -107,4 +109,161 @@ fn strip_host_port(url: &str) -> String {
         ));
     }
     parts.join(" ")
+}
+
+/// A private PostgreSQL server (a `postgres` child process on a loopback port, in a
+/// fresh temporary data directory), for tests that restart the server itself. Dropping
+/// it stops the child and removes the directory, whether the test passes or panics.
+///
+/// Run as root, the server runs as the `postgres` system user (PostgreSQL refuses
+/// root). It trusts every local connection as user `postgres`.
+pub struct OwnPostgresServer {
+    port: u16,
+    dir: std::path::PathBuf,
+    user: Option<(u32, u32)>,
+    child: Option<std::process::Child>,
+}
+
+impl OwnPostgresServer {
+    /// Creates a data directory with `initdb`, starts the server on a free loopback
+    /// port and waits until it answers.
+    ///
+    /// # Panics
+    /// If `initdb` or `postgres` is not on `PATH` or fails.
+    pub async fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .expect("a free loopback port")
+            .port();
+        let dir = std::env::temp_dir().join(format!("eventbus-pg-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir(&dir).expect("create a temporary directory");
+        let user = server_user();
+        if let Some((uid, gid)) = user {
+            std::os::unix::fs::chown(&dir, Some(uid), Some(gid)).expect("chown the directory");
+        }
+        let mut server = Self {
+            port,
+            dir,
+            user,
+            child: None,
+        };
+        let status = server
+            .command("initdb")
+            .arg("-D")
+            .arg(server.data())
+            .args(["-A", "trust", "-U", "postgres", "-E", "UTF8", "--no-sync"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .expect("run initdb (is it on PATH?)");
+        assert!(status.success(), "initdb failed: {status}");
+        server.spawn().await;
+        server
+    }
+
+    /// Its connection string.
+    pub fn url(&self) -> String {
+        format!(
+            "host=127.0.0.1 port={} user=postgres dbname=postgres",
+            self.port
+        )
+    }
+
+    fn data(&self) -> std::path::PathBuf {
+        self.dir.join("data")
+    }
+
+    fn command(&self, program: &str) -> std::process::Command {
+        use std::os::unix::process::CommandExt as _;
+        let mut command = std::process::Command::new(program);
+        if let Some((uid, gid)) = self.user {
+            command.uid(uid).gid(gid);
+        }
+        command.stdin(std::process::Stdio::null());
+        command
+    }
+
+    /// Starts the server (again) and waits until that very process answers.
+    ///
+    /// # Panics
+    /// If it is already running, exits, or never answers.
+    pub async fn spawn(&mut self) {
+        assert!(self.child.is_none(), "postgres already running");
+        let child = self
+            .command("postgres")
+            .arg("-D")
+            .arg(self.data())
+            .args(["-p", &self.port.to_string(), "-k"])
+            .arg(&self.dir)
+            .args(["-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start postgres (is it on PATH?)");
+        self.child = Some(child);
+        let data = self.data();
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().unwrap()) {
+                panic!("postgres on port {} exited: {status}", self.port);
+            }
+            let answer = async {
+                let (client, connection) = tokio_postgres::connect(&self.url(), NoTls).await?;
+                tokio::spawn(connection);
+                client.query_one("SHOW data_directory", &[]).await
+            };
+            // Only our child counts: another process could have taken the port.
+            if let Ok(Ok(row)) = tokio::time::timeout(Duration::from_millis(500), answer).await {
+                let served: String = row.get(0);
+                assert_eq!(
+                    std::path::Path::new(&served),
+                    data,
+                    "port {} is served by another server",
+                    self.port
+                );
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "postgres on port {} never answered",
+                self.port
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Stops the server ("fast" shutdown: clients are disconnected at once) and reaps
+    /// it.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let interrupted = std::process::Command::new("kill")
+                .args(["-INT", &child.id().to_string()])
+                .status()
+                .is_ok_and(|s| s.success());
+            if !interrupted {
+                let _ = child.kill();
+            }
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for OwnPostgresServer {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The `postgres` system user's uid and gid when running as root; `None` otherwise.
+fn server_user() -> Option<(u32, u32)> {
+    use std::os::unix::fs::MetadataExt as _;
+    let root = std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0);
+    if !root {
+        return None;
+    }
+    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
+    let line = passwd.lines().find(|l| l.starts_with("postgres:"))?;
+    let fields: Vec<&str> = line.split(':').collect();
+    Some((fields.get(2)?.parse().ok()?, fields.get(3)?.parse().ok()?))
 }

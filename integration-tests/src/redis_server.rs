@@ -8,7 +8,9 @@
 use std::{net::SocketAddr, time::Duration};
 
 use redis::aio::MultiplexedConnection;
-use tokio::sync::OnceCell;
+use tokio::{sync::OnceCell, time::Instant};
+
+use crate::support::DEADLINE;
 
 /// The default local server.
 pub const LOCAL_DEFAULT: &str = "redis://127.0.0.1:6379";
@@ -89,14 +91,27 @@ pub async fn url_via(addr: SocketAddr) -> String {
 /// # Panics
 /// If the server cannot be reached.
 pub async fn kill_pubsub_connections(name_part: &str) -> usize {
+    kill(name_part, Some("pubsub")).await
+}
+
+/// Kills the server's connections of any type whose client name contains `name_part`
+/// (e.g. a bus's [publishing connection](event_bus::RedisEventBus::publish_client_name)),
+/// returning how many it killed.
+///
+/// # Panics
+/// If the server cannot be reached.
+pub async fn kill_connections(name_part: &str) -> usize {
+    kill(name_part, None).await
+}
+
+async fn kill(name_part: &str, kind: Option<&str>) -> usize {
     let mut conn = client().await;
-    let list: String = redis::cmd("CLIENT")
-        .arg("LIST")
-        .arg("TYPE")
-        .arg("pubsub")
-        .query_async(&mut conn)
-        .await
-        .expect("CLIENT LIST");
+    let mut list = redis::cmd("CLIENT");
+    list.arg("LIST");
+    if let Some(kind) = kind {
+        list.arg("TYPE").arg(kind);
+    }
+    let list: String = list.query_async(&mut conn).await.expect("CLIENT LIST");
     let mut killed = 0;
     for line in list.lines() {
         let field = |key: &str| {
@@ -116,4 +131,90 @@ pub async fn kill_pubsub_connections(name_part: &str) -> usize {
         }
     }
     killed
+}
+
+/// A private `redis-server` child process on a loopback port, for tests that restart the
+/// server itself. Dropping it kills and reaps the child, so it never outlives a test,
+/// whether the test passes or panics.
+pub struct OwnRedisServer {
+    port: u16,
+    child: Option<std::process::Child>,
+}
+
+impl OwnRedisServer {
+    /// Starts `redis-server` on a free loopback port and waits until it answers.
+    pub async fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .expect("a free loopback port")
+            .port();
+        let mut server = Self { port, child: None };
+        server.spawn().await;
+        server
+    }
+
+    /// Its URL.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts the child on `self.port` (nothing in memory, nothing on disk) and waits
+    /// until that very process answers.
+    pub async fn spawn(&mut self) {
+        assert!(self.child.is_none(), "redis-server already running");
+        let child = std::process::Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
+            .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start redis-server (is it on PATH?)");
+        let pid = child.id();
+        self.child = Some(child);
+        let client = redis::Client::open(self.url()).unwrap();
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().unwrap()) {
+                panic!("redis-server on port {} exited: {status}", self.port);
+            }
+            let info = async {
+                let mut conn = client.get_multiplexed_async_connection().await?;
+                redis::cmd("INFO")
+                    .arg("server")
+                    .query_async::<String>(&mut conn)
+                    .await
+            };
+            // Only our child counts: another process could have taken the port.
+            if let Ok(Ok(info)) = tokio::time::timeout(Duration::from_millis(500), info).await {
+                assert!(
+                    info.lines()
+                        .any(|l| l.trim() == format!("process_id:{pid}")),
+                    "port {} is served by another process",
+                    self.port
+                );
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "redis-server on port {} never answered",
+                self.port
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Kills the child (SIGKILL, no shutdown handshake) and reaps it.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for OwnRedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
 }

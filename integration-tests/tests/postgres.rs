@@ -10,6 +10,8 @@ mod delivery;
 mod faults;
 #[path = "postgres/payloads.rs"]
 mod payloads;
+#[path = "postgres/recovery.rs"]
+mod recovery;
 #[path = "postgres/setup.rs"]
 mod setup;
 #[path = "postgres/wire.rs"]

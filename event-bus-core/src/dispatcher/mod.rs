@@ -413,6 +413,14 @@ impl Dispatcher {
     /// the queues to drain (a handler's own timeout would otherwise cut the wait short);
     /// the workers still drain them.
     pub async fn close(&self) {
+        self.close_by(Instant::now() + self.config().shutdown_timeout())
+            .await;
+    }
+
+    /// Like [`close`](Self::close), with queues draining until `drain_deadline` instead
+    /// of `shutdown_timeout_seconds` from now: a backend that first drained its own
+    /// receive buffer passes the deadline it started with, so `close()` has one.
+    pub async fn close_by(&self, drain_deadline: Instant) {
         if self.shared.closed.swap(true, Ordering::AcqRel) {
             return;
         }
@@ -430,7 +438,6 @@ impl Dispatcher {
             }
         }
         let ctx = &self.shared.ctx;
-        let drain_deadline = Instant::now() + ctx.config.shutdown_timeout();
         for (_, handle) in &mut workers {
             let _ = tokio::time::timeout_at(drain_deadline, handle).await;
         }
