@@ -7,7 +7,8 @@ use serde::Serialize;
 
 use crate::{
     error::Error, event::Event, handler::Handler, metrics::MetricsSnapshot,
-    subscription::Subscription,
+    options::SubscribeOptions, stream::EventStream, subscription::Subscription,
+    transport::Subscriber,
 };
 
 /// A publish/subscribe event bus. Object safe: hold one as `Arc<dyn EventBus>`.
@@ -84,16 +85,18 @@ pub trait EventBus: Send + Sync + 'static {
         Ok(())
     }
 
-    /// Subscribes `handler` to topics matching `pattern`; see [`crate::pattern`].
-    /// Prefer [`EventBusExt::subscribe`], which takes any handler by value.
+    /// Subscribes `subscriber` (a handler or a stream) to topics matching `pattern`
+    /// (see [`crate::pattern`]) with `options`. Applications call the
+    /// [`EventBusExt`] methods, which build the subscriber; backends implement this one.
     ///
     /// # Errors
-    /// [`Error::InvalidPattern`]/[`Error::InvalidTopic`]; [`Error::Closed`];
-    /// [`Error::Connection`] if the server could not be told.
-    async fn subscribe_handler(
+    /// [`Error::InvalidPattern`]/[`Error::InvalidTopic`]; [`Error::Config`] for bad
+    /// options; [`Error::Closed`]; [`Error::Connection`] if the server could not be told.
+    async fn add_subscription(
         &self,
         pattern: &str,
-        handler: Arc<dyn Handler>,
+        options: SubscribeOptions,
+        subscriber: Subscriber,
     ) -> Result<Subscription, Error>;
 
     /// Waits until the bus is quiescent: nothing this bus published, received or
@@ -129,19 +132,81 @@ pub trait EventBus: Send + Sync + 'static {
     async fn close(&self) -> Result<(), Error>;
 }
 
-/// Conveniences for every [`EventBus`], including `dyn EventBus`.
+/// The future of a subscribe call.
+pub type SubscribeFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, Error>> + Send + 'a>>;
+
+/// Subscribing with handlers and streams, for every [`EventBus`] (including
+/// `dyn EventBus`).
 pub trait EventBusExt: EventBus {
     /// Subscribes any [`Handler`] (an `async fn(Event) -> Result<(), E>` or async
-    /// closure) to topics matching `pattern`.
+    /// closure) to topics matching `pattern`, with the bus-wide settings.
     ///
     /// # Errors
-    /// As [`EventBus::subscribe_handler`].
+    /// As [`EventBus::add_subscription`].
     fn subscribe<'a, H: Handler>(
         &'a self,
         pattern: &'a str,
         handler: H,
-    ) -> Pin<Box<dyn Future<Output = Result<Subscription, Error>> + Send + 'a>> {
-        self.subscribe_handler(pattern, Arc::new(handler))
+    ) -> SubscribeFuture<'a, Subscription> {
+        self.subscribe_with(pattern, SubscribeOptions::default(), handler)
+    }
+
+    /// Subscribes `handler` with per-subscription `options` (timeout, queue, retries,
+    /// dead letters, failure policy, consumer group); unset options take the bus-wide
+    /// value.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use event_bus_core::{DeadLetter, Event, EventBus, EventBusExt, RetryPolicy, SubscribeOptions};
+    /// # async fn demo(bus: &dyn EventBus) -> Result<(), event_bus_core::Error> {
+    /// let options = SubscribeOptions::new()
+    ///     .retry(RetryPolicy::exponential(5, Duration::from_millis(50), Duration::from_secs(5)))
+    ///     .dead_letter(DeadLetter::Derived);
+    /// let sub = bus
+    ///     .subscribe_with("payments:*", options, |event: Event| async move {
+    ///         println!("charging {}", event.id);
+    ///         Ok::<(), std::io::Error>(())
+    ///     })
+    ///     .await?;
+    /// # sub.cancel().await; Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// As [`EventBus::add_subscription`].
+    fn subscribe_with<'a, H: Handler>(
+        &'a self,
+        pattern: &'a str,
+        options: SubscribeOptions,
+        handler: H,
+    ) -> SubscribeFuture<'a, Subscription> {
+        self.add_subscription(pattern, options, Subscriber::handler(Arc::new(handler)))
+    }
+
+    /// Subscribes a [`EventStream`] to topics matching `pattern`, with the bus-wide
+    /// queue settings.
+    ///
+    /// # Errors
+    /// As [`EventBus::add_subscription`].
+    fn subscribe_stream<'a>(&'a self, pattern: &'a str) -> SubscribeFuture<'a, EventStream> {
+        self.subscribe_stream_with(pattern, SubscribeOptions::default())
+    }
+
+    /// Subscribes a [`EventStream`] with per-subscription `options` (queue size,
+    /// overflow policy, consumer group; handler settings do not apply to streams).
+    ///
+    /// # Errors
+    /// As [`EventBus::add_subscription`].
+    fn subscribe_stream_with<'a>(
+        &'a self,
+        pattern: &'a str,
+        options: SubscribeOptions,
+    ) -> SubscribeFuture<'a, EventStream> {
+        Box::pin(async move {
+            let subscription = self
+                .add_subscription(pattern, options, Subscriber::stream())
+                .await?;
+            Ok(EventStream::new(subscription))
+        })
     }
 }
 

@@ -4,7 +4,10 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
-use crate::error::Error;
+use crate::{
+    error::Error,
+    options::{DeadLetter, OnMaxFailures, RetryPolicy, validate_group},
+};
 
 /// What a publish does when a matching subscription's queue is full.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -74,6 +77,20 @@ pub struct DispatcherConfig {
     /// the rest. Default: `10.0`.
     #[serde(deserialize_with = "crate::seconds::deserialize")]
     pub shutdown_timeout_seconds: f64,
+    /// Retries of a failed handler call (section `dispatcher.retry`). Default: one
+    /// attempt, no retry.
+    pub retry: RetryPolicy,
+    /// Where events go after their last failed attempt: `"off"`, `"derived"`
+    /// (`dead_letter:<topic>`) or `{"topic": "..."}`. Default: `"off"`.
+    pub dead_letter: DeadLetter,
+    /// What `handler_max_failures` consecutive final failures do: `"remove"`,
+    /// `"pause"` or `"keep"`. Default: `"remove"`.
+    pub on_max_failures: OnMaxFailures,
+    /// How long a paused subscription waits before it resumes. Default: `30.0`.
+    #[serde(deserialize_with = "crate::seconds::deserialize")]
+    pub pause_seconds: f64,
+    /// Consumer group of subscriptions that name none. Default: none.
+    pub group: Option<String>,
 }
 
 impl Default for DispatcherConfig {
@@ -87,6 +104,11 @@ impl Default for DispatcherConfig {
             metrics_log_interval_seconds: 60.0,
             max_concurrent_handlers: 256,
             shutdown_timeout_seconds: 10.0,
+            retry: RetryPolicy::default(),
+            dead_letter: DeadLetter::Off,
+            on_max_failures: OnMaxFailures::Remove,
+            pause_seconds: 30.0,
+            group: None,
         }
     }
 }
@@ -104,6 +126,7 @@ impl DispatcherConfig {
                 self.consumer_error_sleep_seconds,
             ),
             ("shutdown_timeout_seconds", self.shutdown_timeout_seconds),
+            ("pause_seconds", self.pause_seconds),
         ] {
             check_seconds(&format!("dispatcher.{key}"), value, false)?;
         }
@@ -124,7 +147,20 @@ impl DispatcherConfig {
                 ));
             }
         }
+        self.retry.validate("dispatcher.retry")?;
+        self.dead_letter.validate("dispatcher.dead_letter")?;
+        if let Some(group) = &self.group {
+            validate_group(group).map_err(|e| match e {
+                Error::Config { message, .. } => Error::config("dispatcher.group", message),
+                other => other,
+            })?;
+        }
         Ok(())
+    }
+
+    /// `pause_seconds` as a duration.
+    pub fn pause(&self) -> Duration {
+        Duration::from_secs_f64(self.pause_seconds)
     }
 
     /// `handler_timeout_seconds` as a duration.

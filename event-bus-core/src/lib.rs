@@ -7,17 +7,18 @@
 //! and picks a backend from configuration. Backend authors depend on this crate.
 //!
 //! ```
-//! use event_bus_core::{Dispatcher, DispatcherConfig, Event, EventType, Pattern};
+//! use event_bus_core::{Dispatcher, DispatcherConfig, Event, EventType, Pattern, SubscribeOptions, Subscriber};
 //! use std::sync::{Arc, atomic::{AtomicUsize, Ordering}};
 //!
 //! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), event_bus_core::Error> {
 //! let dispatcher = Dispatcher::new(DispatcherConfig::default())?;
 //! let seen = Arc::new(AtomicUsize::new(0));
 //! let counter = seen.clone();
-//! dispatcher.subscribe(Pattern::parse("orders:*")?, Arc::new(move |_event: Event| {
+//! let handler = Subscriber::handler(Arc::new(move |_event: Event| {
 //!     let counter = counter.clone();
 //!     async move { counter.fetch_add(1, Ordering::SeqCst); Ok::<(), std::io::Error>(()) }
-//! }))?;
+//! }));
+//! dispatcher.subscribe(Pattern::parse("orders:*")?, &SubscribeOptions::new(), handler)?;
 //! dispatcher.dispatch(Event::new(EventType::Created, "orders:eu", serde_json::json!({}))).await?;
 //! dispatcher.dispatch(Event::new(EventType::Created, "users:eu", serde_json::json!({}))).await?;
 //! dispatcher.flush().await;
@@ -28,6 +29,8 @@
 
 pub mod bus;
 pub mod config;
+pub mod dead_letter;
+pub mod delivery;
 pub mod dispatcher;
 pub mod envelope;
 pub mod error;
@@ -38,23 +41,31 @@ pub mod handler;
 pub mod log_limit;
 pub mod metrics;
 pub mod namespace;
+pub mod options;
 pub mod pattern;
 pub mod priority;
 pub mod reconnect;
 pub mod seconds;
 pub mod secret;
+pub mod stream;
 pub mod subscription;
 pub mod topic;
+pub mod transport;
 
-pub use bus::{EventBus, EventBusExt, Health};
+pub use bus::{EventBus, EventBusExt, Health, SubscribeFuture};
 pub use config::{DispatcherConfig, OverflowPolicy};
+pub use dead_letter::DeadLetterInfo;
+pub use delivery::Delivery;
 pub use dispatcher::Dispatcher;
 pub use error::{BoxError, Error, PublishOutcome};
 pub use event::{Event, EventData};
 pub use event_type::EventType;
 pub use handler::{Handler, HandlerResult, handler_fn};
 pub use metrics::{Metrics, MetricsSnapshot};
+pub use options::{DeadLetter, OnMaxFailures, RetryPolicy, SubscribeOptions};
 pub use pattern::Pattern;
 pub use priority::Priority;
 pub use secret::Secret;
-pub use subscription::{CancelSubscription, Subscription, SubscriptionId};
+pub use stream::EventStream;
+pub use subscription::{EndReason, Subscription, SubscriptionId, SubscriptionSet};
+pub use transport::{Subscriber, Transport};

@@ -65,6 +65,9 @@ pub(crate) struct HandlerStats {
     failed: AtomicU64,
     timed_out: AtomicU64,
     panicked: AtomicU64,
+    retried: AtomicU64,
+    dead_lettered: AtomicU64,
+    paused: AtomicU64,
     in_flight: AtomicU64,
     latency_buckets: [AtomicU64; LATENCY_BUCKETS_US.len() + 1],
     latency_sum_us: AtomicU64,
@@ -91,6 +94,21 @@ impl HandlerStats {
         self.in_flight.store(u64::from(running), Relaxed);
     }
 
+    /// Counts a retry about to be made. Single writer: the worker.
+    pub(crate) fn record_retry(&self) {
+        bump(&self.retried, 1);
+    }
+
+    /// Counts an event sent to its dead-letter topic. Single writer: the worker.
+    pub(crate) fn record_dead_letter(&self) {
+        bump(&self.dead_lettered, 1);
+    }
+
+    /// Counts a pause after repeated failures. Single writer: the worker.
+    pub(crate) fn record_pause(&self) {
+        bump(&self.paused, 1);
+    }
+
     /// Counts one finished call and its latency. Single writer: the worker.
     pub(crate) fn record(&self, outcome: Outcome, latency: Duration) {
         let counter = match outcome {
@@ -113,6 +131,9 @@ impl HandlerStats {
             (&self.failed, &into.failed),
             (&self.timed_out, &into.timed_out),
             (&self.panicked, &into.panicked),
+            (&self.retried, &into.retried),
+            (&self.dead_lettered, &into.dead_lettered),
+            (&self.paused, &into.paused),
             (&self.latency_sum_us, &into.latency_sum_us),
         ];
         for (from, to) in pairs {
@@ -129,6 +150,9 @@ impl HandlerStats {
         s.failed += load(&self.failed);
         s.timed_out += load(&self.timed_out);
         s.panicked += load(&self.panicked);
+        s.retried += load(&self.retried);
+        s.dead_lettered += load(&self.dead_lettered);
+        s.paused += load(&self.paused);
         s.in_flight += load(&self.in_flight);
         s.latency.sum_us += load(&self.latency_sum_us);
         for (count, bucket) in s.latency.counts.iter_mut().zip(&self.latency_buckets) {
@@ -292,6 +316,12 @@ pub struct MetricsSnapshot {
     pub timed_out: u64,
     /// Handler calls that panicked.
     pub panicked: u64,
+    /// Failed handler calls that were tried again (each retry counts once).
+    pub retried: u64,
+    /// Events sent to a dead-letter topic after their last attempt failed.
+    pub dead_lettered: u64,
+    /// Pauses of subscriptions after repeated failures (`on_max_failures = "pause"`).
+    pub paused: u64,
     /// Received or queued events discarded (overflow policy, full receive buffer,
     /// cancel, close deadline).
     pub dropped: u64,
@@ -353,6 +383,17 @@ impl MetricsSnapshot {
                 "Handler calls cancelled by the timeout.",
             ),
             ("panicked", self.panicked, "Handler calls that panicked."),
+            ("retried", self.retried, "Failed handler calls tried again."),
+            (
+                "dead_lettered",
+                self.dead_lettered,
+                "Events sent to a dead-letter topic.",
+            ),
+            (
+                "paused",
+                self.paused,
+                "Subscription pauses after repeated failures.",
+            ),
             (
                 "dropped",
                 self.dropped,

@@ -29,7 +29,8 @@ impl Limit {
         }
     }
 
-    fn try_enter(&self) -> Option<Slot<'_>> {
+    /// A place, if one is free now.
+    pub(crate) fn try_enter(&self) -> Option<Slot<'_>> {
         self.running
             .fetch_update(SeqCst, SeqCst, |n| (n < self.max).then_some(n + 1))
             .ok()

@@ -1,6 +1,9 @@
 //! One subscription's bounded queue and the signals around it.
 
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::{
+    sync::{Mutex, MutexGuard, PoisonError},
+    task::Waker,
+};
 
 use tokio::sync::Notify;
 
@@ -22,6 +25,17 @@ pub(crate) struct MailboxState {
     pub(crate) status: Status,
     /// The worker holds an event it popped (its handler is running or about to run).
     pub(crate) busy: bool,
+    /// A stream subscription's reader waiting for the queue to become non-empty.
+    pub(crate) reader: Option<Waker>,
+}
+
+impl MailboxState {
+    /// Wakes a waiting stream reader, if any.
+    pub(crate) fn wake_reader(&mut self) {
+        if let Some(reader) = self.reader.take() {
+            reader.wake();
+        }
+    }
 }
 
 /// A subscription's queue. The publisher side pushes under the lock and wakes the
@@ -43,6 +57,7 @@ impl Mailbox {
                 queue: PriorityQueue::default(),
                 status: Status::Open,
                 busy: false,
+                reader: None,
             }),
             ready: Notify::new(),
             space: Notify::new(),
@@ -85,6 +100,7 @@ impl Mailbox {
                 return 0;
             }
             state.status = status;
+            state.wake_reader();
             if status == Status::Cancelled {
                 state.queue.clear()
             } else {

@@ -16,13 +16,38 @@
 //! the event), `drop_oldest` / `drop_lowest_priority` discard one queued event of the
 //! full queue. Every discarded event is counted in `dropped`.
 //!
-//! # Failures
+//! Each subscription may override the queue size, the overflow policy and the handler
+//! settings ([`SubscribeOptions`]). When one event goes to several full queues with
+//! different policies, `reject` wins over `block`, which wins over the drop policies.
 //!
-//! A handler call that returns `Err`, panics, or runs past
-//! `dispatcher.handler_timeout_seconds` (it is then cancelled) is a failure. After
-//! `dispatcher.handler_max_failures` consecutive failures the subscription is cancelled
-//! automatically and an error is logged with its id and pattern; a success resets the
-//! count. A panic never reaches the worker or the publisher.
+//! # Failures and retries
+//!
+//! A handler call that returns `Err`, panics, or runs past its timeout (it is then
+//! cancelled) is a failed attempt. Under the subscription's [`RetryPolicy`] the same event
+//! (same id) is tried again after a backoff; [`Delivery::current`] tells the handler
+//! which attempt it is running. Retries happen **in place**: the subscription's later
+//! events wait until the event being retried succeeds or runs out of attempts, so
+//! per-subscription order is kept; the concurrency slot is given back during the
+//! backoff, so a retry never holds up other subscriptions.
+//!
+//! After the last attempt the event goes to the subscription's dead-letter topic
+//! ([`DeadLetter`], see [`crate::dead_letter`]) or, without one, is given up (counted as
+//! failed). Such *final* failures count toward `handler_max_failures`; that many in a
+//! row remove the subscription (logged with its id and pattern), pause it, or are only
+//! counted, as [`OnMaxFailures`] says. A success resets the count. A panic never reaches
+//! the worker or the publisher.
+//!
+//! # Consumer groups
+//!
+//! Subscriptions of one dispatcher with the same group name share the events: each event
+//! goes to one of the group's matching members, taking turns (round robin).
+//!
+//! # Lifecycle
+//!
+//! Every subscription ends through one path, whatever ends it (cancel, automatic
+//! removal, dropping a stream or a [`SubscriptionSet`](crate::SubscriptionSet), close):
+//! it leaves the index, its queue is discarded and counted, its [`EndReason`] is set, and
+//! the backend's [`Transport`] releases the server side.
 //!
 //! # Closing
 //!
@@ -32,9 +57,11 @@
 
 mod hasher;
 mod limit;
-mod mailbox;
+pub(crate) mod mailbox;
+#[cfg(test)]
+mod model_tests;
 mod queue;
-mod registry;
+pub(crate) mod registry;
 #[cfg(test)]
 mod tests;
 mod worker;
@@ -42,14 +69,17 @@ mod worker;
 use std::{
     future::Future,
     sync::{
-        Arc, RwLock, RwLockReadGuard, RwLockWriteGuard,
+        Arc, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::Duration,
 };
 
-use async_trait::async_trait;
-use tokio::{task::JoinHandle, time::Instant};
+use tokio::{
+    sync::{mpsc, watch},
+    task::JoinHandle,
+    time::Instant,
+};
 
 use self::{
     mailbox::{Mailbox, MailboxState, Status},
@@ -57,17 +87,20 @@ use self::{
 };
 use crate::{
     config::{DispatcherConfig, OverflowPolicy},
+    dead_letter,
     error::Error,
     event::Event,
-    handler::Handler,
     metrics::Metrics,
+    options::SubscribeOptions,
     pattern::Pattern,
-    subscription::{CancelSubscription, SubscriptionId},
+    subscription::{EndReason, Subscription, SubscriptionId},
+    transport::{Subscriber, SubscriberKind, Transport},
 };
-
-/// Called with the id and pattern of a subscription the dispatcher removed by itself
-/// (after too many failures), so a network backend can drop its server subscription.
-pub type RemovalHook = Box<dyn Fn(SubscriptionId, &Pattern) + Send + Sync>;
+#[allow(unused_imports)] // linked from the module docs
+use crate::{
+    delivery::Delivery,
+    options::{DeadLetter, OnMaxFailures, RetryPolicy},
+};
 
 /// Delivers events to local subscriptions; see the [module docs](self).
 ///
@@ -81,8 +114,6 @@ pub struct Dispatcher {
 /// State the workers need on every event.
 struct Ctx {
     config: DispatcherConfig,
-    /// `config.handler_timeout()`, computed once.
-    handler_timeout: Duration,
     metrics: Arc<Metrics>,
     concurrency: limit::Limit,
 }
@@ -92,7 +123,12 @@ struct Shared {
     registry: RwLock<Registry>,
     closed: AtomicBool,
     next_seq: AtomicU64,
-    on_removed: Option<RemovalHook>,
+    /// The backend's server side, once attached.
+    transport: OnceLock<Weak<dyn Transport>>,
+    /// Subscriptions whose server side is to be released by the releaser task (from
+    /// paths that cannot wait: drop, automatic removal).
+    releases: mpsc::UnboundedSender<SubscriptionId>,
+    pending_releases: std::sync::Mutex<Option<mpsc::UnboundedReceiver<SubscriptionId>>>,
     metrics_task: std::sync::Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -110,35 +146,36 @@ impl Dispatcher {
     /// # Errors
     /// [`Error::Config`] naming the bad key.
     pub fn new(config: DispatcherConfig) -> Result<Self, Error> {
-        Self::with_removal_hook(config, None)
-    }
-
-    /// Like [`new`](Self::new), with a hook called when the dispatcher cancels a
-    /// subscription by itself (too many consecutive failures).
-    ///
-    /// # Errors
-    /// [`Error::Config`] naming the bad key.
-    pub fn with_removal_hook(
-        config: DispatcherConfig,
-        on_removed: Option<RemovalHook>,
-    ) -> Result<Self, Error> {
         config.validate()?;
         let ctx = Ctx {
-            handler_timeout: config.handler_timeout(),
             concurrency: limit::Limit::new(config.max_concurrent_handlers),
             config,
             metrics: Arc::new(Metrics::default()),
         };
+        let (releases, pending_releases) = mpsc::unbounded_channel();
         Ok(Self {
             shared: Arc::new(Shared {
                 ctx: Arc::new(ctx),
                 registry: RwLock::new(Registry::default()),
                 closed: AtomicBool::new(false),
                 next_seq: AtomicU64::new(0),
-                on_removed,
+                transport: OnceLock::new(),
+                releases,
+                pending_releases: std::sync::Mutex::new(Some(pending_releases)),
                 metrics_task: std::sync::Mutex::new(None),
             }),
         })
+    }
+
+    /// Attaches the backend's server side: dead letters are published through it and
+    /// ended subscriptions released on it. The dispatcher keeps a weak reference, so
+    /// the backend may own the dispatcher. Only the first call has an effect.
+    pub fn set_transport(&self, transport: Weak<dyn Transport>) {
+        let _ = self.shared.transport.set(transport);
+    }
+
+    fn transport(&self) -> Option<Arc<dyn Transport>> {
+        self.shared.transport()
     }
 
     /// The configuration in use.
@@ -157,16 +194,18 @@ impl Dispatcher {
         self.shared.closed.load(Ordering::Acquire)
     }
 
-    /// Starts the periodic metrics log line (`dispatcher.metrics_log_interval_seconds`) if it
-    /// is enabled and not yet running. Called by backends on connect and first use;
-    /// does nothing outside a Tokio runtime.
+    /// Starts the background tasks: the releaser of ended subscriptions' server side,
+    /// and the periodic metrics log line (`dispatcher.metrics_log_interval_seconds`) if
+    /// it is enabled. Idempotent. Called by backends on connect and first use; does
+    /// nothing outside a Tokio runtime.
     pub fn start(&self) {
-        let Some(period) = self.config().metrics_log_interval() else {
-            return;
-        };
         if tokio::runtime::Handle::try_current().is_err() {
             return;
         }
+        self.start_releaser();
+        let Some(period) = self.config().metrics_log_interval() else {
+            return;
+        };
         let mut task = lock(&self.shared.metrics_task);
         if task.is_some() || self.is_closed() {
             return;
@@ -194,27 +233,57 @@ impl Dispatcher {
         }));
     }
 
-    /// Adds a subscription and starts its worker. Must be called inside a Tokio runtime.
+    /// Starts the task that releases the server side of subscriptions ended where
+    /// nobody can wait (drop, automatic removal). Runs until the dispatcher is dropped.
+    fn start_releaser(&self) {
+        let Some(transport) = self.shared.transport.get().cloned() else {
+            return;
+        };
+        let Some(mut pending) = lock(&self.shared.pending_releases).take() else {
+            return;
+        };
+        tokio::spawn(async move {
+            while let Some(id) = pending.recv().await {
+                let Some(transport) = transport.upgrade() else {
+                    return;
+                };
+                transport.release(id).await;
+            }
+        });
+    }
+
+    /// Adds a subscription with `options` over the bus-wide settings and, for a handler,
+    /// starts its worker. Must be called inside a Tokio runtime. Network backends call
+    /// this once the server side is live.
     ///
     /// # Errors
-    /// [`Error::Closed`] after close.
+    /// [`Error::Config`] for bad options; [`Error::Closed`] after close.
     pub fn subscribe(
         &self,
         pattern: Pattern,
-        handler: Arc<dyn Handler>,
-    ) -> Result<SubscriptionId, Error> {
+        options: &SubscribeOptions,
+        subscriber: Subscriber,
+    ) -> Result<Subscription, Error> {
+        let mut options = options.resolve(self.config())?;
+        if subscriber.is_stream() {
+            options.handler_timeout = None;
+        }
         self.start();
+        let group = options.group.as_deref().map(Arc::from);
+        let max_attempts = options.retry.max_attempts;
         let entry = Arc::new(SubEntry {
             id: SubscriptionId::new(),
             seq: self.shared.next_seq.fetch_add(1, Ordering::Relaxed),
             pattern,
-            handler,
+            kind: subscriber.0,
+            options,
+            group,
             mailbox: Mailbox::new(),
             cancelled: AtomicBool::new(false),
+            ended: watch::Sender::new(None),
             worker: std::sync::Mutex::new(None),
             stats: Default::default(),
         });
-        let id = entry.id;
         {
             let mut registry = self.shared.write();
             // Checked under the lock so that close() cannot miss this entry.
@@ -225,13 +294,17 @@ impl Dispatcher {
         }
         self.metrics().add_subscriptions(1);
         self.metrics().attach(entry.seq, entry.clone());
-        worker::spawn(
-            &entry,
-            self.shared.ctx.clone(),
-            Arc::downgrade(&self.shared),
-        );
-        tracing::debug!(sub = %id, "subscribed");
-        Ok(id)
+        if let SubscriberKind::Handler(handler) = &entry.kind {
+            worker::spawn(
+                &entry,
+                handler.clone(),
+                max_attempts,
+                self.shared.ctx.clone(),
+                Arc::downgrade(&self.shared),
+            );
+        }
+        tracing::debug!(sub = %entry.id, pattern = entry.pattern.as_str(), "subscribed");
+        Ok(Subscription::new(entry, self.clone()))
     }
 
     /// Whether subscription `id` is live.
@@ -249,22 +322,27 @@ impl Dispatcher {
             .collect()
     }
 
-    /// Cancels subscription `id`: removes it, discards its queued events (counted as
-    /// dropped) and waits until its handler is not running. Returns `false` if it was not
-    /// live. Called from the subscription's own handler, it does not wait for itself.
-    pub async fn unsubscribe(&self, id: SubscriptionId) -> bool {
-        let Some(entry) = self.shared.write().remove(id) else {
-            return false;
-        };
-        self.metrics().add_subscriptions(-1);
-        self.shared.ctx.cancel_entry(&entry);
-        if worker::current_subscription() != Some(id) {
+    /// Ends a subscription: cancel (awaited), see [`Subscription::cancel`].
+    pub(crate) async fn cancel(&self, entry: &Arc<SubEntry>) {
+        let removed = self.shared.end(entry, EndReason::Cancelled);
+        if worker::current_subscription() != Some(entry.id) {
             if let Some(handle) = entry.take_worker() {
                 let _ = handle.await;
             }
         }
-        tracing::debug!(sub = %id, pattern = entry.pattern.as_str(), "unsubscribed");
-        true
+        if removed {
+            if let Some(transport) = self.transport() {
+                transport.release(entry.id).await;
+            }
+        }
+    }
+
+    /// Ends a subscription without waiting (drop paths): never blocks or needs a
+    /// runtime; the server side is released by the releaser task.
+    pub(crate) fn cancel_now(&self, entry: &SubEntry, reason: EndReason) {
+        if self.shared.end(entry, reason) {
+            self.shared.release_soon(entry.id);
+        }
     }
 
     /// Dispatches `event` to every matching subscription. Does not wait for handlers.
@@ -290,6 +368,9 @@ impl Dispatcher {
         let targets = if self.is_closed() {
             None
         } else {
+            // A subscription never receives its own dead letters.
+            let origin = dead_letter::origin(&event);
+            let filter = |e: &SubEntry| Some(e.id) != origin && filter(&e.pattern);
             Some(self.shared.read().matching(&event.topic, filter))
         };
         async move {
@@ -319,11 +400,11 @@ impl Dispatcher {
                     });
                 }
                 Enqueue::WaitFor(i) => {
-                    let mailbox = &targets[i].mailbox;
-                    let space = mailbox.space.notified();
+                    let target = &targets[i];
+                    let space = target.mailbox.space.notified();
                     tokio::pin!(space);
                     space.as_mut().enable();
-                    if mailbox.lock().queue.len() < self.config().queue_maxsize {
+                    if target.mailbox.lock().queue.len() < target.options.queue_maxsize {
                         continue;
                     }
                     space.await;
@@ -349,14 +430,21 @@ impl Dispatcher {
         event: &Event,
     ) -> Enqueue {
         let ctx = &self.shared.ctx;
-        let capacity = ctx.config.queue_maxsize;
-        let is_full = |g: &MailboxState| g.status == Status::Open && g.queue.len() >= capacity;
-        if let Some(i) = guards.iter().position(|g| is_full(g)) {
-            match ctx.config.overflow {
-                OverflowPolicy::Block => return Enqueue::WaitFor(i),
-                OverflowPolicy::Reject => return Enqueue::Rejected,
-                OverflowPolicy::DropOldest | OverflowPolicy::DropLowestPriority => {}
+        let is_full = |g: &MailboxState, t: &SubEntry| {
+            g.status == Status::Open && g.queue.len() >= t.options.queue_maxsize
+        };
+        let mut wait_for = None;
+        for (i, (guard, target)) in guards.iter().zip(targets).enumerate() {
+            if is_full(guard, target) {
+                match target.options.overflow {
+                    OverflowPolicy::Reject => return Enqueue::Rejected,
+                    OverflowPolicy::Block => wait_for = wait_for.or(Some(i)),
+                    OverflowPolicy::DropOldest | OverflowPolicy::DropLowestPriority => {}
+                }
             }
+        }
+        if let Some(i) = wait_for {
+            return Enqueue::WaitFor(i);
         }
         let now = Instant::now();
         for (guard, target) in guards.iter_mut().zip(targets) {
@@ -370,8 +458,8 @@ impl Dispatcher {
                 // Raced with cancel(): that subscription no longer wants it.
                 Status::Cancelled => continue,
             }
-            if is_full(guard) {
-                let victim = match ctx.config.overflow {
+            if is_full(guard, target) {
+                let victim = match target.options.overflow {
                     OverflowPolicy::DropLowestPriority
                         if guard.queue.least_urgent() <= Some(event.priority) =>
                     {
@@ -390,18 +478,25 @@ impl Dispatcher {
             // A worker only parks on an empty queue. Waking one that is busy leaves a
             // permit behind, which costs it one extra look at its queue.
             if was_empty {
-                target.mailbox.ready.notify_one();
+                match target.kind {
+                    SubscriberKind::Handler(_) => target.mailbox.ready.notify_one(),
+                    SubscriberKind::Stream => guard.wake_reader(),
+                }
             }
         }
         Enqueue::Accepted
     }
 
-    /// Waits until every dispatched event has been handled or discarded. Must not be
-    /// called from a handler.
+    /// Waits until every dispatched event has been handled (including its retries and
+    /// dead letter) or discarded. Events queued for a stream subscription count as
+    /// handled: they wait for the reader. Must not be called from a handler.
     pub async fn flush(&self) {
         loop {
             let entries: Vec<Arc<SubEntry>> = self.shared.read().entries().cloned().collect();
-            let Some(busy) = entries.iter().find(|e| !e.mailbox.is_idle()) else {
+            let busy = entries
+                .iter()
+                .find(|e| matches!(e.kind, SubscriberKind::Handler(_)) && !e.mailbox.is_idle());
+            let Some(busy) = busy else {
                 return;
             };
             busy.mailbox.wait_idle().await;
@@ -449,12 +544,16 @@ impl Dispatcher {
             );
         }
         for (entry, _) in &workers {
-            ctx.cancel_entry(entry);
+            ctx.cancel_entry(entry, EndReason::Closed);
         }
-        // Running calls end by themselves within the handler timeout; the margin covers
-        // a worker that was waiting for a concurrency slot.
-        let stop_deadline =
-            Instant::now() + ctx.config.handler_timeout() + Duration::from_millis(100);
+        // Running calls end by themselves within their timeout; the margin covers a
+        // worker that was waiting for a concurrency slot.
+        let longest = workers
+            .iter()
+            .filter_map(|(e, _)| e.options.handler_timeout)
+            .max()
+            .unwrap_or_default();
+        let stop_deadline = Instant::now() + longest + Duration::from_millis(100);
         for (_, handle) in &mut workers {
             if tokio::time::timeout_at(stop_deadline, &mut *handle)
                 .await
@@ -463,18 +562,23 @@ impl Dispatcher {
                 handle.abort();
             }
         }
+        // Streams keep what is queued for their reader; every subscription has ended.
+        for entry in &entries {
+            entry.end(EndReason::Closed);
+        }
         tracing::debug!("dispatcher closed");
     }
 }
 
 impl Ctx {
-    /// Marks `entry` cancelled and discards its queue.
-    fn cancel_entry(&self, entry: &SubEntry) {
+    /// Marks `entry` cancelled, discards (and counts) its queue, and records why.
+    fn cancel_entry(&self, entry: &SubEntry, reason: EndReason) {
         entry.cancelled.store(true, Ordering::Release);
         let discarded = entry.mailbox.set_status(Status::Cancelled);
         if discarded > 0 {
             self.metrics.add_dropped(discarded as u64);
         }
+        entry.end(reason);
     }
 
     /// Counts and logs one discarded event.
@@ -497,24 +601,44 @@ impl Shared {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Called by a worker whose handler failed `failures` times in a row.
-    fn auto_unsubscribe(&self, entry: &SubEntry, failures: u32) {
-        if self.write().remove(entry.id).is_none() {
+    fn transport(&self) -> Option<Arc<dyn Transport>> {
+        self.transport.get().and_then(Weak::upgrade)
+    }
+
+    /// The one way a subscription ends (except close, which ends them all): leaves the
+    /// index, stops delivery, discards and counts its queue, records `reason`. Returns
+    /// whether it was live (and so needs its server side released).
+    fn end(&self, entry: &SubEntry, reason: EndReason) -> bool {
+        let removed = self.write().remove(entry.id).is_some();
+        if removed {
+            self.ctx.metrics.add_subscriptions(-1);
+            tracing::debug!(sub = %entry.id, pattern = entry.pattern.as_str(), %reason, "unsubscribed");
+        }
+        self.ctx.cancel_entry(entry, reason);
+        removed
+    }
+
+    /// Hands the server-side release of `id` to the releaser task.
+    fn release_soon(&self, id: SubscriptionId) {
+        if self.transport.get().is_some() {
+            // Fails only once the releaser is gone with the runtime: nothing to release then.
+            let _ = self.releases.send(id);
+        }
+    }
+
+    /// Called by a worker whose handler failed finally `failures` times in a row.
+    fn remove_failing(&self, entry: &SubEntry, failures: u32) {
+        if !self.end(entry, EndReason::Removed { failures }) {
             return; // cancelled concurrently
         }
-        let metrics = &self.ctx.metrics;
-        metrics.add_subscriptions(-1);
-        metrics.add_auto_unsubscribed(1);
-        self.ctx.cancel_entry(entry);
+        self.ctx.metrics.add_auto_unsubscribed(1);
         tracing::error!(
             sub = %entry.id,
             pattern = entry.pattern.as_str(),
             failures,
             "handler failed too many times in a row: unsubscribed automatically"
         );
-        if let Some(hook) = &self.on_removed {
-            hook(entry.id, &entry.pattern);
-        }
+        self.release_soon(entry.id);
     }
 }
 
@@ -530,17 +654,6 @@ impl Drop for Shared {
         if let Some(task) = lock(&self.metrics_task).take() {
             task.abort();
         }
-    }
-}
-
-#[async_trait]
-impl CancelSubscription for Dispatcher {
-    async fn cancel_subscription(&self, id: SubscriptionId) {
-        self.unsubscribe(id).await;
-    }
-
-    fn is_subscribed(&self, id: SubscriptionId) -> bool {
-        Dispatcher::is_subscribed(self, id)
     }
 }
 

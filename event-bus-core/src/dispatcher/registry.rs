@@ -4,18 +4,19 @@ use std::{
     collections::{BTreeMap, HashMap},
     sync::{
         Arc, Mutex,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicUsize, Ordering},
     },
 };
 
-use tokio::task::JoinHandle;
+use tokio::{sync::watch, task::JoinHandle};
 
 use super::{hasher::FnvBuild, mailbox::Mailbox};
 use crate::{
-    handler::Handler,
     metrics::{HandlerStats, StatsSource},
+    options::Resolved,
     pattern::Pattern,
-    subscription::SubscriptionId,
+    subscription::{EndReason, SubscriptionId},
+    transport::SubscriberKind,
 };
 
 /// One live subscription.
@@ -24,13 +25,19 @@ pub(crate) struct SubEntry {
     /// Creation order; publishers lock several mailboxes in this order.
     pub(crate) seq: u64,
     pub(crate) pattern: Pattern,
-    pub(crate) handler: Arc<dyn Handler>,
+    /// A handler (called by a worker task) or a stream (read by the application).
+    pub(crate) kind: SubscriberKind,
+    pub(crate) options: Resolved,
+    pub(crate) group: Option<Arc<str>>,
     pub(crate) mailbox: Mailbox,
     /// Set once the subscription is cancelled (by the user, the failure limit or close
     /// after its deadline); the worker checks it before each handler call.
     pub(crate) cancelled: AtomicBool,
+    /// Why the subscription ended, once it has; watched by `Subscription::ended` and by
+    /// a worker waiting for a concurrency slot or a retry.
+    pub(crate) ended: watch::Sender<Option<EndReason>>,
     pub(crate) worker: Mutex<Option<JoinHandle<()>>>,
-    /// Handler outcomes, written by the worker only.
+    /// Handler outcomes, written by the worker (or the stream reader) only.
     pub(crate) stats: HandlerStats,
 }
 
@@ -49,6 +56,25 @@ impl SubEntry {
         self.cancelled.load(Ordering::Acquire)
     }
 
+    /// Records why the subscription ended (the first reason wins) and wakes whoever
+    /// waits on it.
+    pub(crate) fn end(&self, reason: EndReason) {
+        self.ended.send_if_modified(|slot| {
+            if slot.is_some() {
+                return false;
+            }
+            *slot = Some(reason);
+            true
+        });
+    }
+
+    /// Waits until the subscription has ended.
+    pub(crate) async fn wait_ended(&self) {
+        let mut ended = self.ended.subscribe();
+        // The sender lives in `self`, so the channel cannot close while we wait.
+        let _ = ended.wait_for(Option::is_some).await;
+    }
+
     pub(crate) fn take_worker(&self) -> Option<JoinHandle<()>> {
         self.worker
             .lock()
@@ -61,6 +87,9 @@ impl SubEntry {
 /// grouped by their literal prefix (the text before the first wildcard); an event
 /// checks only the groups whose prefix starts its topic, one hash lookup per distinct
 /// prefix length in use.
+///
+/// Members of a consumer group are matched like any subscription; then each group
+/// keeps one of its matching members, in turn (round robin).
 #[derive(Default)]
 pub(crate) struct Registry {
     by_id: HashMap<SubscriptionId, Arc<SubEntry>>,
@@ -68,6 +97,8 @@ pub(crate) struct Registry {
     by_prefix: HashMap<String, Vec<Arc<SubEntry>>, FnvBuild>,
     /// Distinct prefix length -> number of `by_prefix` keys of that length.
     prefix_lens: BTreeMap<usize, usize>,
+    /// Consumer group -> (live members, turn counter).
+    groups: HashMap<Arc<str>, (usize, AtomicUsize)>,
 }
 
 impl Registry {
@@ -81,6 +112,12 @@ impl Registry {
 
     pub(crate) fn insert(&mut self, entry: Arc<SubEntry>) {
         self.by_id.insert(entry.id, entry.clone());
+        if let Some(group) = &entry.group {
+            self.groups
+                .entry(group.clone())
+                .or_insert_with(|| (0, AtomicUsize::new(0)))
+                .0 += 1;
+        }
         match entry.pattern.literal() {
             Some(topic) => self.exact.entry(topic.to_owned()).or_default().push(entry),
             None => {
@@ -97,6 +134,14 @@ impl Registry {
 
     pub(crate) fn remove(&mut self, id: SubscriptionId) -> Option<Arc<SubEntry>> {
         let entry = self.by_id.remove(&id)?;
+        if let Some(group) = &entry.group {
+            if let Some((members, _)) = self.groups.get_mut(group) {
+                *members -= 1;
+                if *members == 0 {
+                    self.groups.remove(group);
+                }
+            }
+        }
         let (map, key, is_prefix) = match entry.pattern.literal() {
             Some(topic) => (&mut self.exact, topic.to_owned(), false),
             None => (&mut self.by_prefix, entry.pattern.literal_prefix(), true),
@@ -123,14 +168,15 @@ impl Registry {
         self.exact.clear();
         self.by_prefix.clear();
         self.prefix_lens.clear();
+        self.groups.clear();
         self.by_id.drain().map(|(_, e)| e).collect()
     }
 
     /// Subscriptions whose pattern matches `topic` and passes `filter`, in creation order.
-    pub(crate) fn matching(&self, topic: &str, filter: impl Fn(&Pattern) -> bool) -> Targets {
+    pub(crate) fn matching(&self, topic: &str, filter: impl Fn(&SubEntry) -> bool) -> Targets {
         let mut out = Targets::default();
         if let Some(group) = self.exact.get(topic) {
-            out.extend(group.iter().filter(|e| filter(&e.pattern)).cloned());
+            out.extend(group.iter().filter(|e| filter(e)).cloned());
         }
         for &len in self.prefix_lens.keys() {
             if len > topic.len() {
@@ -143,10 +189,40 @@ impl Registry {
                 out.extend(
                     group
                         .iter()
-                        .filter(|e| filter(&e.pattern) && e.pattern.matches(topic))
+                        .filter(|e| filter(e) && e.pattern.matches(topic))
                         .cloned(),
                 );
             }
+        }
+        if let Targets::Many(many) = &mut out {
+            many.sort_unstable_by_key(|e| e.seq);
+        }
+        if !self.groups.is_empty() {
+            out = self.one_per_group(out);
+        }
+        out
+    }
+
+    /// Keeps every target outside a group, and one member of each group, taking turns.
+    fn one_per_group(&self, targets: Targets) -> Targets {
+        let mut out = Targets::default();
+        let mut members: Vec<Arc<SubEntry>> = Vec::new();
+        for entry in targets.into_vec() {
+            match &entry.group {
+                None => out.extend([entry]),
+                Some(_) => members.push(entry),
+            }
+        }
+        while let Some(first) = members.first() {
+            let group = first.group.clone();
+            let (same, rest): (Vec<_>, Vec<_>) =
+                members.into_iter().partition(|e| e.group == group);
+            members = rest;
+            let turn = group
+                .as_ref()
+                .and_then(|g| self.groups.get(g))
+                .map_or(0, |(_, turn)| turn.fetch_add(1, Ordering::Relaxed));
+            out.extend([same[turn % same.len()].clone()]);
         }
         if let Targets::Many(many) = &mut out {
             many.sort_unstable_by_key(|e| e.seq);
@@ -166,6 +242,14 @@ pub(crate) enum Targets {
 }
 
 impl Targets {
+    fn into_vec(self) -> Vec<Arc<SubEntry>> {
+        match self {
+            Self::None => Vec::new(),
+            Self::One(one) => vec![one],
+            Self::Many(many) => many,
+        }
+    }
+
     pub(crate) fn as_slice(&self) -> &[Arc<SubEntry>] {
         match self {
             Self::None => &[],

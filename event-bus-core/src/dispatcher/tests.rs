@@ -10,8 +10,29 @@ use tokio::sync::Semaphore;
 
 use super::Dispatcher;
 use crate::{
-    DispatcherConfig, Error, Event, EventType, OverflowPolicy, Pattern, Priority, handler::Handler,
+    DispatcherConfig, Error, Event, EventType, OverflowPolicy, Pattern, Priority, SubscribeOptions,
+    Subscriber, Subscription, handler::Handler,
 };
+
+/// Subscribes `handler` to `pattern` with `options`.
+pub(super) fn sub_with(
+    d: &Dispatcher,
+    pattern: &str,
+    options: SubscribeOptions,
+    handler: Arc<dyn Handler>,
+) -> Subscription {
+    d.subscribe(
+        Pattern::parse(pattern).unwrap(),
+        &options,
+        Subscriber::handler(handler),
+    )
+    .unwrap()
+}
+
+/// Subscribes `handler` to `pattern` with the dispatcher's settings.
+pub(super) fn sub(d: &Dispatcher, pattern: &str, handler: Arc<dyn Handler>) -> Subscription {
+    sub_with(d, pattern, SubscribeOptions::new(), handler)
+}
 
 fn ev(n: u64, p: Priority) -> Event {
     Event::new(EventType::Created, "t", serde_json::json!(n)).with_priority(p)
@@ -50,7 +71,7 @@ fn gated() -> (Arc<dyn Handler>, Arc<Semaphore>, Seen) {
 /// Fills a queue of 2 behind a busy handler: event 0 runs, 1 and 2 wait.
 async fn fill(d: &Dispatcher) -> (Arc<Semaphore>, Seen) {
     let (handler, gate, seen) = gated();
-    d.subscribe(Pattern::parse("t").unwrap(), handler).unwrap();
+    sub(d, "t", handler);
     d.dispatch(ev(0, Priority::NORMAL)).await.unwrap();
     while d.metrics().snapshot().in_flight == 0 {
         tokio::task::yield_now().await;
@@ -118,8 +139,8 @@ async fn block_waits_for_room() {
 async fn close_deadline_counts_what_it_discards() {
     let d = dispatcher(10, OverflowPolicy::Block);
     let (_gate, seen) = fill(&d).await;
-    // Never released: the running call ends by its 5 s timeout? No: close cancels queued
-    // events at the 0.2 s deadline, then waits for the running call up to its timeout.
+    // Never released: close cancels the queued events at the 0.2 s deadline, then waits
+    // for the running call up to its timeout.
     let started = tokio::time::Instant::now();
     tokio::time::pause();
     d.close().await;
@@ -141,8 +162,9 @@ async fn flush_waits_for_every_handler() {
     let d = dispatcher(1000, OverflowPolicy::Block);
     let count = Arc::new(AtomicUsize::new(0));
     let c = count.clone();
-    d.subscribe(
-        Pattern::parse("*").unwrap(),
+    sub(
+        &d,
+        "*",
         Arc::new(move |_e: Event| {
             let c = c.clone();
             async move {
@@ -151,8 +173,7 @@ async fn flush_waits_for_every_handler() {
                 Ok::<(), std::io::Error>(())
             }
         }),
-    )
-    .unwrap();
+    );
     for i in 0..500 {
         d.dispatch(ev(i, Priority::NORMAL)).await.unwrap();
     }
@@ -195,7 +216,7 @@ async fn handler_concurrency_is_bounded() {
                 Ok::<(), std::io::Error>(())
             }
         });
-        d.subscribe(Pattern::parse("*").unwrap(), handler).unwrap();
+        sub(&d, "*", handler);
     }
     for i in 0..4 {
         d.dispatch(ev(i, Priority::NORMAL)).await.unwrap();
