@@ -323,4 +323,31 @@ mod tests {
         assert_eq!(c.overflow, OverflowPolicy::DropLowestPriority);
         assert_eq!(c.queue_maxsize, 5);
     }
+
+    #[test]
+    fn subscription_defaults_parse_from_toml() {
+        // The example of docs/configuration.md.
+        let c: DispatcherConfig = from_toml_str(
+            "handler_timeout_seconds = \"2s\"\ndead_letter = \"derived\"\n\
+             on_max_failures = \"pause\"\npause_seconds = 60\n\
+             [retry]\nmax_attempts = 5\ninitial_backoff_seconds = \"100ms\"\nmax_backoff_seconds = 10\n",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.retry.max_attempts, 5);
+        assert_eq!(c.retry.initial_backoff_seconds, 0.1);
+        assert_eq!(c.dead_letter, DeadLetter::Derived);
+        assert_eq!(c.on_max_failures, OnMaxFailures::Pause);
+        let c: DispatcherConfig =
+            from_json_str(r#"{"dead_letter": {"topic": "failed"}, "group": "g"}"#).unwrap();
+        assert_eq!(c.dead_letter, DeadLetter::Topic("failed".into()));
+        let err = from_json_str::<DispatcherConfig>(r#"{"retry": {"max_attempts": 0}}"#)
+            .unwrap()
+            .validate()
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("dispatcher.retry.max_attempts"),
+            "{err}"
+        );
+    }
 }

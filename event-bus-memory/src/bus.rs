@@ -1,11 +1,9 @@
 //! The in-process event bus.
 
-use std::sync::Arc;
-
 use async_trait::async_trait;
 use event_bus_core::{
-    Dispatcher, Error, Event, EventBus, Handler, Health, MetricsSnapshot, Pattern, Subscription,
-    flush::until_quiescent, topic::validate_topic,
+    Dispatcher, Error, Event, EventBus, Health, MetricsSnapshot, Pattern, SubscribeOptions,
+    Subscriber, Subscription, flush::until_quiescent, topic::validate_topic,
 };
 
 use crate::config::MemoryConfig;
@@ -63,18 +61,14 @@ impl EventBus for MemoryEventBus {
         Ok(())
     }
 
-    async fn subscribe_handler(
+    async fn add_subscription(
         &self,
         pattern: &str,
-        handler: Arc<dyn Handler>,
+        options: SubscribeOptions,
+        subscriber: Subscriber,
     ) -> Result<Subscription, Error> {
         let pattern = Pattern::parse(pattern)?;
-        let id = self.dispatcher.subscribe(pattern.clone(), handler)?;
-        Ok(Subscription::new(
-            id,
-            pattern,
-            Arc::new(self.dispatcher.clone()),
-        ))
+        self.dispatcher.subscribe(pattern, &options, subscriber)
     }
 
     /// Waits until the bus is quiescent (see [`event_bus_core::flush`]); nothing is on

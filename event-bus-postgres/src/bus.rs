@@ -7,8 +7,8 @@ use std::sync::{
 
 use async_trait::async_trait;
 use event_bus_core::{
-    CancelSubscription, Dispatcher, Error, Event, EventBus, Handler, Health, MetricsSnapshot,
-    Pattern, Subscription, SubscriptionId, dispatcher::RemovalHook, flush::until_quiescent,
+    Dispatcher, Error, Event, EventBus, Health, MetricsSnapshot, Pattern, SubscribeOptions,
+    Subscriber, Subscription, SubscriptionId, Transport, flush::until_quiescent,
 };
 use tokio_postgres::GenericClient;
 
@@ -66,21 +66,28 @@ impl PostgresEventBus {
             shown,
         )?);
         let listener = Arc::new(Listener::new(connector.clone(), channels.clone()));
-        let hook_target = Arc::downgrade(&listener);
-        let hook: RemovalHook = Box::new(move |id, _pattern| release_later(&hook_target, id));
-        let dispatcher = Dispatcher::with_removal_hook(config.dispatcher.clone(), Some(hook))?;
+        let dispatcher = Dispatcher::new(config.dispatcher.clone())?;
         let ttl = config.large_payload_ttl();
-        Ok(Self {
-            inner: Arc::new(Inner {
-                dispatcher,
-                pool: Arc::new(Pool::new(connector, config.pool_size)),
-                store: Arc::new(LargeStore::new(&config.channel_prefix, ttl)),
-                channels,
-                listener,
-                closed: AtomicBool::new(false),
-                config,
-            }),
-        })
+        let inner = Arc::new(Inner {
+            dispatcher,
+            pool: Arc::new(Pool::new(connector, config.pool_size)),
+            store: Arc::new(LargeStore::new(&config.channel_prefix, ttl)),
+            channels,
+            listener,
+            closed: AtomicBool::new(false),
+            config,
+        });
+        // Weak: the dispatcher is part of `inner`.
+        let transport: Weak<dyn Transport> = Arc::downgrade(&inner) as Weak<Inner>;
+        inner.dispatcher.set_transport(transport);
+        Ok(Self { inner })
+    }
+
+    /// The channels this bus LISTENs on for its subscriptions (one per exact topic in
+    /// use, plus `{channel_prefix}_all` while a wildcard subscription exists), sorted.
+    /// A channel goes when its last subscription ends, however it ends.
+    pub async fn listening_channels(&self) -> Vec<String> {
+        self.inner.listener.listened().await
     }
 
     /// The dispatcher behind this bus.
@@ -135,12 +142,17 @@ impl PostgresEventBus {
     }
 }
 
-fn release_later(listener: &Weak<Listener>, id: SubscriptionId) {
-    let (Some(listener), Ok(handle)) = (listener.upgrade(), tokio::runtime::Handle::try_current())
-    else {
-        return;
-    };
-    handle.spawn(async move { listener.release_sub(id).await });
+/// The dispatcher publishes dead letters through the bus and releases the LISTEN
+/// reference of subscriptions that end.
+#[async_trait]
+impl Transport for Inner {
+    async fn publish(&self, event: Event) -> Result<(), Error> {
+        self.publish_all(vec![event]).await
+    }
+
+    async fn release(&self, id: SubscriptionId) {
+        self.listener.release_sub(id).await;
+    }
 }
 
 impl Inner {
@@ -225,24 +237,6 @@ impl Inner {
     }
 }
 
-/// Cancels a subscription: dispatcher first, then its LISTEN reference.
-struct Canceller {
-    dispatcher: Dispatcher,
-    listener: Arc<Listener>,
-}
-
-#[async_trait]
-impl CancelSubscription for Canceller {
-    async fn cancel_subscription(&self, id: SubscriptionId) {
-        self.dispatcher.unsubscribe(id).await;
-        self.listener.release_sub(id).await;
-    }
-
-    fn is_subscribed(&self, id: SubscriptionId) -> bool {
-        self.dispatcher.is_subscribed(id)
-    }
-}
-
 impl std::fmt::Debug for PostgresEventBus {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PostgresEventBus")
@@ -281,10 +275,11 @@ impl EventBus for PostgresEventBus {
         self.inner.publish_all(events).await
     }
 
-    async fn subscribe_handler(
+    async fn add_subscription(
         &self,
         pattern: &str,
-        handler: Arc<dyn Handler>,
+        options: SubscribeOptions,
+        subscriber: Subscriber,
     ) -> Result<Subscription, Error> {
         let inner = &self.inner;
         inner.check_open()?;
@@ -295,19 +290,15 @@ impl EventBus for PostgresEventBus {
         };
         inner.start_listener().await?;
         inner.listener.acquire(&channel).await?;
-        let id = match inner.dispatcher.subscribe(pattern.clone(), handler) {
-            Ok(id) => id,
+        let subscription = match inner.dispatcher.subscribe(pattern, &options, subscriber) {
+            Ok(subscription) => subscription,
             Err(e) => {
                 inner.listener.release(&channel).await;
                 return Err(e);
             }
         };
-        inner.listener.register(id, channel);
-        let control = Arc::new(Canceller {
-            dispatcher: inner.dispatcher.clone(),
-            listener: inner.listener.clone(),
-        });
-        Ok(Subscription::new(id, pattern, control))
+        inner.listener.register(subscription.id(), channel);
+        Ok(subscription)
     }
 
     /// Waits until the bus is quiescent (see [`event_bus_core::flush`]). Its round

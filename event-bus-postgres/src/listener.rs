@@ -241,6 +241,13 @@ impl Listener {
     }
 
     /// Counts one subscription less on `channel`; the last one UNLISTENs.
+    /// The channels LISTENed for subscriptions, sorted.
+    pub(crate) async fn listened(&self) -> Vec<String> {
+        let mut channels: Vec<String> = self.state.lock().await.counts.keys().cloned().collect();
+        channels.sort();
+        channels
+    }
+
     pub(crate) async fn release(&self, channel: &str) {
         let mut state = self.state.lock().await;
         let Some(count) = state.counts.get_mut(channel) else {

@@ -1,14 +1,15 @@
 //! The Redis event bus.
 
 use std::sync::{
-    Arc, RwLock,
+    Arc, RwLock, Weak,
     atomic::{AtomicBool, Ordering},
 };
 
 use async_trait::async_trait;
 use event_bus_core::{
-    Dispatcher, Error, Event, EventBus, Handler, Health, MetricsSnapshot, Pattern, PublishOutcome,
-    Subscription, flush::until_quiescent, topic::validate_topic,
+    Dispatcher, Error, Event, EventBus, Health, MetricsSnapshot, Pattern, PublishOutcome,
+    SubscribeOptions, Subscriber, Subscription, SubscriptionId, Transport,
+    flush::until_quiescent, topic::validate_topic,
 };
 use redis::{ConnectionAddr, ProtocolVersion, io::tcp::TcpSettings};
 use tokio::{
@@ -23,7 +24,7 @@ use crate::{
     config::RedisConfig,
     listener::{Listener, Progress, ping},
     publisher::{Publisher, PublisherConfig},
-    registry::{Control, Registry, removal_hook},
+    registry::Registry,
 };
 
 /// An event bus over Redis pub/sub. Cheap to clone; clones share one bus.
@@ -56,6 +57,28 @@ struct Inner {
     closed: AtomicBool,
     started: RwLock<Option<Arc<Started>>>,
     connecting: tokio::sync::Mutex<()>,
+    /// What the dispatcher publishes dead letters and releases subscriptions through.
+    transport: Arc<BusTransport>,
+}
+
+/// The bus as the dispatcher's [`Transport`]: publishes through the bus, releases
+/// server subscriptions in the registry. Holds the bus weakly (the bus owns it).
+struct BusTransport(Weak<Inner>);
+
+#[async_trait]
+impl Transport for BusTransport {
+    async fn publish(&self, event: Event) -> Result<(), Error> {
+        match self.0.upgrade() {
+            Some(inner) => RedisEventBus { inner }.publish(event).await,
+            None => Err(Error::Closed),
+        }
+    }
+
+    async fn release(&self, id: SubscriptionId) {
+        if let Some(inner) = self.0.upgrade() {
+            inner.registry.release(id).await;
+        }
+    }
 }
 
 /// The connections and the listener task of a connected bus.
@@ -105,10 +128,7 @@ impl RedisEventBus {
         let pubsub_client = client(info.set_redis_settings(resp3))?;
         let publish_client = pubsub_client.clone();
         let registry = Arc::new(Registry::new(config.command_timeout()));
-        let dispatcher = Dispatcher::with_removal_hook(
-            config.dispatcher.clone(),
-            Some(removal_hook(Arc::downgrade(&registry))),
-        )?;
+        let dispatcher = Dispatcher::new(config.dispatcher.clone())?;
         let buffer = Arc::new(ReceiveBuffer::new(
             config
                 .dispatcher
@@ -118,8 +138,8 @@ impl RedisEventBus {
             dispatcher.metrics().clone(),
         ));
         let id = uuid::Uuid::new_v4().simple().to_string();
-        Ok(Self {
-            inner: Arc::new(Inner {
+        let inner = Arc::new_cyclic(|inner| Inner {
+                transport: Arc::new(BusTransport(inner.clone())),
                 names: ChannelNames::new(&config.channel_prefix),
                 pubsub_name: format!("eventbus:{}:sub:{}", config.channel_prefix, &id[..12]),
                 publish_name: format!("eventbus:{}:pub:{}", config.channel_prefix, &id[..12]),
@@ -134,8 +154,10 @@ impl RedisEventBus {
                 closed: AtomicBool::new(false),
                 started: RwLock::new(None),
                 connecting: tokio::sync::Mutex::new(()),
-            }),
-        })
+        });
+        let transport: Weak<dyn Transport> = Arc::downgrade(&inner.transport) as Weak<BusTransport>;
+        inner.dispatcher.set_transport(transport);
+        Ok(Self { inner })
     }
 
     /// A bus connecting to `url` (`redis://` or `rediss://`) with default settings.
@@ -372,10 +394,11 @@ impl EventBus for RedisEventBus {
         Ok(())
     }
 
-    async fn subscribe_handler(
+    async fn add_subscription(
         &self,
         pattern: &str,
-        handler: Arc<dyn Handler>,
+        options: SubscribeOptions,
+        subscriber: Subscriber,
     ) -> Result<Subscription, Error> {
         if self.is_closed() {
             return Err(Error::Closed);
@@ -384,17 +407,12 @@ impl EventBus for RedisEventBus {
         self.started().await?;
         let inner = &self.inner;
         let target = inner.names.target(&pattern);
-        let id = inner
+        inner
             .registry
             .subscribe(target, || {
-                inner.dispatcher.subscribe(pattern.clone(), handler)
+                inner.dispatcher.subscribe(pattern, &options, subscriber)
             })
-            .await?;
-        let control = Control {
-            dispatcher: inner.dispatcher.clone(),
-            registry: inner.registry.clone(),
-        };
-        Ok(Subscription::new(id, pattern, Arc::new(control)))
+            .await
     }
 
     /// Waits until the bus is quiescent (see [`event_bus_core::flush`]). Its round

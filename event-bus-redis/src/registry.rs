@@ -2,16 +2,9 @@
 //! connection must be subscribed to, reference-counted over the local subscriptions,
 //! and the state of that connection.
 
-use std::{
-    collections::HashMap,
-    sync::{Arc, Weak},
-    time::Duration,
-};
+use std::{collections::HashMap, time::Duration};
 
-use async_trait::async_trait;
-use event_bus_core::{
-    Dispatcher, Error, SubscriptionId, dispatcher::RemovalHook, subscription::CancelSubscription,
-};
+use event_bus_core::{Error, Subscription, SubscriptionId};
 use redis::aio::MultiplexedConnection;
 use tokio::{
     sync::{Mutex, watch},
@@ -71,8 +64,8 @@ impl Registry {
     pub(crate) async fn subscribe(
         &self,
         target: ServerTarget,
-        register: impl FnOnce() -> Result<SubscriptionId, Error>,
-    ) -> Result<SubscriptionId, Error> {
+        register: impl FnOnce() -> Result<Subscription, Error>,
+    ) -> Result<Subscription, Error> {
         let deadline = Instant::now() + self.timeout;
         let mut state = loop {
             let state = timeout_at(deadline, self.state.lock())
@@ -97,8 +90,8 @@ impl Registry {
                 Err(_) => return Err(self.timed_out("subscribe")),
             }
         }
-        let id = match register() {
-            Ok(id) => id,
+        let subscription = match register() {
+            Ok(subscription) => subscription,
             Err(e) => {
                 // Nothing registered: drop the server subscription again if it is unused.
                 if let (false, Some(mut conn)) =
@@ -110,8 +103,8 @@ impl Registry {
             }
         };
         *state.targets.entry(target.clone()).or_insert(0) += 1;
-        state.owners.insert(id, target);
-        Ok(id)
+        state.owners.insert(subscription.id(), target);
+        Ok(subscription)
     }
 
     /// Forgets local subscription `id`; unsubscribes the server from its target when
@@ -251,37 +244,5 @@ async fn server_change(
         (ServerTarget::Channel(c), false) => conn.unsubscribe(c).await,
         (ServerTarget::Glob(g), true) => conn.psubscribe(g).await,
         (ServerTarget::Glob(g), false) => conn.punsubscribe(g).await,
-    }
-}
-
-/// A removal hook for the dispatcher: when it drops a failing subscription by itself,
-/// release its server subscription too (in a task, as the hook is synchronous).
-pub(crate) fn removal_hook(registry: Weak<Registry>) -> RemovalHook {
-    Box::new(move |id, _pattern| {
-        let (Some(registry), Ok(runtime)) =
-            (registry.upgrade(), tokio::runtime::Handle::try_current())
-        else {
-            return;
-        };
-        runtime.spawn(async move { registry.release(id).await });
-    })
-}
-
-/// What a [`Subscription`](event_bus_core::Subscription) of this backend cancels through.
-pub(crate) struct Control {
-    pub(crate) dispatcher: Dispatcher,
-    pub(crate) registry: Arc<Registry>,
-}
-
-#[async_trait]
-impl CancelSubscription for Control {
-    async fn cancel_subscription(&self, id: SubscriptionId) {
-        // Local delivery stops first; the server subscription goes afterwards.
-        self.dispatcher.unsubscribe(id).await;
-        self.registry.release(id).await;
-    }
-
-    fn is_subscribed(&self, id: SubscriptionId) -> bool {
-        self.dispatcher.is_subscribed(id)
     }
 }

@@ -19,7 +19,9 @@ pub use event_bus_core::{
 
 // Subscribing.
 pub use event_bus_core::{
-    Handler, HandlerResult, Subscription, SubscriptionId, handler::HandlerFuture, handler_fn,
+    DeadLetter, DeadLetterInfo, Delivery, EndReason, EventStream, Handler, HandlerResult,
+    OnMaxFailures, RetryPolicy, SubscribeOptions, Subscription, SubscriptionId, SubscriptionSet,
+    dead_letter, handler::HandlerFuture, handler_fn,
 };
 
 // Errors.
@@ -44,8 +46,9 @@ pub use event_bus_redis::{RedisConfig, RedisEventBus};
 /// The names most programs need: `use event_bus::prelude::*;`.
 pub mod prelude {
     pub use crate::{
-        Config, Error, Event, EventBus, EventBusExt, EventType, HandlerResult, Priority,
-        Subscription, create_event_bus, handler_fn,
+        Config, Delivery, Error, Event, EventBus, EventBusExt, EventStream, EventType,
+        HandlerResult, Priority, RetryPolicy, SubscribeOptions, Subscription, create_event_bus,
+        handler_fn,
     };
 }
 
@@ -53,6 +56,11 @@ pub mod prelude {
 #[cfg(doctest)]
 #[doc = include_str!("../../README.md")]
 struct ReadmeDoctests;
+
+/// The examples of `docs/configuration.md`, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../docs/configuration.md")]
+struct ConfigurationDoctests;
 
 /// The examples of `docs/getting-started.md`, compiled and run as doctests.
 #[cfg(doctest)]

@@ -32,6 +32,23 @@ pub async fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) 
     }
 }
 
+/// Like [`wait_until`] for a condition that needs to await (a server query).
+pub async fn wait_until_async<F: Future<Output = bool>>(
+    timeout: Duration,
+    mut condition: impl FnMut() -> F,
+) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if condition().await {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 /// A handler that records every event it receives, in order.
 #[derive(Clone, Default)]
 pub struct Recorder {

@@ -11,7 +11,7 @@ use integration_tests::{
     conformance::{event, test_dispatcher},
     proxy::TcpProxy,
     redis_server::{self, OwnRedisServer, kill_pubsub_connections},
-    support::{DEADLINE, Recorder, namespace, wait_until},
+    support::{DEADLINE, Recorder, namespace, wait_until, wait_until_async},
 };
 use redis::AsyncCommands;
 use serde_json::json;
@@ -37,6 +37,21 @@ async fn connected(config: RedisConfig) -> RedisEventBus {
     let bus = RedisEventBus::new(config).unwrap();
     bus.connect().await.unwrap();
     bus
+}
+
+/// Pattern subscriptions (`psub` in `CLIENT LIST`) of the connection named `name`.
+async fn client_patterns(name: &str) -> i64 {
+    let mut conn = redis_server::client().await;
+    let list: String = redis::cmd("CLIENT")
+        .arg("LIST")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    list.lines()
+        .find(|line| line.split(' ').any(|f| f == format!("name={name}")))
+        .and_then(|line| line.split(' ').find_map(|f| f.strip_prefix("psub=")))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
 }
 
 /// Number of server-side subscribers of `channel`.
@@ -387,6 +402,30 @@ async fn server_subscriptions_are_shared_and_released() {
     assert!(
         released,
         "server subscription still there after auto-unsubscribe"
+    );
+    bus.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn dropping_a_stream_or_a_set_unsubscribes_on_the_server() {
+    let ns = namespace();
+    let bus = connected(config(&ns).await).await;
+    let channel = bus.channel_for(&format!("{ns}:s"));
+    let stream = bus.subscribe_stream(&format!("{ns}:s")).await.unwrap();
+    assert_eq!(numsub(&channel).await, 1);
+    drop(stream);
+    assert!(
+        wait_until_async(DEADLINE, || async { numsub(&channel).await == 0 }).await,
+        "PUBSUB NUMSUB still counts the dropped stream"
+    );
+    let mut set = event_bus::SubscriptionSet::new();
+    set.insert(bus.subscribe(&format!("{ns}:*"), Recorder::new().handler()).await.unwrap());
+    let name = bus.pubsub_client_name().to_owned();
+    assert_eq!(client_patterns(&name).await, 1);
+    drop(set);
+    assert!(
+        wait_until_async(DEADLINE, || async { client_patterns(&name).await == 0 }).await,
+        "the bus's connection still has the dropped set's pattern subscription"
     );
     bus.close().await.unwrap();
 }

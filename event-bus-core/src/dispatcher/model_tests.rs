@@ -72,7 +72,7 @@ async fn retry_succeeds_on_attempt_n_after_its_backoff() {
     sub_with(
         &d,
         "t",
-        SubscribeOptions::new().retry(no_jitter(5, 100)),
+        &SubscribeOptions::new().retry(no_jitter(5, 100)),
         handler,
     );
     let event = ev("t", 1);
@@ -96,7 +96,7 @@ async fn jittered_backoff_stays_under_its_bound() {
     sub_with(
         &d,
         "t",
-        SubscribeOptions::new().retry(policy.clone()),
+        &SubscribeOptions::new().retry(policy.clone()),
         handler,
     );
     d.dispatch(ev("t", 1)).await.unwrap();
@@ -121,7 +121,7 @@ async fn retries_keep_order_and_do_not_block_other_subscriptions() {
     sub_with(
         &d,
         "t",
-        SubscribeOptions::new().retry(no_jitter(3, 1_000)),
+        &SubscribeOptions::new().retry(no_jitter(3, 1_000)),
         slow,
     );
     let (other, other_calls) = flaky(0);
@@ -166,7 +166,7 @@ async fn panics_and_timeouts_are_retried_like_errors() {
     sub_with(
         &d,
         "t",
-        SubscribeOptions::new()
+        &SubscribeOptions::new()
             .retry(no_jitter(3, 10))
             .handler_timeout(Duration::from_millis(50)),
         handler,
@@ -195,7 +195,7 @@ async fn dead_letters_carry_exactly_the_poison_events() {
     let failing = sub_with(
         &d,
         "orders:*",
-        SubscribeOptions::new()
+        &SubscribeOptions::new()
             .retry(no_jitter(2, 10))
             .dead_letter(DeadLetter::Derived)
             .group("billing"),
@@ -247,7 +247,7 @@ async fn a_failing_catch_all_never_loops_on_its_dead_letters() {
     sub_with(
         &d,
         "*",
-        SubscribeOptions::new()
+        &SubscribeOptions::new()
             .dead_letter(DeadLetter::Derived)
             .keep_on_failures(),
         handler,
@@ -269,7 +269,7 @@ async fn removal_after_consecutive_final_failures_is_reported() {
     let s = sub_with(
         &d,
         "t",
-        SubscribeOptions::new()
+        &SubscribeOptions::new()
             .retry(no_jitter(2, 10))
             .remove_after(2),
         handler,
@@ -297,7 +297,7 @@ async fn pause_then_resume() {
     let s = sub_with(
         &d,
         "t",
-        SubscribeOptions::new().pause_after(1, Duration::from_secs(10)),
+        &SubscribeOptions::new().pause_after(1, Duration::from_secs(10)),
         handler,
     );
     let start = Instant::now();
@@ -381,7 +381,7 @@ async fn group_members_share_the_events() {
         sub_with(
             &d,
             "jobs:*",
-            SubscribeOptions::new().group("workers"),
+            &SubscribeOptions::new().group("workers"),
             handler,
         );
         shares.push(calls);
@@ -426,7 +426,7 @@ async fn per_subscription_queue_and_overflow_override_the_bus() {
     sub_with(
         &d,
         "t",
-        SubscribeOptions::new()
+        &SubscribeOptions::new()
             .queue_maxsize(1)
             .overflow(OverflowPolicy::DropOldest),
         handler,

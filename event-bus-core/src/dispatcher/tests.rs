@@ -18,12 +18,12 @@ use crate::{
 pub(super) fn sub_with(
     d: &Dispatcher,
     pattern: &str,
-    options: SubscribeOptions,
+    options: &SubscribeOptions,
     handler: Arc<dyn Handler>,
 ) -> Subscription {
     d.subscribe(
         Pattern::parse(pattern).unwrap(),
-        &options,
+        options,
         Subscriber::handler(handler),
     )
     .unwrap()
@@ -31,7 +31,7 @@ pub(super) fn sub_with(
 
 /// Subscribes `handler` to `pattern` with the dispatcher's settings.
 pub(super) fn sub(d: &Dispatcher, pattern: &str, handler: Arc<dyn Handler>) -> Subscription {
-    sub_with(d, pattern, SubscribeOptions::new(), handler)
+    sub_with(d, pattern, &SubscribeOptions::new(), handler)
 }
 
 fn ev(n: u64, p: Priority) -> Event {

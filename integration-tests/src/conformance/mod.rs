@@ -9,6 +9,7 @@ pub mod flush;
 pub mod lifecycle;
 pub mod ordering;
 pub mod patterns;
+pub mod subscriptions;
 pub mod wire;
 
 use std::sync::Arc;
@@ -115,6 +116,15 @@ macro_rules! conformance_suite {
                 failures::slow_subscription_does_not_delay_others,
                 wire::every_field_round_trips_with_unicode,
                 wire::one_mebibyte_payload_is_delivered,
+                subscriptions::retry_succeeds_on_attempt_n_after_its_backoff,
+                subscriptions::panics_and_timeouts_are_retried,
+                subscriptions::dead_letters_receive_exactly_the_poison_events,
+                subscriptions::removal_after_consecutive_final_failures,
+                subscriptions::pause_then_resume,
+                subscriptions::stream_receives_in_order,
+                subscriptions::dropping_a_stream_unsubscribes,
+                subscriptions::group_members_share_the_events,
+                subscriptions::per_subscription_options_override_the_bus,
             );
         }
     };

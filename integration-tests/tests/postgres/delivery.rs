@@ -2,7 +2,7 @@
 //! topics.
 
 use event_bus::{EventBus, EventBusExt};
-use integration_tests::support::{DEADLINE, Recorder, namespace};
+use integration_tests::support::{DEADLINE, Recorder, namespace, wait_until_async};
 
 use super::{bus, event};
 
@@ -126,4 +126,41 @@ async fn a_channel_stays_listened_until_its_last_subscription_goes() {
     assert!(first.is_empty());
     assert_eq!(second.len(), 1);
     bus.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn dropping_a_stream_or_a_set_unlistens_on_the_server() {
+    let ns = namespace();
+    let bus = bus(&ns).await;
+    let channel = event_bus_postgres_channel(&ns, &format!("{ns}:s"));
+    let stream = bus.subscribe_stream(&format!("{ns}:s")).await.unwrap();
+    assert_eq!(bus.listening_channels().await, [channel.clone()]);
+    drop(stream);
+    assert!(
+        wait_until_async(DEADLINE, || async {
+            bus.listening_channels().await.is_empty()
+        })
+        .await,
+        "still listening after the stream was dropped"
+    );
+    let mut set = event_bus::SubscriptionSet::new();
+    set.insert(
+        bus.subscribe(&format!("{ns}:*"), Recorder::new().handler())
+            .await
+            .unwrap(),
+    );
+    assert_eq!(bus.listening_channels().await, [format!("{ns}_all")]);
+    drop(set);
+    assert!(
+        wait_until_async(DEADLINE, || async {
+            bus.listening_channels().await.is_empty()
+        })
+        .await,
+        "still listening after the set was dropped"
+    );
+    bus.close().await.unwrap();
+}
+
+fn event_bus_postgres_channel(prefix: &str, topic: &str) -> String {
+    event_bus_postgres::channel::topic_channel(prefix, topic).unwrap()
 }
