@@ -134,7 +134,7 @@ async fn dropping_a_stream_or_a_set_unlistens_on_the_server() {
     let bus = bus(&ns).await;
     let channel = event_bus_postgres_channel(&ns, &format!("{ns}:s"));
     let stream = bus.subscribe_stream(&format!("{ns}:s")).await.unwrap();
-    assert_eq!(bus.listening_channels().await, [channel.clone()]);
+    assert_eq!(bus.listening_channels().await, [channel]);
     drop(stream);
     assert!(
         wait_until_async(DEADLINE, || async {
