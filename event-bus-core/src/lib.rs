@@ -69,3 +69,14 @@ pub use secret::Secret;
 pub use stream::EventStream;
 pub use subscription::{EndReason, Subscription, SubscriptionId, SubscriptionSet};
 pub use transport::{Subscriber, Transport};
+
+/// What applications use, in one import: `use event_bus_core::prelude::*;`. Every backend
+/// crate re-exports it at its root, so one dependency on a backend crate is enough.
+pub mod prelude {
+    pub use crate::{
+        DeadLetter, DeadLetterInfo, Delivery, DispatcherConfig, EndReason, Error, Event,
+        EventBus, EventBusExt, EventStream, EventType, Handler, HandlerResult, Health,
+        MetricsSnapshot, OnMaxFailures, OverflowPolicy, Pattern, Priority, RetryPolicy,
+        SubscribeOptions, Subscription, SubscriptionId, SubscriptionSet, handler_fn,
+    };
+}

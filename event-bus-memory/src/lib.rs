@@ -27,3 +27,12 @@ mod config;
 
 pub use bus::MemoryEventBus;
 pub use config::MemoryConfig;
+
+// What applications need besides the bus itself, so that this crate alone is enough.
+pub use event_bus_core::prelude::*;
+
+/// The bus, its config and everything applications use: `use event_bus_memory::prelude::*;`.
+pub mod prelude {
+    pub use crate::{MemoryConfig, MemoryEventBus};
+    pub use event_bus_core::prelude::*;
+}

@@ -73,3 +73,12 @@ pub use large::NOTIFY_PAYLOAD_LIMIT;
 /// The driver, re-exported so that [`PostgresEventBus::publish_in`] callers need no
 /// separate dependency.
 pub use tokio_postgres;
+
+// What applications need besides the bus itself, so that this crate alone is enough.
+pub use event_bus_core::prelude::*;
+
+/// The bus, its config and everything applications use: `use event_bus_postgres::prelude::*;`.
+pub mod prelude {
+    pub use crate::{PostgresConfig, PostgresEventBus};
+    pub use event_bus_core::prelude::*;
+}

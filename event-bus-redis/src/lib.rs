@@ -80,3 +80,12 @@ mod registry;
 pub use bus::RedisEventBus;
 pub use config::RedisConfig;
 pub use event_bus_core::namespace::MAX_PREFIX_LEN;
+
+// What applications need besides the bus itself, so that this crate alone is enough.
+pub use event_bus_core::prelude::*;
+
+/// The bus, its config and everything applications use: `use event_bus_redis::prelude::*;`.
+pub mod prelude {
+    pub use crate::{RedisConfig, RedisEventBus};
+    pub use event_bus_core::prelude::*;
+}
