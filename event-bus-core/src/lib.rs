@@ -32,6 +32,7 @@ pub mod config;
 pub mod dead_letter;
 pub mod delivery;
 pub mod dispatcher;
+pub mod durable;
 pub mod envelope;
 pub mod error;
 pub mod event;
@@ -74,9 +75,9 @@ pub use transport::{Subscriber, Transport};
 /// crate re-exports it at its root, so one dependency on a backend crate is enough.
 pub mod prelude {
     pub use crate::{
-        DeadLetter, DeadLetterInfo, Delivery, DispatcherConfig, EndReason, Error, Event,
-        EventBus, EventBusExt, EventStream, EventType, Handler, HandlerResult, Health,
-        MetricsSnapshot, OnMaxFailures, OverflowPolicy, Pattern, Priority, RetryPolicy,
-        SubscribeOptions, Subscription, SubscriptionId, SubscriptionSet, handler_fn,
+        DeadLetter, DeadLetterInfo, Delivery, DispatcherConfig, EndReason, Error, Event, EventBus,
+        EventBusExt, EventStream, EventType, Handler, HandlerResult, Health, MetricsSnapshot,
+        OnMaxFailures, OverflowPolicy, Pattern, Priority, RetryPolicy, SubscribeOptions,
+        Subscription, SubscriptionId, SubscriptionSet, handler_fn,
     };
 }

@@ -98,6 +98,17 @@ impl Stream for EventStream {
             if was_full {
                 entry.mailbox.space.notify_waiters();
             }
+            // A durable event is done once the reader has it. Without a runtime the
+            // handle is dropped and the server delivers the event again.
+            if let (Some(durable), Ok(runtime)) =
+                (item.durable, tokio::runtime::Handle::try_current())
+            {
+                runtime.spawn(async move {
+                    if let Err(e) = durable.settle.ack().await {
+                        tracing::warn!(error = %e, "could not acknowledge a durable event read from a stream");
+                    }
+                });
+            }
             entry
                 .stats
                 .record(Outcome::Delivered, item.enqueued.elapsed());

@@ -8,8 +8,8 @@ use std::sync::{
 use async_trait::async_trait;
 use event_bus_core::{
     Dispatcher, Error, Event, EventBus, Health, MetricsSnapshot, Pattern, PublishOutcome,
-    SubscribeOptions, Subscriber, Subscription, SubscriptionId, Transport,
-    flush::until_quiescent, topic::validate_topic,
+    SubscribeOptions, Subscriber, Subscription, SubscriptionId, Transport, flush::until_quiescent,
+    topic::validate_topic,
 };
 use redis::{ConnectionAddr, ProtocolVersion, io::tcp::TcpSettings};
 use tokio::{
@@ -139,21 +139,21 @@ impl RedisEventBus {
         ));
         let id = uuid::Uuid::new_v4().simple().to_string();
         let inner = Arc::new_cyclic(|inner| Inner {
-                transport: Arc::new(BusTransport(inner.clone())),
-                names: ChannelNames::new(&config.channel_prefix),
-                pubsub_name: format!("eventbus:{}:sub:{}", config.channel_prefix, &id[..12]),
-                publish_name: format!("eventbus:{}:pub:{}", config.channel_prefix, &id[..12]),
-                config,
-                publish_client,
-                pubsub_client,
-                probe,
-                dispatcher,
-                registry,
-                progress: Arc::default(),
-                buffer,
-                closed: AtomicBool::new(false),
-                started: RwLock::new(None),
-                connecting: tokio::sync::Mutex::new(()),
+            transport: Arc::new(BusTransport(inner.clone())),
+            names: ChannelNames::new(&config.channel_prefix),
+            pubsub_name: format!("eventbus:{}:sub:{}", config.channel_prefix, &id[..12]),
+            publish_name: format!("eventbus:{}:pub:{}", config.channel_prefix, &id[..12]),
+            config,
+            publish_client,
+            pubsub_client,
+            probe,
+            dispatcher,
+            registry,
+            progress: Arc::default(),
+            buffer,
+            closed: AtomicBool::new(false),
+            started: RwLock::new(None),
+            connecting: tokio::sync::Mutex::new(()),
         });
         let transport: Weak<dyn Transport> = Arc::downgrade(&inner.transport) as Weak<BusTransport>;
         inner.dispatcher.set_transport(transport);

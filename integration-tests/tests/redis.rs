@@ -419,7 +419,11 @@ async fn dropping_a_stream_or_a_set_unsubscribes_on_the_server() {
         "PUBSUB NUMSUB still counts the dropped stream"
     );
     let mut set = event_bus::SubscriptionSet::new();
-    set.insert(bus.subscribe(&format!("{ns}:*"), Recorder::new().handler()).await.unwrap());
+    set.insert(
+        bus.subscribe(&format!("{ns}:*"), Recorder::new().handler())
+            .await
+            .unwrap(),
+    );
     let name = bus.pubsub_client_name().to_owned();
     assert_eq!(client_patterns(&name).await, 1);
     drop(set);

@@ -88,6 +88,7 @@ use self::{
 use crate::{
     config::{DispatcherConfig, OverflowPolicy},
     dead_letter,
+    durable::DurableDelivery,
     error::Error,
     event::Event,
     metrics::Metrics,
@@ -475,16 +476,58 @@ impl Dispatcher {
             }
             let was_empty = guard.queue.is_empty();
             guard.queue.push(event.clone(), now);
-            // A worker only parks on an empty queue. Waking one that is busy leaves a
-            // permit behind, which costs it one extra look at its queue.
             if was_empty {
-                match target.kind {
-                    SubscriberKind::Handler(_) => target.mailbox.ready.notify_one(),
-                    SubscriberKind::Stream => guard.wake_reader(),
-                }
+                wake(target, guard);
             }
         }
         Enqueue::Accepted
+    }
+
+    /// Queues `event`, fetched from the server by a durable backend for subscription `id`,
+    /// for that subscription alone; its worker calls the handler and settles the event
+    /// through `delivery` (see [`crate::durable`]). Waits for room whatever the overflow
+    /// policy: what is not taken stays on the server. Returns `false` (and drops
+    /// `delivery`, leaving the event to be delivered again) if the subscription is no
+    /// longer live.
+    ///
+    /// # Errors
+    /// [`Error::Closed`] after close.
+    pub async fn deliver_to(
+        &self,
+        id: SubscriptionId,
+        event: Event,
+        delivery: DurableDelivery,
+    ) -> Result<bool, Error> {
+        let Some(entry) = self.shared.read().get(id) else {
+            return Ok(false);
+        };
+        let mut delivery = Some(Box::new(delivery));
+        loop {
+            if self.is_closed() {
+                return Err(Error::Closed);
+            }
+            let space = entry.mailbox.space.notified();
+            tokio::pin!(space);
+            space.as_mut().enable();
+            {
+                let mut guard = entry.mailbox.lock();
+                if guard.status != Status::Open {
+                    return Ok(false);
+                }
+                if guard.queue.len() < entry.options.queue_maxsize {
+                    let was_empty = guard.queue.is_empty();
+                    guard
+                        .queue
+                        .push_entry(event, Instant::now(), delivery.take());
+                    if was_empty {
+                        wake(&entry, &mut guard);
+                    }
+                    self.metrics().add_received(1);
+                    return Ok(true);
+                }
+            }
+            space.await;
+        }
     }
 
     /// Waits until every dispatched event has been handled (including its retries and
@@ -567,6 +610,16 @@ impl Dispatcher {
             entry.end(EndReason::Closed);
         }
         tracing::debug!("dispatcher closed");
+    }
+}
+
+/// Wakes the consumer of `target`, whose queue just stopped being empty. A worker only
+/// parks on an empty queue; waking one that is busy leaves a permit behind, which costs
+/// it one extra look at its queue.
+fn wake(target: &SubEntry, guard: &mut MailboxState) {
+    match target.kind {
+        SubscriberKind::Handler(_) => target.mailbox.ready.notify_one(),
+        SubscriberKind::Stream => guard.wake_reader(),
     }
 }
 

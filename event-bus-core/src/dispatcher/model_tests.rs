@@ -502,3 +502,78 @@ async fn cancel_reports_the_end_and_dropping_a_set_unsubscribes() {
     drop(set);
     assert_eq!(d.metrics().snapshot().subscriptions, 0);
 }
+
+/// What a durable backend was told about each delivery.
+#[derive(Clone, Debug, PartialEq)]
+enum Settled {
+    Ack,
+    Retry(Duration),
+    DeadLetter(u32),
+}
+
+struct Recorded(u64, Arc<Mutex<Vec<(u64, Settled)>>>);
+
+#[async_trait::async_trait]
+impl crate::durable::Settle for Recorded {
+    async fn ack(self: Box<Self>) -> Result<(), Error> {
+        self.1.lock().unwrap().push((self.0, Settled::Ack));
+        Ok(())
+    }
+
+    async fn retry(self: Box<Self>, delay: Duration, _error: &str) -> Result<(), Error> {
+        self.1.lock().unwrap().push((self.0, Settled::Retry(delay)));
+        Ok(())
+    }
+
+    async fn dead_letter(self: Box<Self>, letter: Event) -> Result<(), Error> {
+        let info = DeadLetterInfo::of(&letter).expect("failure metadata");
+        self.1
+            .lock()
+            .unwrap()
+            .push((self.0, Settled::DeadLetter(info.attempts)));
+        Ok(())
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn durable_deliveries_are_settled_by_the_server_attempt() {
+    let d = dispatcher();
+    let (handler, calls) = flaky(u32::MAX);
+    let sub = sub_with(
+        &d,
+        "t",
+        &SubscribeOptions::new().retry(no_jitter(3, 100)),
+        handler,
+    );
+    let settled = Arc::new(Mutex::new(Vec::new()));
+    // (payload, server attempt): even payloads succeed, odd ones always fail.
+    for (n, attempt) in [(2, 1), (1, 1), (3, 3)] {
+        let delivery = crate::durable::DurableDelivery {
+            attempt,
+            settle: Box::new(Recorded(n, settled.clone())),
+        };
+        assert!(d.deliver_to(sub.id(), ev("t", n), delivery).await.unwrap());
+    }
+    d.flush().await;
+    assert_eq!(
+        *settled.lock().unwrap(),
+        [
+            (2, Settled::Ack),
+            (1, Settled::Retry(Duration::from_millis(100))),
+            (3, Settled::DeadLetter(3)),
+        ]
+    );
+    let attempts: Vec<u32> = calls.lock().unwrap().iter().map(|c| c.1).collect();
+    assert_eq!(attempts, [1, 1, 3], "one call each, numbered by the server");
+    let ended = sub.ended();
+    d.cancel(sub.entry()).await;
+    assert_eq!(ended.await, EndReason::Cancelled);
+    let gone = crate::durable::DurableDelivery {
+        attempt: 1,
+        settle: Box::new(Recorded(9, settled.clone())),
+    };
+    assert!(
+        !d.deliver_to(sub.id(), ev("t", 9), gone).await.unwrap(),
+        "a cancelled subscription takes nothing; the server keeps it"
+    );
+}

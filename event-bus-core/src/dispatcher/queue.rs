@@ -4,12 +4,14 @@ use std::collections::{BTreeMap, VecDeque};
 
 use tokio::time::Instant;
 
-use crate::{event::Event, priority::Priority};
+use crate::{durable::DurableDelivery, event::Event, priority::Priority};
 
 /// A queued event and when it was queued.
 pub(crate) struct Entry {
     pub(crate) event: Event,
     pub(crate) enqueued: Instant,
+    /// For an event fetched by a durable backend: how to settle it on the server.
+    pub(crate) durable: Option<Box<DurableDelivery>>,
     seq: u64,
 }
 
@@ -33,6 +35,15 @@ impl PriorityQueue {
     }
 
     pub(crate) fn push(&mut self, event: Event, enqueued: Instant) {
+        self.push_entry(event, enqueued, None);
+    }
+
+    pub(crate) fn push_entry(
+        &mut self,
+        event: Event,
+        enqueued: Instant,
+        durable: Option<Box<DurableDelivery>>,
+    ) {
         let seq = self.next_seq;
         self.next_seq += 1;
         self.len += 1;
@@ -42,6 +53,7 @@ impl PriorityQueue {
             .push_back(Entry {
                 event,
                 enqueued,
+                durable,
                 seq,
             });
     }

@@ -106,6 +106,10 @@ impl Registry {
         self.by_id.contains_key(&id)
     }
 
+    pub(crate) fn get(&self, id: SubscriptionId) -> Option<Arc<SubEntry>> {
+        self.by_id.get(&id).cloned()
+    }
+
     pub(crate) fn entries(&self) -> impl Iterator<Item = &Arc<SubEntry>> {
         self.by_id.values()
     }

@@ -14,6 +14,7 @@ use super::{Ctx, Dispatcher, Shared, limit::Slot, mailbox::Status, registry::Sub
 use crate::{
     dead_letter::{self, Failure},
     delivery::CallContext,
+    durable::DurableDelivery,
     error::BoxError,
     event::Event,
     handler::Handler,
@@ -87,6 +88,18 @@ enum Next {
     Stop,
 }
 
+/// How the delivery of one queued event ended.
+enum Handled {
+    /// The handler succeeded.
+    Done,
+    /// The attempt failed; the server will deliver the event again (durable delivery).
+    Retrying,
+    /// The last attempt failed (the event was dead-lettered or given up).
+    GaveUp,
+    /// The subscription ended while the event waited for its call.
+    Abandoned,
+}
+
 impl Worker<'_> {
     async fn run(&mut self) {
         let entry = self.entry;
@@ -117,16 +130,25 @@ impl Worker<'_> {
             if was_full {
                 entry.mailbox.space.notify_waiters();
             }
-            let Some(final_error) = self.deliver(&item.event, item.enqueued).await else {
-                // Cancelled while waiting: the event was not handled.
-                self.ctx.metrics.add_dropped(1);
-                return;
+            let handled = match item.durable {
+                None => self.deliver(&item.event, item.enqueued).await,
+                Some(durable) => {
+                    self.deliver_durable(&item.event, item.enqueued, *durable)
+                        .await
+                }
             };
-            let Some((error, attempts)) = final_error else {
-                consecutive_failures = 0;
-                continue;
-            };
-            self.dead_letter(&item.event, &error, attempts).await;
+            match handled {
+                Handled::Done => {
+                    consecutive_failures = 0;
+                    continue;
+                }
+                Handled::Retrying => continue,
+                Handled::GaveUp => {}
+                Handled::Abandoned => {
+                    self.ctx.metrics.add_dropped(1);
+                    return;
+                }
+            }
             consecutive_failures += 1;
             if consecutive_failures < entry.options.max_failures {
                 continue;
@@ -138,36 +160,108 @@ impl Worker<'_> {
         }
     }
 
-    /// Calls the handler with `event` until it succeeds or the retry policy gives up.
-    /// `None`: the subscription ended while waiting; `Some(None)`: handled;
-    /// `Some(Some((error, attempts)))`: the last attempt failed.
-    async fn deliver(&mut self, event: &Event, enqueued: Instant) -> Option<Option<(String, u32)>> {
+    /// Calls the handler with `event` until it succeeds or the retry policy gives up,
+    /// then dead-letters it if the subscription says so.
+    async fn deliver(&mut self, event: &Event, enqueued: Instant) -> Handled {
         let entry = self.entry;
-        let retry = &entry.options.retry;
         let mut attempt = 1;
         loop {
-            let slot = self.slot().await?;
-            if entry.is_cancelled() {
-                return None;
-            }
-            CallContext::with(|call| call.begin(attempt));
-            entry.stats.set_in_flight(true);
-            let outcome = call(self.handler, event.clone()).await;
-            entry.stats.set_in_flight(false);
-            drop(slot);
-            let Some(error) = record(entry, event, outcome, enqueued.elapsed(), attempt) else {
-                return Some(None);
+            let Some(error) = self.attempt(event, enqueued, attempt).await else {
+                return Handled::Abandoned;
             };
-            if attempt >= retry.max_attempts {
-                return Some(Some((error, attempt)));
+            let Some(error) = error else {
+                return Handled::Done;
+            };
+            if attempt >= entry.options.retry.max_attempts {
+                self.dead_letter(event, &error, attempt).await;
+                return Handled::GaveUp;
             }
-            let delay = retry.backoff(attempt, self.random.next_unit());
-            entry.stats.record_retry();
-            tracing::debug!(sub = %entry.id, event_id = %event.id, attempt, ?delay, "retrying");
+            let delay = self.backoff(event, attempt);
             if !self.sleep(delay).await {
-                return None;
+                return Handled::Abandoned;
             }
             attempt += 1;
+        }
+    }
+
+    /// Calls the handler once with an event fetched by a durable backend and settles
+    /// it on the server: ack, retry there after the backoff, or dead-letter there.
+    async fn deliver_durable(
+        &mut self,
+        event: &Event,
+        enqueued: Instant,
+        durable: DurableDelivery,
+    ) -> Handled {
+        let entry = self.entry;
+        let attempt = durable.attempt.max(1);
+        let Some(error) = self.attempt(event, enqueued, attempt).await else {
+            return Handled::Abandoned;
+        };
+        let (settled, handled) = match error {
+            None => (durable.settle.ack().await, Handled::Done),
+            Some(error) if attempt < entry.options.retry.max_attempts => {
+                let delay = self.backoff(event, attempt);
+                (durable.settle.retry(delay, &error).await, Handled::Retrying)
+            }
+            Some(error) => {
+                let letter =
+                    dead_letter::build(event, event.topic.clone(), &self.failure(&error, attempt));
+                let settled = durable.settle.dead_letter(letter).await;
+                if settled.is_ok() {
+                    entry.stats.record_dead_letter();
+                }
+                (settled, Handled::GaveUp)
+            }
+        };
+        if let Err(e) = settled {
+            tracing::warn!(sub = %entry.id, event_id = %event.id, error = %e,
+                "could not settle a durable delivery: it will be delivered again");
+        }
+        handled
+    }
+
+    /// One handler call: `None` if the subscription ended while waiting for a slot,
+    /// `Some(None)` on success, `Some(Some(error))` on failure.
+    async fn attempt(
+        &self,
+        event: &Event,
+        enqueued: Instant,
+        attempt: u32,
+    ) -> Option<Option<String>> {
+        let entry = self.entry;
+        let slot = self.slot().await?;
+        if entry.is_cancelled() {
+            return None;
+        }
+        CallContext::with(|call| call.begin(attempt));
+        entry.stats.set_in_flight(true);
+        let outcome = call(self.handler, event.clone()).await;
+        entry.stats.set_in_flight(false);
+        drop(slot);
+        Some(record(entry, event, outcome, enqueued.elapsed(), attempt))
+    }
+
+    /// The delay before retrying after failed attempt `attempt`; counts the retry.
+    fn backoff(&mut self, event: &Event, attempt: u32) -> Duration {
+        let entry = self.entry;
+        let delay = entry
+            .options
+            .retry
+            .backoff(attempt, self.random.next_unit());
+        entry.stats.record_retry();
+        tracing::debug!(sub = %entry.id, event_id = %event.id, attempt, ?delay, "retrying");
+        delay
+    }
+
+    /// What this subscription contributes to a dead letter.
+    fn failure<'e>(&'e self, error: &'e str, attempts: u32) -> Failure<'e> {
+        let entry = self.entry;
+        Failure {
+            error,
+            attempts,
+            pattern: entry.pattern.as_str(),
+            group: entry.group.as_deref(),
+            subscription: entry.id,
         }
     }
 
@@ -208,17 +302,7 @@ impl Worker<'_> {
             tracing::error!(%sub, %event_id, error = %e, "cannot dead-letter: dropped");
             return;
         }
-        let letter = dead_letter::build(
-            event,
-            topic,
-            &Failure {
-                error,
-                attempts,
-                pattern: entry.pattern.as_str(),
-                group: entry.group.as_deref(),
-                subscription: sub,
-            },
-        );
+        let letter = dead_letter::build(event, topic, &self.failure(error, attempts));
         let Some(shared) = self.shared.upgrade() else {
             ctx.metrics.add_dropped(1);
             return;

@@ -1,0 +1,69 @@
+//! Durable (at-least-once) delivery: how a backend that keeps events on the server hands
+//! one to a subscription and learns how it ended.
+//!
+//! A durable backend fetches events for a subscription from the server (a consumer
+//! group's pending work) and passes each to [`Dispatcher::deliver_to`] with the server's
+//! attempt number and a [`Settle`] handle. The subscription's worker calls the handler
+//! once and then settles the event on the server:
+//!
+//! * success: [`Settle::ack`];
+//! * failure with attempts left under the subscription's [`RetryPolicy`]:
+//!   [`Settle::retry`] with the backoff delay (the server makes the event due again; the
+//!   attempt count lives on the server, so it survives a crash);
+//! * failure of the last attempt: [`Settle::dead_letter`] with the event and its failure
+//!   metadata (see [`crate::dead_letter`]), which the backend moves to the group's
+//!   dead-letter store atomically with its removal from the live one.
+//!
+//! A `Settle` dropped without being called (the subscription ended, the bus closed, the
+//! queue was discarded) leaves the event on the server, which delivers it again after
+//! its lease: nothing is lost, and the event may be handled twice. A stream subscription
+//! acknowledges an event when the reader takes it.
+//!
+//! [`Dispatcher::deliver_to`]: crate::Dispatcher::deliver_to
+//! [`RetryPolicy`]: crate::RetryPolicy
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::{error::Error, event::Event};
+
+/// Settles one durable delivery on the server; see the [module docs](self).
+#[async_trait]
+pub trait Settle: Send + Sync + 'static {
+    /// The handler succeeded: the event is done for this group.
+    ///
+    /// # Errors
+    /// The server could not be told; the event will be delivered again.
+    async fn ack(self: Box<Self>) -> Result<(), Error>;
+
+    /// The attempt failed and another is allowed: make the event due again after
+    /// `delay`. `error` describes the failure (for the backend's records).
+    ///
+    /// # Errors
+    /// The server could not be told; the event will be delivered again after its lease.
+    async fn retry(self: Box<Self>, delay: Duration, error: &str) -> Result<(), Error>;
+
+    /// The last attempt failed: move the event to the group's dead letters, as `letter`
+    /// (the original event with failure metadata added).
+    ///
+    /// # Errors
+    /// The server could not be told; the event will be delivered again after its lease.
+    async fn dead_letter(self: Box<Self>, letter: Event) -> Result<(), Error>;
+}
+
+/// One event fetched from the server for a subscription.
+pub struct DurableDelivery {
+    /// The server's attempt number for this delivery (1 for the first).
+    pub attempt: u32,
+    /// How to settle it.
+    pub settle: Box<dyn Settle>,
+}
+
+impl std::fmt::Debug for DurableDelivery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DurableDelivery")
+            .field("attempt", &self.attempt)
+            .finish_non_exhaustive()
+    }
+}
