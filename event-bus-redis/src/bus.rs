@@ -25,6 +25,7 @@ use crate::{
     listener::{Listener, Progress, ping},
     publisher::{Publisher, PublisherConfig},
     registry::Registry,
+    streams::{DeliveryMode, Streams, StreamsSetup},
 };
 
 /// An event bus over Redis pub/sub. Cheap to clone; clones share one bus.
@@ -59,6 +60,8 @@ struct Inner {
     connecting: tokio::sync::Mutex<()>,
     /// What the dispatcher publishes dead letters and releases subscriptions through.
     transport: Arc<BusTransport>,
+    /// The durable side, with `delivery = "streams"`.
+    streams: Option<Arc<Streams>>,
 }
 
 /// The bus as the dispatcher's [`Transport`]: publishes through the bus, releases
@@ -77,6 +80,9 @@ impl Transport for BusTransport {
     async fn release(&self, id: SubscriptionId) {
         if let Some(inner) = self.0.upgrade() {
             inner.registry.release(id).await;
+            if let Some(streams) = &inner.streams {
+                streams.release(id).await;
+            }
         }
     }
 }
@@ -138,7 +144,19 @@ impl RedisEventBus {
             dispatcher.metrics().clone(),
         ));
         let id = uuid::Uuid::new_v4().simple().to_string();
+        let streams = (config.delivery == DeliveryMode::Streams).then(|| {
+            Arc::new(Streams::new(StreamsSetup {
+                config: config.streams.clone(),
+                prefix: config.channel_prefix.clone(),
+                client: pubsub_client.clone(),
+                dispatcher: dispatcher.clone(),
+                timeout: config.command_timeout(),
+                max_message_bytes: config.max_message_bytes,
+                id: id.clone(),
+            }))
+        });
         let inner = Arc::new_cyclic(|inner| Inner {
+            streams,
             transport: Arc::new(BusTransport(inner.clone())),
             names: ChannelNames::new(&config.channel_prefix),
             pubsub_name: format!("eventbus:{}:sub:{}", config.channel_prefix, &id[..12]),
@@ -195,6 +213,17 @@ impl RedisEventBus {
         &self.inner.publish_name
     }
 
+    /// The durable side of the bus.
+    ///
+    /// # Errors
+    /// [`Error::Config`] (key `delivery`) when the bus uses pub/sub.
+    pub(crate) fn streams(&self) -> Result<&Arc<Streams>, Error> {
+        self.inner
+            .streams
+            .as_ref()
+            .ok_or_else(|| Error::config("delivery", "this operation needs delivery = \"streams\""))
+    }
+
     fn is_closed(&self) -> bool {
         self.inner.closed.load(Ordering::Acquire)
     }
@@ -204,6 +233,9 @@ impl RedisEventBus {
     /// has come back from the server and been handed to the dispatcher.
     async fn round_trip(&self) -> Result<(), Error> {
         let inner = &self.inner;
+        if let Some(streams) = &inner.streams {
+            return streams.round_trip().await;
+        }
         let mut conn = inner
             .registry
             .connection()
@@ -272,6 +304,7 @@ impl RedisEventBus {
             max_message_bytes: inner.config.max_message_bytes,
             probe: inner.probe.clone(),
             name: inner.publish_name.clone(),
+            stream: inner.streams.as_ref().map(|s| s.keys.stream()),
         })
         .await
         .map_err(at)?;
@@ -406,6 +439,9 @@ impl EventBus for RedisEventBus {
         let pattern = Pattern::parse(pattern)?;
         self.started().await?;
         let inner = &self.inner;
+        if let Some(streams) = &inner.streams {
+            return streams.subscribe(pattern, &options, subscriber).await;
+        }
         let target = inner.names.target(&pattern);
         inner
             .registry
@@ -442,6 +478,9 @@ impl EventBus for RedisEventBus {
         let inner = &self.inner;
         let deadline = Instant::now() + inner.dispatcher.config().shutdown_timeout();
         inner.closed.store(true, Ordering::Release);
+        if let Some(streams) = &inner.streams {
+            streams.stop_reading();
+        }
         let started = inner
             .started
             .write()
@@ -455,6 +494,9 @@ impl EventBus for RedisEventBus {
         }
         inner.registry.detach(None).await;
         inner.dispatcher.close_by(deadline).await;
+        if let Some(streams) = &inner.streams {
+            streams.stop_all().await;
+        }
         drop(started);
         Ok(())
     }

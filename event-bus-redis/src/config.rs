@@ -11,6 +11,8 @@ use event_bus_core::{
 use redis::{ConnectionAddr, ConnectionInfo, IntoConnectionInfo, RedisConnectionInfo};
 use serde::{Deserialize, Serialize};
 
+use crate::streams::{DeliveryMode, StreamsConfig};
+
 /// Configuration of [`RedisEventBus`](crate::RedisEventBus) (config
 /// `{"backend": "redis", ...}`).
 ///
@@ -76,6 +78,12 @@ pub struct RedisConfig {
     /// Default: `10.0`.
     #[serde(deserialize_with = "event_bus_core::seconds::deserialize")]
     pub ping_interval_seconds: f64,
+    /// How events travel: `"pubsub"` (at-most-once) or `"streams"` (durable,
+    /// at-least-once, with consumer groups; see the crate docs). Default: `"pubsub"`.
+    pub delivery: DeliveryMode,
+    /// Settings of the durable mode, used when `delivery = "streams"`.
+    /// Default: see [`StreamsConfig`].
+    pub streams: StreamsConfig,
     /// Dispatcher settings (`dispatcher.consumer_error_sleep_seconds` caps the reconnect
     /// backoff). Default: see [`DispatcherConfig`].
     pub dispatcher: DispatcherConfig,
@@ -96,6 +104,8 @@ impl Default for RedisConfig {
             receive_buffer_bytes: 16 * 1024 * 1024,
             command_timeout_seconds: 5.0,
             ping_interval_seconds: 10.0,
+            delivery: DeliveryMode::Pubsub,
+            streams: StreamsConfig::default(),
             dispatcher: DispatcherConfig::default(),
         }
     }
@@ -147,6 +157,7 @@ impl RedisConfig {
             false,
         )?;
         check_seconds("ping_interval_seconds", self.ping_interval_seconds, true)?;
+        self.streams.validate()?;
         self.connection_info().map(|_| ())
     }
 
@@ -236,6 +247,8 @@ impl fmt::Debug for RedisConfig {
             .field("receive_buffer_bytes", &self.receive_buffer_bytes)
             .field("command_timeout_seconds", &self.command_timeout_seconds)
             .field("ping_interval_seconds", &self.ping_interval_seconds)
+            .field("delivery", &self.delivery)
+            .field("streams", &self.streams)
             .field("dispatcher", &self.dispatcher)
             .finish()
     }
@@ -291,6 +304,17 @@ mod tests {
                 "command_timeout_seconds",
             ),
             (r#"{"ping_interval_seconds": -1}"#, "ping_interval_seconds"),
+            (r#"{"delivery": "queue"}"#, "delivery"),
+            (
+                r#"{"streams": {"lease_seconds": 0}}"#,
+                "streams.lease_seconds",
+            ),
+            (r#"{"streams": {"read_count": 0}}"#, "streams.read_count"),
+            (r#"{"streams": {"start": "middle"}}"#, "streams.start"),
+            (
+                r#"{"streams": {"consumer_name": "a b"}}"#,
+                "streams.consumer_name",
+            ),
             (
                 r#"{"dispatcher": {"queue_maxsize": 0}}"#,
                 "dispatcher.queue_maxsize",

@@ -73,13 +73,16 @@ mod buffer;
 mod bus;
 mod channel;
 mod config;
+mod durable;
 mod listener;
 mod publisher;
 mod registry;
+mod streams;
 
 pub use bus::RedisEventBus;
 pub use config::RedisConfig;
 pub use event_bus_core::namespace::MAX_PREFIX_LEN;
+pub use streams::{DeliveryMode, GroupInfo, StartPosition, StreamMetrics, StreamsConfig};
 
 // What applications need besides the bus itself, so that this crate alone is enough.
 pub use event_bus_core::prelude::*;

@@ -52,6 +52,9 @@ pub(crate) struct PublisherConfig {
     pub(crate) probe: Vec<(String, u16)>,
     /// The `CLIENT SETNAME` name of the connection.
     pub(crate) name: String,
+    /// In the durable mode, the stream every event is added to (`XADD`) instead of
+    /// being published on its channel.
+    pub(crate) stream: Option<String>,
 }
 
 struct Shared {
@@ -93,12 +96,11 @@ impl Publisher {
             Ok(link) => link,
             Err(down) => return Err(Error::publish(event, PublishOutcome::NotSent, down)),
         };
-        let mut cmd = redis::cmd("PUBLISH");
-        cmd.arg(self.shared.config.names.channel(&event.topic))
-            .arg(payload);
+        let mut cmd = redis::Cmd::new();
+        self.command(&mut cmd, &event.topic, payload);
         let timeout = self.shared.config.timeout;
         match tokio::time::timeout(timeout, cmd.exec_async(&mut link.conn)).await {
-            Ok(Ok(())) => Ok(()),
+            Ok(Ok(_)) => Ok(()),
             // The server answered with an error: it did not publish.
             Ok(Err(e))
                 if matches!(
@@ -127,10 +129,9 @@ impl Publisher {
     pub(crate) async fn publish_batch(&self, events: Vec<Event>) -> Result<(), Error> {
         let mut pipe = redis::pipe();
         for event in &events {
-            pipe.cmd("PUBLISH")
-                .arg(self.shared.config.names.channel(&event.topic))
-                .arg(self.encode(event)?)
-                .ignore();
+            let mut cmd = redis::Cmd::new();
+            self.command(&mut cmd, &event.topic, self.encode(event)?);
+            pipe.add_command(cmd).ignore();
         }
         let count = events.len();
         let Some(first) = events.into_iter().next() else {
@@ -154,6 +155,26 @@ impl Publisher {
         };
         let why = format!("batch of {count} events (some may have been published): {failure}");
         Err(Error::publish(first, PublishOutcome::Unknown, why))
+    }
+
+    /// The command that sends one envelope: `PUBLISH {channel} {envelope}`, or in the
+    /// durable mode `XADD {stream} * topic {topic} envelope {envelope}`.
+    fn command(&self, cmd: &mut redis::Cmd, topic: &str, payload: String) {
+        let config = &self.shared.config;
+        match &config.stream {
+            None => cmd
+                .arg("PUBLISH")
+                .arg(config.names.channel(topic))
+                .arg(payload),
+            Some(stream) => cmd
+                .arg("XADD")
+                .arg(stream)
+                .arg("*")
+                .arg(crate::streams::entry::TOPIC)
+                .arg(topic)
+                .arg(crate::streams::entry::ENVELOPE)
+                .arg(payload),
+        };
     }
 
     /// The envelope of `event`. An envelope larger than `max_message_bytes` is refused

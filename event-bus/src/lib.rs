@@ -41,7 +41,10 @@ pub use event_bus_memory::{MemoryConfig, MemoryEventBus};
 pub use event_bus_postgres::{PostgresConfig, PostgresEventBus};
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
-pub use event_bus_redis::{RedisConfig, RedisEventBus};
+pub use event_bus_redis::{
+    DeliveryMode, GroupInfo, RedisConfig, RedisEventBus, StartPosition, StreamMetrics,
+    StreamsConfig,
+};
 
 /// The names most programs need: `use event_bus::prelude::*;`.
 pub mod prelude {

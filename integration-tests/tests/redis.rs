@@ -16,6 +16,8 @@ use integration_tests::{
 use redis::AsyncCommands;
 use serde_json::json;
 
+#[path = "redis/durable.rs"]
+mod durable;
 #[path = "redis/faults.rs"]
 mod faults;
 

@@ -1,0 +1,365 @@
+//! The durable mode (`delivery = "streams"`) against the real server: groups, shares,
+//! retries, dead letters and redrive, offline backlog, retention, connection kills.
+
+use std::{
+    collections::HashSet,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use event_bus::{
+    DeadLetterInfo, Delivery, DeliveryMode, Event, EventBus, EventBusExt, RedisConfig,
+    RedisEventBus, RetryPolicy, StartPosition, SubscribeOptions,
+};
+use integration_tests::{
+    conformance::event,
+    redis_server::{self, kill_connections},
+    support::{DEADLINE, namespace, wait_until, wait_until_async},
+};
+
+use super::config;
+
+/// Durable test settings in namespace `ns`: a short lease so takeovers are quick.
+pub(crate) async fn durable_config(ns: &str) -> RedisConfig {
+    let mut config = config(ns).await;
+    config.delivery = DeliveryMode::Streams;
+    config.streams.lease_seconds = 1.0;
+    config.dispatcher.handler_timeout_seconds = 5.0;
+    config
+}
+
+pub(crate) async fn durable(ns: &str) -> RedisEventBus {
+    let bus = RedisEventBus::new(durable_config(ns).await).unwrap();
+    bus.connect().await.unwrap();
+    bus
+}
+
+/// Deletes the keys of namespace `ns` (its stream and the dead letters of `groups`).
+pub(crate) async fn cleanup(bus: &RedisEventBus, groups: &[&str]) {
+    let mut conn = redis_server::client().await;
+    let mut keys = vec![bus.stream_key()];
+    keys.extend(groups.iter().map(|g| bus.dead_letter_key(g)));
+    let _: i64 = redis::cmd("DEL")
+        .arg(&keys)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+}
+
+/// Payload numbers an handler saw, shared.
+#[derive(Clone, Default)]
+struct Seen(Arc<Mutex<Vec<u64>>>);
+
+impl Seen {
+    fn handler(&self) -> impl event_bus::Handler + use<> {
+        let seen = self.0.clone();
+        move |e: Event| {
+            let seen = seen.clone();
+            async move {
+                seen.lock().unwrap().push(e.payload.as_u64().unwrap());
+                Ok::<(), std::io::Error>(())
+            }
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.0.lock().unwrap().len()
+    }
+
+    fn set(&self) -> HashSet<u64> {
+        self.0.lock().unwrap().iter().copied().collect()
+    }
+}
+
+async fn publish_n(bus: &RedisEventBus, ns: &str, range: std::ops::Range<u64>) {
+    let events: Vec<Event> = range.map(|n| event(format!("{ns}:work"), n)).collect();
+    for chunk in events.chunks(200) {
+        bus.publish_batch(chunk.to_vec()).await.unwrap();
+    }
+}
+
+/// Every group receives every event; each event once per group.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_groups_each_receive_everything() {
+    let ns = namespace();
+    let bus = durable(&ns).await;
+    let (a, b) = (Seen::default(), Seen::default());
+    let pattern = format!("{ns}:*");
+    let _sa = bus
+        .subscribe_with(&pattern, SubscribeOptions::new().group("a"), a.handler())
+        .await
+        .unwrap();
+    let _sb = bus
+        .subscribe_with(&pattern, SubscribeOptions::new().group("b"), b.handler())
+        .await
+        .unwrap();
+    publish_n(&bus, &ns, 0..300).await;
+    bus.flush().await.unwrap();
+    assert_eq!((a.len(), b.len()), (300, 300));
+    assert_eq!(a.set(), (0..300).collect());
+    assert_eq!(b.set(), (0..300).collect());
+    let acked = bus.stream_metrics().acked;
+    assert_eq!(acked, 600, "{:?}", bus.stream_metrics());
+    let groups = bus.groups().await.unwrap();
+    assert!(
+        groups.iter().all(|g| g.pending == 0 && g.lag == Some(0)),
+        "{groups:?}"
+    );
+    bus.close().await.unwrap();
+    cleanup(&bus, &[]).await;
+}
+
+/// Two members of one group (two buses) share the events: disjoint, covering all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_members_share_disjoint_covering_shares() {
+    let ns = namespace();
+    let (one, two) = (durable(&ns).await, durable(&ns).await);
+    let (a, b) = (Seen::default(), Seen::default());
+    let pattern = format!("{ns}:*");
+    let options = SubscribeOptions::new().group("workers").queue_maxsize(10);
+    let _sa = one
+        .subscribe_with(&pattern, options.clone(), a.handler())
+        .await
+        .unwrap();
+    let _sb = two
+        .subscribe_with(&pattern, options, b.handler())
+        .await
+        .unwrap();
+    publish_n(&one, &ns, 0..1000).await;
+    assert!(wait_until(DEADLINE, || a.len() + b.len() >= 1000).await);
+    one.flush().await.unwrap();
+    two.flush().await.unwrap();
+    let (sa, sb) = (a.set(), b.set());
+    assert_eq!(a.len() + b.len(), 1000, "duplicates without any failure");
+    assert!(sa.is_disjoint(&sb));
+    assert_eq!(sa.union(&sb).count(), 1000);
+    eprintln!("shares: {} + {}", sa.len(), sb.len());
+    one.close().await.unwrap();
+    two.close().await.unwrap();
+    cleanup(&one, &[]).await;
+}
+
+/// A handler failing on poison events: they are retried with the server's attempt
+/// count, then dead-lettered with it; a redrive delivers them again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_then_dead_letters_then_redrive() {
+    let ns = namespace();
+    let bus = durable(&ns).await;
+    let attempts = Arc::new(Mutex::new(Vec::new()));
+    let healed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (log, cure) = (attempts.clone(), healed.clone());
+    let handler = move |e: Event| {
+        let (log, cure) = (log.clone(), cure.clone());
+        async move {
+            let n = e.payload.as_u64().unwrap();
+            let attempt = Delivery::current().map(|d| d.attempt()).unwrap_or(0);
+            log.lock().unwrap().push((n, attempt));
+            if n % 10 == 7 && !cure.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(std::io::Error::other(format!("poison {n}")));
+            }
+            Ok(())
+        }
+    };
+    let options = SubscribeOptions::new()
+        .group("billing")
+        .keep_on_failures()
+        .retry(RetryPolicy::exponential(
+            3,
+            Duration::from_millis(20),
+            Duration::from_millis(50),
+        ));
+    let _sub = bus
+        .subscribe_with(&format!("{ns}:*"), options, handler)
+        .await
+        .unwrap();
+    publish_n(&bus, &ns, 0..30).await;
+    assert!(
+        wait_until(DEADLINE, || bus.metrics().dead_lettered >= 3).await,
+        "{:?}",
+        bus.metrics()
+    );
+    let letters = bus.dead_letters("billing", 100).await.unwrap();
+    let mut poison: Vec<u64> = letters
+        .iter()
+        .map(|(_, e)| e.payload.as_u64().unwrap())
+        .collect();
+    poison.sort();
+    assert_eq!(poison, vec![7, 17, 27]);
+    for (_, letter) in &letters {
+        let info = DeadLetterInfo::of(letter).unwrap();
+        assert_eq!(info.attempts, 3);
+        assert_eq!(info.group.as_deref(), Some("billing"));
+        assert_eq!(info.topic, format!("{ns}:work"));
+    }
+    {
+        let log = attempts.lock().unwrap();
+        let seen_7: Vec<u32> = log
+            .iter()
+            .filter(|(n, _)| *n == 7)
+            .map(|(_, a)| *a)
+            .collect();
+        assert_eq!(seen_7, vec![1, 2, 3], "server attempt counts");
+        assert_eq!(log.iter().filter(|(n, _)| n % 10 != 7).count(), 27);
+    }
+    assert_eq!(bus.metrics().retried, 6);
+    healed.store(true, std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(bus.redrive("billing", 100).await.unwrap(), 3);
+    assert!(bus.dead_letters("billing", 100).await.unwrap().is_empty());
+    bus.flush().await.unwrap();
+    let log = attempts.lock().unwrap().clone();
+    let again: Vec<(u64, u32)> = log
+        .into_iter()
+        .skip_while(|(n, a)| !(*n == 27 && *a == 3))
+        .skip(1)
+        .collect();
+    let mut again: Vec<u64> = again.iter().map(|(n, _)| *n).collect();
+    again.sort();
+    assert_eq!(
+        again,
+        vec![7, 17, 27],
+        "redriven events delivered once more"
+    );
+    bus.close().await.unwrap();
+    cleanup(&bus, &["billing"]).await;
+}
+
+/// A group whose only member is away keeps its events: the 1,000 published meanwhile
+/// are all delivered when it subscribes again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offline_subscriber_receives_the_backlog() {
+    let ns = namespace();
+    let publisher = durable(&ns).await;
+    let pattern = format!("{ns}:*");
+    let first = Seen::default();
+    {
+        let bus = durable(&ns).await;
+        let sub = bus
+            .subscribe_with(
+                &pattern,
+                SubscribeOptions::new().group("late"),
+                first.handler(),
+            )
+            .await
+            .unwrap();
+        sub.cancel().await;
+        bus.close().await.unwrap();
+    }
+    publish_n(&publisher, &ns, 0..1000).await;
+    let bus = durable(&ns).await;
+    let later = Seen::default();
+    let _sub = bus
+        .subscribe_with(
+            &pattern,
+            SubscribeOptions::new().group("late"),
+            later.handler(),
+        )
+        .await
+        .unwrap();
+    assert!(
+        wait_until(DEADLINE, || later.len() >= 1000).await,
+        "{}",
+        later.len()
+    );
+    bus.flush().await.unwrap();
+    assert_eq!(later.len(), 1000);
+    assert_eq!(later.set(), (0..1000).collect());
+    assert_eq!(first.len(), 0);
+    bus.close().await.unwrap();
+    publisher.close().await.unwrap();
+    cleanup(&bus, &[]).await;
+}
+
+/// A group that starts at `earliest` receives what was published before it existed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn earliest_group_receives_what_came_before() {
+    let ns = namespace();
+    let mut config = durable_config(&ns).await;
+    config.streams.start = StartPosition::Earliest;
+    let bus = RedisEventBus::new(config).unwrap();
+    bus.connect().await.unwrap();
+    publish_n(&bus, &ns, 0..50).await;
+    let seen = Seen::default();
+    let _sub = bus
+        .subscribe_with(
+            &format!("{ns}:*"),
+            SubscribeOptions::new().group("audit"),
+            seen.handler(),
+        )
+        .await
+        .unwrap();
+    bus.flush().await.unwrap();
+    assert_eq!(seen.set(), (0..50).collect());
+    bus.close().await.unwrap();
+    cleanup(&bus, &[]).await;
+}
+
+/// Entries whose topic the pattern does not match are acknowledged unseen and counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unmatched_topics_are_skipped_and_counted() {
+    let ns = namespace();
+    let bus = durable(&ns).await;
+    let seen = Seen::default();
+    let _sub = bus
+        .subscribe_with(
+            &format!("{ns}:orders:*"),
+            SubscribeOptions::new(),
+            seen.handler(),
+        )
+        .await
+        .unwrap();
+    for n in 0..20 {
+        let topic = if n % 2 == 0 {
+            format!("{ns}:orders:eu")
+        } else {
+            format!("{ns}:users")
+        };
+        bus.publish(event(topic, n)).await.unwrap();
+    }
+    bus.flush().await.unwrap();
+    assert_eq!(seen.set(), (0..20).filter(|n| n % 2 == 0).collect());
+    assert_eq!(bus.stream_metrics().skipped, 10);
+    let groups = bus.groups().await.unwrap();
+    assert_eq!(groups.len(), 1);
+    assert_eq!(groups[0].name, "default");
+    assert_eq!(groups[0].pending, 0);
+    bus.close().await.unwrap();
+    cleanup(&bus, &[]).await;
+}
+
+/// Killing the reading connections while events flow loses nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_kill_of_the_reader_loses_nothing() {
+    let ns = namespace();
+    let bus = durable(&ns).await;
+    let seen = Seen::default();
+    let _sub = bus
+        .subscribe_with(
+            &format!("{ns}:*"),
+            SubscribeOptions::new().group("g"),
+            seen.handler(),
+        )
+        .await
+        .unwrap();
+    let name = format!("eventbus:{ns}:streams:");
+    for round in 0..5u64 {
+        publish_n(&bus, &ns, round * 200..round * 200 + 200).await;
+        // The readers reconnect with backoff: kill them once they are back.
+        let killed =
+            wait_until_async(DEADLINE, || async { kill_connections(&name).await > 0 }).await;
+        assert!(killed, "round {round}: no connection to kill");
+    }
+    assert!(
+        wait_until(Duration::from_secs(20), || seen.set().len() >= 1000).await,
+        "{}",
+        seen.set().len()
+    );
+    bus.flush().await.unwrap();
+    assert_eq!(seen.set(), (0..1000).collect());
+    eprintln!(
+        "client kill: {} deliveries for 1000 events, {:?}",
+        seen.len(),
+        bus.stream_metrics()
+    );
+    bus.close().await.unwrap();
+    cleanup(&bus, &[]).await;
+}
