@@ -139,6 +139,8 @@ async fn kill(name_part: &str, kind: Option<&str>) -> usize {
 pub struct OwnRedisServer {
     port: u16,
     child: Option<std::process::Child>,
+    /// With persistence: the data directory (removed on drop).
+    dir: Option<std::path::PathBuf>,
 }
 
 impl OwnRedisServer {
@@ -148,7 +150,31 @@ impl OwnRedisServer {
             .and_then(|listener| listener.local_addr())
             .expect("a free loopback port")
             .port();
-        let mut server = Self { port, child: None };
+        let mut server = Self {
+            port,
+            child: None,
+            dir: None,
+        };
+        server.spawn().await;
+        server
+    }
+
+    /// Like [`start`](Self::start), with an append-only file fsynced on every write
+    /// (`--appendonly yes --appendfsync always`) in a temporary directory, so a killed
+    /// and respawned server comes back with its data.
+    pub async fn start_persistent() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .expect("a free loopback port")
+            .port();
+        let dir =
+            std::env::temp_dir().join(format!("eventbus-redis-{port}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("create the data directory");
+        let mut server = Self {
+            port,
+            child: None,
+            dir: Some(dir),
+        };
         server.spawn().await;
         server
     }
@@ -162,9 +188,16 @@ impl OwnRedisServer {
     /// until that very process answers.
     pub async fn spawn(&mut self) {
         assert!(self.child.is_none(), "redis-server already running");
-        let child = std::process::Command::new("redis-server")
-            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
-            .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+        let mut command = std::process::Command::new("redis-server");
+        command.args(["--bind", "127.0.0.1", "--port", &self.port.to_string()]);
+        command.args(["--save", "", "--daemonize", "no"]);
+        match &self.dir {
+            None => command.args(["--appendonly", "no"]),
+            Some(dir) => command
+                .args(["--appendonly", "yes", "--appendfsync", "always", "--dir"])
+                .arg(dir),
+        };
+        let child = command
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
@@ -216,5 +249,8 @@ impl OwnRedisServer {
 impl Drop for OwnRedisServer {
     fn drop(&mut self) {
         self.kill();
+        if let Some(dir) = &self.dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }

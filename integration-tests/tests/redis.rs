@@ -18,6 +18,8 @@ use serde_json::json;
 
 #[path = "redis/durable.rs"]
 mod durable;
+#[path = "redis/durable_crash.rs"]
+mod durable_crash;
 #[path = "redis/faults.rs"]
 mod faults;
 

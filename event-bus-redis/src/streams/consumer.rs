@@ -81,7 +81,23 @@ pub(crate) struct Ctx {
     reads_done: watch::Sender<u64>,
 }
 
+/// What the acker needs of a consumer (not the consumer itself: the acker ends when
+/// the consumer and its settle handles are gone).
+struct Acking {
+    stream: String,
+    group: String,
+    in_flight: Arc<InFlight>,
+}
+
 impl Ctx {
+    fn clone_acking(&self) -> Acking {
+        Acking {
+            stream: self.stream.clone(),
+            group: self.group.clone(),
+            in_flight: self.in_flight.clone(),
+        }
+    }
+
     /// Makes the next claim happen no later than `at`.
     pub(crate) fn claim_by(&self, at: Instant) {
         let mut next = lock(&self.claim_at);
@@ -195,8 +211,7 @@ pub(crate) fn spawn(
     let (stop, stop_rx) = watch::channel(false);
     let acker = tokio::spawn(ack_loop(
         Arc::downgrade(streams),
-        ctx.stream.clone(),
-        group.clone(),
+        ctx.clone_acking(),
         ack_rx,
     ));
     let heartbeat = tokio::spawn(heartbeat_loop(ctx.clone(), streams.config.lease()));
@@ -517,13 +532,18 @@ async fn extend(streams: &Streams, ctx: &Ctx, held: Vec<String>) -> Result<(), E
     Ok(())
 }
 
-/// Acknowledges the ids it receives, in batches, until every sender is gone.
+/// Acknowledges the ids it receives, in batches, until every sender is gone. An `XACK`
+/// that fails is tried once more (it is idempotent) on a fresh connection.
 async fn ack_loop(
     streams: Weak<Streams>,
-    stream: String,
-    group: String,
+    acking: Acking,
     mut acks: mpsc::UnboundedReceiver<(String, bool)>,
 ) {
+    let Acking {
+        stream,
+        group,
+        in_flight,
+    } = acking;
     let mut batch = Vec::new();
     let mut handled = 0;
     while let Some(first) = acks.recv().await {
@@ -540,12 +560,18 @@ async fn ack_loop(
         };
         let mut cmd = redis::cmd("XACK");
         cmd.arg(&stream).arg(&group).arg(&batch);
-        match streams.commands.run::<u64>("acknowledge", &cmd).await {
+        let mut result = streams.commands.run::<u64>("acknowledge", &cmd).await;
+        if result.is_err() {
+            result = streams.commands.run::<u64>("acknowledge", &cmd).await;
+        }
+        match result {
             Ok(_) => StreamStats::add(&streams.stats.acked, handled),
             Err(e) => tracing::warn!(%group, entries = batch.len(), error = %e,
                 "could not acknowledge: the entries will be delivered again after their lease"),
         }
-        batch.clear();
+        for id in batch.drain(..) {
+            in_flight.remove(&id);
+        }
         handled = 0;
     }
 }

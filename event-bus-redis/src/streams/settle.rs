@@ -15,28 +15,36 @@ use super::{consumer::Ctx, entry};
 pub(crate) struct StreamSettle {
     ctx: Arc<Ctx>,
     id: String,
+    /// Handed to the acker, which forgets the entry once the `XACK` is done (so a
+    /// re-read of pending entries meanwhile does not deliver it again).
+    acked: bool,
 }
 
 impl StreamSettle {
     pub(crate) fn new(ctx: Arc<Ctx>, id: String) -> Self {
-        Self { ctx, id }
+        Self {
+            ctx,
+            id,
+            acked: false,
+        }
     }
 }
 
 impl Drop for StreamSettle {
     fn drop(&mut self) {
-        self.ctx.in_flight.remove(&self.id);
+        if !self.acked {
+            self.ctx.in_flight.remove(&self.id);
+        }
     }
 }
 
 #[async_trait]
 impl Settle for StreamSettle {
     /// Queues the `XACK` (sent in batches).
-    async fn ack(self: Box<Self>) -> Result<(), Error> {
-        self.ctx
-            .acks
-            .send((self.id.clone(), true))
-            .map_err(|_| Error::Closed)
+    async fn ack(mut self: Box<Self>) -> Result<(), Error> {
+        let sent = self.ctx.acks.send((self.id.clone(), true));
+        self.acked = sent.is_ok();
+        sent.map_err(|_| Error::Closed)
     }
 
     /// Makes the entry claimable after `delay`: `XCLAIM ... IDLE <lease - delay> JUSTID`
