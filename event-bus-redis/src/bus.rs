@@ -457,7 +457,16 @@ impl EventBus for RedisEventBus {
     /// everything received up to that answer.
     async fn flush(&self) -> Result<(), Error> {
         self.started().await?;
-        until_quiescent(&self.inner.dispatcher, || self.round_trip()).await
+        loop {
+            until_quiescent(&self.inner.dispatcher, || self.round_trip()).await?;
+            // Durable retries wait on the server: wait for them too.
+            match &self.inner.streams {
+                Some(streams) if streams.retrying() => {
+                    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                }
+                _ => return Ok(()),
+            }
+        }
     }
 
     fn metrics(&self) -> MetricsSnapshot {

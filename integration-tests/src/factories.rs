@@ -48,3 +48,24 @@ pub fn redis(ns: String, dispatcher: DispatcherConfig) -> BoxFuture<'static, Arc
         Arc::new(bus) as Arc<dyn EventBus>
     })
 }
+
+/// Redis in the durable mode (`delivery = "streams"`): stream `{ns}:stream` on the
+/// server [`redis_server`](crate::redis_server) finds, with a 1 s lease.
+pub fn redis_streams(
+    ns: String,
+    dispatcher: DispatcherConfig,
+) -> BoxFuture<'static, Arc<dyn EventBus>> {
+    Box::pin(async move {
+        let mut config = event_bus::RedisConfig {
+            channel_prefix: ns,
+            dispatcher,
+            delivery: event_bus::DeliveryMode::Streams,
+            ..event_bus::RedisConfig::from_url(crate::redis_server::url().await)
+                .expect("valid Redis URL")
+        };
+        config.streams.lease_seconds = 1.0;
+        let bus = event_bus::RedisEventBus::new(config).expect("valid redis config");
+        bus.connect().await.expect("redis connect");
+        Arc::new(bus) as Arc<dyn EventBus>
+    })
+}

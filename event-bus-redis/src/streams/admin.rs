@@ -1,7 +1,7 @@
 //! Operations on groups and dead letters: group state (lag), listing and redriving
 //! dead letters.
 
-use event_bus_core::{Error, Event, dead_letter, envelope, options::validate_group};
+use event_bus_core::{Error, Event, dead_letter, envelope};
 use redis::Value;
 
 use super::{
@@ -48,7 +48,9 @@ pub(crate) async fn dead_letters(
     group: &str,
     count: usize,
 ) -> Result<Vec<(String, Event)>, Error> {
-    validate_group(group)?;
+    if group.is_empty() {
+        return Err(Error::config("group", "must not be empty"));
+    }
     let mut cmd = redis::cmd("XRANGE");
     cmd.arg(streams.keys.dead(group))
         .arg("-")

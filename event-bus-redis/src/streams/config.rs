@@ -53,8 +53,6 @@ pub struct StreamsConfig {
     pub consumer_name: Option<String>,
     /// Where a group that does not exist yet starts. Default: `latest`.
     pub start: StartPosition,
-    /// Group of a durable subscription whose options name none. Default: `"default"`.
-    pub default_group: String,
     /// Entries fetched per read. Default: `100`.
     pub read_count: usize,
     /// Safety cap on the stream length, in entries: when the stream is still longer
@@ -77,7 +75,6 @@ impl Default for StreamsConfig {
             lease_seconds: 30.0,
             consumer_name: None,
             start: StartPosition::Latest,
-            default_group: "default".to_owned(),
             read_count: 100,
             max_len: 0,
             trim_interval_seconds: 10.0,
@@ -112,8 +109,7 @@ impl StreamsConfig {
         if self.read_count == 0 {
             return Err(Error::config("streams.read_count", "must be at least 1"));
         }
-        validate_group(&self.default_group)
-            .map_err(|e| Error::config("streams.default_group", e.to_string()))?;
+
         if let Some(name) = &self.consumer_name {
             validate_group(name).map_err(|_| {
                 Error::config(

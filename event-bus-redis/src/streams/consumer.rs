@@ -18,7 +18,8 @@ use std::{
 };
 
 use event_bus_core::{
-    Error, Pattern, SubscriptionId, durable::DurableDelivery, envelope, reconnect::Backoff,
+    DeadLetter, DeadLetterInfo, Error, Pattern, SubscriptionId, durable::DurableDelivery, envelope,
+    reconnect::Backoff,
 };
 use redis::{Value, aio::MultiplexedConnection};
 use tokio::{
@@ -68,12 +69,17 @@ pub(crate) struct Ctx {
     pub(crate) pattern: Pattern,
     pub(crate) group: String,
     pub(crate) name: String,
+    /// The subscription's dead-letter option (see [`StreamSettle`]).
+    pub(crate) dead_letter: DeadLetter,
     pub(crate) stream: String,
     pub(crate) in_flight: Arc<InFlight>,
     /// Entries to acknowledge (the acker batches them).
     pub(crate) acks: mpsc::UnboundedSender<(String, bool)>,
     /// When the next claim is due (moved earlier by a retry).
     pub(crate) claim_at: Mutex<Instant>,
+    /// Entries waiting on the server for a retry, until when they are waited for (by
+    /// `flush`): their due time plus a lease, in case another member takes them.
+    pub(crate) retrying: Mutex<HashMap<String, Instant>>,
     /// `CLIENT ID` of the reading connection (0 before it is open).
     client_id: AtomicI64,
     /// Reads started, and reads finished with what they returned handed over.
@@ -90,6 +96,14 @@ struct Acking {
 }
 
 impl Ctx {
+    /// Whether an entry of this consumer waits on the server for a retry.
+    pub(crate) fn is_retrying(&self) -> bool {
+        let now = Instant::now();
+        let mut retrying = lock(&self.retrying);
+        retrying.retain(|_, until| *until > now);
+        !retrying.is_empty()
+    }
+
     fn clone_acking(&self) -> Acking {
         Acking {
             stream: self.stream.clone(),
@@ -124,12 +138,24 @@ impl ConsumerHandle {
         self.stop.send_replace(true);
     }
 
+    /// Whether an entry of this consumer waits on the server for a retry.
+    pub(crate) fn is_retrying(&self) -> bool {
+        self.ctx.is_retrying()
+    }
+
     /// A handle to wait for the consumer's current read.
     pub(crate) fn waiter(&self) -> Waiter {
         Waiter {
             ctx: self.ctx.clone(),
             stop: self.stop.subscribe(),
         }
+    }
+
+    /// Stops the consumer without waiting (close from a handler): it reads no more and
+    /// stops extending leases; its acknowledgements are still sent.
+    pub(crate) fn detach(self) {
+        self.stop.send_replace(true);
+        self.heartbeat.abort();
     }
 
     /// Stops the consumer: ends its read (within one blocking read), stops extending
@@ -182,15 +208,28 @@ impl Waiter {
     }
 }
 
-/// Starts the consumer `name` of `group` for subscription `sub`.
-pub(crate) fn spawn(
-    streams: &Arc<Streams>,
-    sub: SubscriptionId,
-    pattern: Pattern,
-    group: String,
-    name: String,
-    index: u32,
-) -> ConsumerHandle {
+/// What one consumer serves.
+pub(crate) struct Spec {
+    pub(crate) sub: SubscriptionId,
+    pub(crate) pattern: Pattern,
+    pub(crate) group: String,
+    /// Consumer name in the group.
+    pub(crate) name: String,
+    /// Its number among this bus's consumers of the group.
+    pub(crate) index: u32,
+    pub(crate) dead_letter: DeadLetter,
+}
+
+/// Starts the consumer of `spec`.
+pub(crate) fn spawn(streams: &Arc<Streams>, spec: Spec) -> ConsumerHandle {
+    let Spec {
+        sub,
+        pattern,
+        group,
+        name,
+        index,
+        dead_letter,
+    } = spec;
     let (acks, ack_rx) = mpsc::unbounded_channel();
     let in_flight = Arc::new(InFlight::default());
     let stream = streams.keys.stream();
@@ -200,10 +239,12 @@ pub(crate) fn spawn(
         pattern,
         group: group.clone(),
         name,
+        dead_letter,
         stream,
         in_flight,
         acks,
         claim_at: Mutex::new(Instant::now()),
+        retrying: Mutex::default(),
         client_id: AtomicI64::new(0),
         reads_started: AtomicU64::new(0),
         reads_done: watch::Sender::new(0),
@@ -246,7 +287,7 @@ async fn read_loop(ctx: Arc<Ctx>, stop: watch::Receiver<bool>) {
         };
         let max_backoff = streams.dispatcher.config().consumer_error_sleep();
         let backoff = backoff.get_or_insert_with(|| Backoff::new(max_backoff));
-        let name = format!("{}:{}:{}", streams.client_name, ctx.group, ctx.name);
+        let name = format!("{}:read:{}", streams.client_name, ctx.name);
         let opened = commands::open(&streams.client, &name, streams.timeout, None).await;
         let result = match opened {
             Ok(conn) => {
@@ -457,7 +498,13 @@ async fn hand_over(
         let for_us =
             body.group.as_ref().is_none_or(|g| *g == ctx.group) && ctx.pattern.matches(&body.topic);
         let event = match envelope::decode(&body.envelope, streams.max_message_bytes) {
-            Ok(event) if for_us => event,
+            // A subscription never receives its own dead letters.
+            Ok(event)
+                if for_us
+                    && DeadLetterInfo::of(&event).and_then(|i| i.subscription) != Some(ctx.sub) =>
+            {
+                event
+            }
             Ok(_) => {
                 StreamStats::add(&streams.stats.skipped, 1);
                 let _ = ctx.acks.send((id, false));
@@ -471,6 +518,7 @@ async fn hand_over(
                 continue;
             }
         };
+        lock(&ctx.retrying).remove(&id);
         let attempt = counts.get(&id).copied().unwrap_or(1);
         ctx.in_flight.insert(&id);
         let delivery = DurableDelivery {
@@ -495,13 +543,13 @@ async fn heartbeat_loop(ctx: Arc<Ctx>, lease: Duration) {
     let period = (lease / 3).max(Duration::from_millis(10));
     loop {
         tokio::time::sleep(period).await;
+        let Some(streams) = ctx.streams.upgrade() else {
+            return;
+        };
         let held = ctx.in_flight.snapshot();
         if held.is_empty() {
             continue;
         }
-        let Some(streams) = ctx.streams.upgrade() else {
-            return;
-        };
         if let Err(e) = extend(&streams, &ctx, held).await {
             tracing::warn!(group = %ctx.group, consumer = %ctx.name, error = %e, "could not extend leases");
         }

@@ -137,16 +137,16 @@ impl Streams {
         subscriber: Subscriber,
     ) -> Result<Subscription, Error> {
         let resolved = options.resolve(self.dispatcher.config())?;
-        let group = resolved
-            .group
-            .unwrap_or_else(|| self.config.default_group.clone());
+        let group = match resolved.group {
+            Some(group) => group,
+            None => self.implicit_group(&pattern),
+        };
         self.commands
             .create_group(&self.keys.stream(), &group, self.config.start)
             .await?;
-        let options = options.clone().group(group.clone());
         let subscription = self
             .dispatcher
-            .subscribe(pattern.clone(), &options, subscriber)?;
+            .subscribe(pattern.clone(), options, subscriber)?;
         let mut consumers = lock(&self.consumers);
         let index = (1..)
             .find(|n| {
@@ -156,11 +156,36 @@ impl Streams {
             })
             .unwrap_or(1);
         let name = format!("{}-{index}", self.base_name);
-        let handle = consumer::spawn(self, subscription.id(), pattern, group, name, index);
+        let handle = consumer::spawn(
+            self,
+            consumer::Spec {
+                sub: subscription.id(),
+                pattern,
+                group,
+                name,
+                index,
+                dead_letter: resolved.dead_letter,
+            },
+        );
         consumers.insert(subscription.id(), handle);
         drop(consumers);
         self.start_maintenance();
         Ok(subscription)
+    }
+
+    /// The group of a subscription whose options name none: its pattern, so that every
+    /// subscription receives every matching event (as on every backend) and the
+    /// instances of a service that subscribe to the same pattern share its events. The
+    /// n-th such subscription to one pattern on one bus (n ≥ 2) is `{pattern}#{n}`.
+    fn implicit_group(&self, pattern: &Pattern) -> String {
+        let consumers = lock(&self.consumers);
+        (1..)
+            .map(|n| match n {
+                1 => pattern.as_str().to_owned(),
+                n => format!("{}#{n}", pattern.as_str()),
+            })
+            .find(|name| !consumers.values().any(|c| c.group == *name))
+            .unwrap_or_else(|| pattern.as_str().to_owned())
     }
 
     /// Stops the consumer of subscription `id`, if it has one (its group and pending
@@ -172,11 +197,18 @@ impl Streams {
         }
     }
 
-    /// Stops every consumer (close), waiting for their acknowledgements to be sent.
+    /// Stops every consumer (close), waiting for their acknowledgements to be sent;
+    /// called from a handler, it does not wait (that handler's own acknowledgement
+    /// comes after close returns) and the acknowledgements are still sent.
     pub(crate) async fn stop_all(&self) {
         let handles: Vec<_> = lock(&self.consumers).drain().map(|(_, h)| h).collect();
+        let in_handler = event_bus_core::Delivery::current().is_some();
         for handle in handles {
-            handle.stop(self).await;
+            if in_handler {
+                handle.detach();
+            } else {
+                handle.stop(self).await;
+            }
         }
         if let Some(task) = lock(&self.maintenance).take() {
             task.abort();
@@ -245,6 +277,13 @@ impl Streams {
             consumer.finish_read(self).await;
         }
         Ok(())
+    }
+
+    /// Whether an entry of this bus's consumers waits on the server for a retry.
+    pub(crate) fn retrying(&self) -> bool {
+        lock(&self.consumers)
+            .values()
+            .any(ConsumerHandle::is_retrying)
     }
 
     /// The groups this bus has durable subscriptions in.

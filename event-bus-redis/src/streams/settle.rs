@@ -1,14 +1,19 @@
 //! How a durable delivery is settled on the server: the
 //! [`Settle`](event_bus_core::durable::Settle) of one stream entry.
+//!
+//! [`DeadLetter::Derived`]: event_bus_core::DeadLetter::Derived
+//! [`DeadLetter::Topic`]: event_bus_core::DeadLetter::Topic
 
 use std::{sync::Arc, time::Duration};
 
 use async_trait::async_trait;
-use event_bus_core::{Error, Event, durable::Settle, envelope};
+use event_bus_core::{
+    Error, Event, dead_letter, durable::Settle, envelope, options::DEAD_LETTER_PREFIX,
+};
 use redis::Value;
 use tokio::time::Instant;
 
-use super::{consumer::Ctx, entry};
+use super::{consumer::Ctx, entry, lock};
 
 /// One entry handed to the dispatcher. Dropped unsettled, it stops having its lease
 /// extended, so the group gets it again once the lease expires.
@@ -69,20 +74,37 @@ impl Settle for StreamSettle {
             .commands
             .run::<Value>("schedule a retry", &cmd)
             .await?;
-        ctx.claim_by(Instant::now() + delay.min(lease));
+        let due = Instant::now() + delay.min(lease);
+        lock(&ctx.retrying).insert(self.id.clone(), due + lease);
+        ctx.claim_by(due);
         Ok(())
     }
 
-    /// `MULTI`, `XADD` of `letter` to the group's dead-letter stream, `XACK`, `EXEC`.
+    /// `MULTI`, `XADD` of `letter`, `XACK`, `EXEC`. The letter goes to the group's
+    /// dead-letter stream, unless the subscription names a dead-letter topic
+    /// ([`DeadLetter::Derived`] or [`DeadLetter::Topic`]): then it is published on the
+    /// stream under that topic, as on every backend (a dead letter of a dead letter
+    /// always goes to the group's dead-letter stream, so nothing loops).
     async fn dead_letter(self: Box<Self>, letter: Event) -> Result<(), Error> {
         let Some(streams) = self.ctx.streams.upgrade() else {
             return Err(Error::Closed);
         };
         let ctx = &self.ctx;
+        let original = letter
+            .metadata
+            .get(dead_letter::TOPIC)
+            .cloned()
+            .unwrap_or_else(|| letter.topic.clone());
+        let (key, letter) = match ctx.dead_letter.topic_for(&original) {
+            Some(topic) if !original.starts_with(DEAD_LETTER_PREFIX) => {
+                (ctx.stream.clone(), letter.with_topic(topic))
+            }
+            _ => (streams.keys.dead(&ctx.group), letter),
+        };
         let mut pipe = redis::pipe();
         pipe.atomic();
         pipe.cmd("XADD")
-            .arg(streams.keys.dead(&ctx.group))
+            .arg(key)
             .arg("*")
             .arg(entry::TOPIC)
             .arg(&letter.topic)

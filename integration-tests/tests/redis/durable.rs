@@ -321,7 +321,11 @@ async fn unmatched_topics_are_skipped_and_counted() {
     assert_eq!(bus.stream_metrics().skipped, 10);
     let groups = bus.groups().await.unwrap();
     assert_eq!(groups.len(), 1);
-    assert_eq!(groups[0].name, "default");
+    assert_eq!(
+        groups[0].name,
+        format!("{ns}:orders:*"),
+        "a subscription without a group has its own, named after its pattern"
+    );
     assert_eq!(groups[0].pending, 0);
     bus.close().await.unwrap();
     cleanup(&bus, &[]).await;
