@@ -224,6 +224,10 @@ pub struct Health {
     pub connected: bool,
     /// The last connection error, if the bus is currently disconnected.
     pub last_error: Option<String>,
+    /// Server settings that put the bus's guarantees at risk (e.g. a Redis eviction
+    /// policy that may evict durable streams). They do not make the bus unhealthy.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 impl Health {
@@ -239,7 +243,14 @@ impl Health {
             open,
             connected,
             last_error,
+            warnings: Vec::new(),
         }
+    }
+
+    /// Adds a warning.
+    pub fn with_warning(mut self, warning: impl Into<String>) -> Self {
+        self.warnings.push(warning.into());
+        self
     }
 
     /// Open and connected.

@@ -473,9 +473,19 @@ impl EventBus for RedisEventBus {
         self.inner.dispatcher.metrics().snapshot()
     }
 
+    /// Open and connected; in the durable mode, with a warning when the server's
+    /// `maxmemory-policy` may evict keys (an evicted stream loses its events): it
+    /// should be `noeviction`.
     async fn health(&self) -> Health {
         let link = self.inner.registry.link();
-        Health::new("redis", !self.is_closed(), link.connected, link.last_error)
+        let health = Health::new("redis", !self.is_closed(), link.connected, link.last_error);
+        match &self.inner.streams {
+            Some(streams) if link.connected => match streams.eviction_risk().await {
+                Some(warning) => health.with_warning(warning),
+                None => health,
+            },
+            _ => health,
+        }
     }
 
     /// Closes in order, so that every event the bus received is, when this returns,

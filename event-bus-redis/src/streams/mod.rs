@@ -279,6 +279,32 @@ impl Streams {
         Ok(())
     }
 
+    /// A warning if the server's `maxmemory-policy` may evict keys (an evicted stream
+    /// loses every event in it); `None` under `noeviction` or when the policy cannot
+    /// be read (e.g. `CONFIG` is not allowed for this user).
+    pub(crate) async fn eviction_risk(&self) -> Option<String> {
+        let mut cmd = redis::cmd("CONFIG");
+        cmd.arg("GET").arg("maxmemory-policy");
+        let reply: redis::Value = self
+            .commands
+            .run("read maxmemory-policy", &cmd)
+            .await
+            .ok()?;
+        let policy = entry::info_fields(&reply)
+            .into_iter()
+            .find(|(k, _)| k == "maxmemory-policy")
+            .and_then(|(_, v)| match v {
+                redis::Value::BulkString(b) => String::from_utf8(b).ok(),
+                redis::Value::SimpleString(s) => Some(s),
+                _ => None,
+            })?;
+        (policy != "noeviction").then(|| {
+            format!(
+                "maxmemory-policy is {policy}: the server may evict the event streams; set it to noeviction"
+            )
+        })
+    }
+
     /// Whether an entry of this bus's consumers waits on the server for a retry.
     pub(crate) fn retrying(&self) -> bool {
         lock(&self.consumers)

@@ -438,3 +438,90 @@ async fn retention_never_trims_a_lagging_group_silently() {
     capped.close().await.unwrap();
     cleanup(&bus, &[]).await;
 }
+
+/// `health()` reports an eviction policy that could evict the streams, and only then.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_warns_when_the_server_may_evict() {
+    let server = integration_tests::redis_server::OwnRedisServer::start().await;
+    let ns = namespace();
+    let mut config = durable_config(&ns).await;
+    config.url = Some(server.url());
+    let bus = RedisEventBus::new(config).unwrap();
+    bus.connect().await.unwrap();
+    let health = bus.health().await;
+    assert!(
+        health.is_healthy() && health.warnings.is_empty(),
+        "{health:?}"
+    );
+    let client = redis::Client::open(server.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory-policy")
+        .arg("allkeys-lru")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let health = bus.health().await;
+    assert!(health.is_healthy(), "{health:?}");
+    assert!(
+        health
+            .warnings
+            .iter()
+            .any(|w| w.contains("allkeys-lru") && w.contains("noeviction")),
+        "{health:?}"
+    );
+    bus.close().await.unwrap();
+}
+
+/// A handler running for several leases keeps its event: its lease is extended, so the
+/// other member of the group never takes it over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_handler_keeps_its_lease() {
+    let ns = namespace();
+    let (one, two) = (durable(&ns).await, durable(&ns).await);
+    let calls = Arc::new(Mutex::new(Vec::new()));
+    let handler = |bus: &'static str| {
+        let calls = calls.clone();
+        move |e: Event| {
+            let calls = calls.clone();
+            async move {
+                calls
+                    .lock()
+                    .unwrap()
+                    .push((bus, e.payload.as_u64().unwrap()));
+                // Three leases of 1 s.
+                tokio::time::sleep(Duration::from_secs(3)).await;
+                Ok::<(), std::io::Error>(())
+            }
+        }
+    };
+    let options = SubscribeOptions::new()
+        .group("slow")
+        .handler_timeout(Duration::from_secs(10));
+    let pattern = format!("{ns}:*");
+    let _a = one
+        .subscribe_with(&pattern, options.clone(), handler("one"))
+        .await
+        .unwrap();
+    let _b = two
+        .subscribe_with(&pattern, options, handler("two"))
+        .await
+        .unwrap();
+    one.publish(event(format!("{ns}:job"), 1)).await.unwrap();
+    assert!(wait_until(DEADLINE, || !calls.lock().unwrap().is_empty()).await);
+    tokio::time::sleep(Duration::from_secs(4)).await; // observe: no takeover happens
+    assert_eq!(
+        calls.lock().unwrap().len(),
+        1,
+        "{:?}",
+        calls.lock().unwrap()
+    );
+    assert_eq!(
+        one.stream_metrics().reclaimed + two.stream_metrics().reclaimed,
+        0
+    );
+    one.close().await.unwrap();
+    two.close().await.unwrap();
+    cleanup(&one, &[]).await;
+}
