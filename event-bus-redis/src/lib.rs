@@ -30,6 +30,18 @@
 //! was sent. `close()` stops receiving first, so every event the bus received is
 //! delivered or counted in `dropped` when it returns.
 //!
+//! # Durable delivery
+//!
+//! With [`RedisConfig::delivery`] set to [`DeliveryMode::Streams`], events are added to
+//! one Redis stream per prefix (`{channel_prefix}:stream`) instead, and each subscription
+//! reads it as a member of a consumer group: **at-least-once**, nothing lost while a
+//! subscriber is away or after it crashes, members in any number of processes sharing
+//! the events, acknowledgement on success only, retries counted by the server, and the
+//! last failure moved atomically to the group's dead-letter stream. Groups, leases,
+//! retention, redrive and operations are described in `docs/backends/redis.md` (*Durable
+//! mode*); [`RedisEventBus::groups`], [`RedisEventBus::dead_letters`],
+//! [`RedisEventBus::redrive`] and [`RedisEventBus::stream_metrics`] operate it.
+//!
 //! # Reconnects
 //!
 //! When the pub/sub connection is lost (server restart, `CLIENT KILL`, a network cut, or
