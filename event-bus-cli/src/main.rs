@@ -4,6 +4,8 @@
 //! ```text
 //! eventbus demo
 //! eventbus --url redis://127.0.0.1 sub 'orders:*'
+//! eventbus --url redis://127.0.0.1 sub --group billing 'orders:*'
+//! eventbus --url redis://127.0.0.1 dlq list billing
 //! eventbus --url redis://127.0.0.1 pub orders:eu '{"id": 42}'
 //! eventbus --url postgres://postgres@127.0.0.1/postgres ping
 //! eventbus --url postgres://postgres@127.0.0.1/postgres bench
@@ -16,6 +18,7 @@
 mod backend;
 mod bench;
 mod demo;
+mod dlq;
 mod failure;
 mod output;
 mod ping;
@@ -63,6 +66,8 @@ enum Command {
     Ping(ping::PingArgs),
     /// Measure throughput and latency of the bus next to its raw transport.
     Bench(bench::BenchArgs),
+    /// List or redrive the dead letters of a consumer group (Redis durable mode).
+    Dlq(dlq::DlqArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish or powershell).
     Completions(CompletionsArgs),
 }
@@ -109,6 +114,7 @@ fn run_async(command: Command, backend: &BackendArgs) -> Result<(), Failure> {
             Command::Sub(args) => tail::run(args, backend).await,
             Command::Ping(args) => ping::run(args, backend).await,
             Command::Bench(args) => bench::run(args, backend).await,
+            Command::Dlq(args) => dlq::run(args, backend).await,
             Command::Completions(_) => Ok(()),
         }
     });

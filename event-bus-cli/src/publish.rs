@@ -51,6 +51,10 @@ pub(crate) struct PubArgs {
     /// other line is a payload, published on TOPIC with the flags above.
     #[arg(long, conflicts_with = "payload")]
     lines: bool,
+    /// Redis: publish to the durable stream (`delivery = "streams"`), which
+    /// `sub --group` reads, instead of pub/sub.
+    #[arg(long)]
+    durable: bool,
 }
 
 /// The flags shared by every event this invocation publishes.
@@ -114,7 +118,10 @@ pub(crate) async fn run(args: PubArgs, backend: &BackendArgs) -> Result<(), Fail
     } else {
         Some(read_payload(args.payload.as_deref())?)
     };
-    let selection = backend.select()?;
+    let mut selection = backend.select()?;
+    if args.durable {
+        crate::dlq::durable(&mut selection, "--durable")?;
+    }
     let total = (!args.lines).then_some(args.repeat);
     let mut stop = StopSignals::listen()?;
     let bus = match stop.or_stop(selection.connect()).await {

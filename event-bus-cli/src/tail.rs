@@ -2,12 +2,11 @@
 
 use std::{
     collections::{HashSet, VecDeque},
-    convert::Infallible,
     io::Write,
 };
 
-use event_bus::{Event, EventBusExt, envelope};
-use tokio::sync::mpsc;
+use event_bus::{Event, EventBusExt, SubscribeOptions, envelope};
+use tokio::sync::{mpsc, oneshot};
 
 use crate::{backend::BackendArgs, failure::Failure, output::notice, signal::StopSignals};
 
@@ -23,7 +22,15 @@ pub(crate) struct SubArgs {
     /// Exit after printing this many events (at least 1).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     count: Option<u64>,
+    /// Durable tail (Redis): read as a member of consumer group NAME with
+    /// `delivery = "streams"`; each event is acknowledged once it is printed, so what
+    /// was not printed is delivered again.
+    #[arg(long, value_name = "NAME")]
+    group: Option<String>,
 }
+
+/// A received event, and for a durable tail the acknowledgement to give once printed.
+type Received = (Event, Option<oneshot::Sender<()>>);
 
 /// How many recent event ids are remembered so that an event matching several of the
 /// patterns is printed once.
@@ -31,26 +38,44 @@ const SEEN_WINDOW: usize = 4096;
 
 /// Runs `eventbus sub`.
 pub(crate) async fn run(args: SubArgs, backend: &BackendArgs) -> Result<(), Failure> {
-    let selection = backend.select()?;
+    let mut selection = backend.select()?;
+    if args.group.is_some() {
+        crate::dlq::durable(&mut selection, "--group")?;
+    }
     let mut stop = StopSignals::listen()?;
     let Ok(bus) = stop.or_stop(selection.connect()).await else {
         return Ok(()); // stopped while connecting: nothing to undo
     };
     let bus = bus?;
     selection.notice_if_memory("nothing published elsewhere arrives here");
-    let (tx, mut rx) = mpsc::channel::<Event>(1024);
+    let (tx, mut rx) = mpsc::channel::<Received>(1024);
     let mut subscriptions = Vec::new();
+    let durable = args.group.is_some();
+    let options = match &args.group {
+        Some(group) => SubscribeOptions::new().group(group.clone()),
+        None => SubscribeOptions::new(),
+    };
     for pattern in &args.patterns {
         let tx = tx.clone();
         let handler = move |event: Event| {
             let tx = tx.clone();
             async move {
+                let (printed, acked) = if durable {
+                    let (printed, acked) = oneshot::channel();
+                    (Some(printed), Some(acked))
+                } else {
+                    (None, None)
+                };
                 // The receiver only goes away while we are unsubscribing.
-                let _ = tx.send(event).await;
-                Ok::<(), Infallible>(())
+                let _ = tx.send((event, printed)).await;
+                match acked {
+                    // Not printed: fail the attempt, so the server delivers it again.
+                    Some(acked) => acked.await.map_err(|_| NotPrinted),
+                    None => Ok(()),
+                }
             }
         };
-        match bus.subscribe(pattern, handler).await {
+        match bus.subscribe_with(pattern, options.clone(), handler).await {
             Ok(sub) => subscriptions.push(sub),
             Err(e) => {
                 let _ = bus.close().await;
@@ -79,12 +104,27 @@ pub(crate) async fn run(args: SubArgs, backend: &BackendArgs) -> Result<(), Fail
     result
 }
 
-async fn print_events(rx: &mut mpsc::Receiver<Event>, args: &SubArgs) -> Result<(), Failure> {
+/// A durable tail stopped before printing an event.
+#[derive(Debug)]
+struct NotPrinted;
+
+impl std::fmt::Display for NotPrinted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the tail stopped before printing the event")
+    }
+}
+
+impl std::error::Error for NotPrinted {}
+
+async fn print_events(rx: &mut mpsc::Receiver<Received>, args: &SubArgs) -> Result<(), Failure> {
     let mut seen = HashSet::new();
     let mut order = VecDeque::new();
     let mut printed = 0u64;
-    while let Some(event) = rx.recv().await {
+    while let Some((event, ack)) = rx.recv().await {
         if !seen.insert(event.id) {
+            if let Some(ack) = ack {
+                let _ = ack.send(());
+            }
             continue;
         }
         order.push_back(event.id);
@@ -101,6 +141,9 @@ async fn print_events(rx: &mut mpsc::Receiver<Event>, args: &SubArgs) -> Result<
         let mut out = std::io::stdout().lock();
         if writeln!(out, "{line}").and_then(|()| out.flush()).is_err() {
             return Ok(()); // stdout closed (e.g. piped into `head`)
+        }
+        if let Some(ack) = ack {
+            let _ = ack.send(());
         }
         printed += 1;
         if args.count.is_some_and(|n| printed >= n) {

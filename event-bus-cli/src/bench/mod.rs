@@ -3,7 +3,9 @@
 //! throughput and end-to-end latency (publish to handler).
 //!
 //! Raw transports: memory — a `tokio::sync::broadcast` channel carrying the same `Event`
-//! values; redis — `PUBLISH` of the wire envelope to S `SUBSCRIBE` connections;
+//! values; redis — `PUBLISH` of the wire envelope to S `SUBSCRIBE` connections (in the
+//! durable mode, `--durable`: `XADD`, and S consumer groups reading with `XREADGROUP` and
+//! acknowledging each read with `XACK`);
 //! postgres — `pg_notify` of the wire envelope to S `LISTEN` connections. Every run uses
 //! a fresh channel prefix, so benchmarks never see each other's (or an app's) events.
 //!
@@ -18,6 +20,7 @@ mod collector;
 mod raw_memory;
 mod raw_postgres;
 mod raw_redis;
+mod raw_streams;
 mod report;
 mod rounds;
 
@@ -69,6 +72,10 @@ pub(crate) struct BenchArgs {
     /// Print the report as JSON (and no progress bar).
     #[arg(long)]
     json: bool,
+    /// Redis: measure the durable mode (`delivery = "streams"`, also chosen by a config
+    /// file that sets it) next to raw `XADD`/`XREADGROUP`/`XACK`.
+    #[arg(long)]
+    durable: bool,
 }
 
 /// What each path does: the same for the bus and the raw transport.
@@ -131,12 +138,21 @@ pub(crate) async fn run(args: BenchArgs, backend: &BackendArgs) -> Result<(), Fa
     let run_id = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
     let mut selection = backend.select()?;
     let name = selection.backend().to_owned();
+    let prefix = format!("eventbus_bench_{run_id}");
     if name != "memory"
         && let Value::Object(map) = &mut selection.value
     {
-        let prefix = format!("eventbus_bench_{run_id}");
-        map.insert("channel_prefix".into(), prefix.into());
+        map.insert("channel_prefix".into(), prefix.clone().into());
+        if args.durable {
+            if name != "redis" {
+                return Err(Failure::usage(
+                    "--durable: only the redis backend has a durable mode",
+                ));
+            }
+            map.insert("delivery".into(), "streams".into());
+        }
     }
+    let durable = selection.value.get("delivery").and_then(Value::as_str) == Some("streams");
     let config = selection.value.clone();
     let pad_len = args.payload_bytes.saturating_sub(20);
     let workload = Workload {
@@ -156,14 +172,20 @@ pub(crate) async fn run(args: BenchArgs, backend: &BackendArgs) -> Result<(), Fa
     let bus_path: Path = Box::new(move |w, c| Box::pin(bus_path::run(selection.clone(), w, c)));
     let raw_path: Option<Path> = match name.as_str() {
         "memory" => Some(Box::new(|w, c| Box::pin(raw_memory::run(w, c)))),
+        "redis" if durable => Some(raw_streams::path(&config)?),
         "redis" => Some(raw_redis::path(&config)?),
         "postgres" => raw_postgres::path(&config, &raw_workload)?,
         _ => None,
     };
     let mut paths = vec![(workload, bus_path)];
-    paths.extend(raw_path.map(|path| (raw_workload, path)));
+    paths.extend(raw_path.map(|path| (raw_workload.clone(), path)));
     let hidden = args.json || output::is_quiet();
-    let mut results = rounds::measure(paths, hidden).await?.into_iter();
+    let measured = rounds::measure(paths, hidden).await;
+    if durable {
+        // Streams keep their entries: delete what the run added.
+        raw_streams::cleanup(&config, &prefix, &raw_workload).await?;
+    }
+    let mut results = measured?.into_iter();
     let bus = results
         .next()
         .ok_or_else(|| Failure::runtime("the bus path gave no result"))?;

@@ -24,7 +24,7 @@ pub(crate) fn path(config: &Value) -> Result<Path, Failure> {
 
 /// The server URL of a redis config: its `url`, or one built from `host`, `port`,
 /// `ssl`, `username`, `password` and `db` (the same defaults as the backend).
-fn server_url(config: &Value) -> String {
+pub(super) fn server_url(config: &Value) -> String {
     if let Some(url) = config.get("url").and_then(Value::as_str) {
         return url.to_owned();
     }
