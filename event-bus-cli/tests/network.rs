@@ -252,3 +252,43 @@ fn ping_a_closed_port_exits_1_and_never_shows_the_password() {
         );
     }
 }
+
+/// The durable tail: `sub --group` receives what `pub --durable` added, including what
+/// was added while no member was running; `dlq list` reads the group's dead letters.
+#[test]
+fn redis_durable_tail_keeps_what_came_while_away() {
+    let ns = namespace();
+    let url = redis_url();
+    let toml = format!("backend = \"redis\"\nurl = \"{url}\"\nchannel_prefix = \"{ns}\"\n");
+    let path = temp_file("config.toml", &toml);
+    let config = path.to_str().expect("utf-8 temp path");
+    let tail = |count: &str| {
+        let mut cmd = eventbus();
+        cmd.args([
+            "--config", config, "sub", "--group", "audit", "orders:*", "--json",
+        ]);
+        cmd.args(["--count", count]);
+        let mut sub = Running::spawn(cmd);
+        sub.wait_stderr("subscribed to orders:*");
+        sub
+    };
+    let mut sub = tail("1");
+    publish(config, &["--durable", "orders:eu", "1"]);
+    let first: serde_json::Value = serde_json::from_str(&sub.next_stdout()).expect("JSON line");
+    assert_eq!(first["payload"], 1);
+    assert!(sub.wait_exit().success());
+    // Nobody of the group is running: the event waits on the server.
+    publish(config, &["--durable", "orders:eu", "2"]);
+    let mut sub = tail("1");
+    let second: serde_json::Value = serde_json::from_str(&sub.next_stdout()).expect("JSON line");
+    assert_eq!(second["payload"], 2);
+    assert!(sub.wait_exit().success());
+    let out = run_ok(eventbus().args(["--config", config, "dlq", "list", "audit"]));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("0 dead letter(s) in group audit"));
+    let client = redis::Client::open(url.as_str()).expect("url");
+    let mut conn = client.get_connection().expect("connect");
+    let _: i64 = redis::cmd("DEL")
+        .arg(format!("{{{ns}}}:stream"))
+        .query(&mut conn)
+        .expect("DEL");
+}

@@ -3,8 +3,8 @@
 //!
 //! `durable_worker URL PREFIX GROUP CONSUMER_NAME` subscribes to `PREFIX:*` in `GROUP`
 //! with `delivery = "streams"`, a 1 s lease and small batches, appends the payload of
-//! every handled event to the list `PREFIX:handled` (before acknowledging it), and
-//! prints `ready` once subscribed.
+//! every handled event to the lists `PREFIX:handled` and `PREFIX:by:CONSUMER_NAME`
+//! (before acknowledging it), and prints `ready` once subscribed.
 
 use std::{io::Write, time::Duration};
 
@@ -33,17 +33,20 @@ async fn main() {
         .get_multiplexed_async_connection()
         .await
         .expect("connect");
-    let list = format!("{prefix}:handled");
+    let lists = [format!("{prefix}:handled"), format!("{prefix}:by:{name}")];
     let handler = move |e: Event| {
-        let (mut conn, list) = (conn.clone(), list.clone());
+        let (mut conn, lists) = (conn.clone(), lists.clone());
         async move {
             // Slow enough that a kill lands mid-stream.
             tokio::time::sleep(Duration::from_millis(1)).await;
-            redis::cmd("RPUSH")
-                .arg(&list)
-                .arg(e.payload.to_string())
-                .exec_async(&mut conn)
-                .await
+            let mut pipe = redis::pipe();
+            for list in &lists {
+                pipe.cmd("RPUSH")
+                    .arg(list)
+                    .arg(e.payload.to_string())
+                    .ignore();
+            }
+            pipe.exec_async(&mut conn).await
         }
     };
     let _sub = bus

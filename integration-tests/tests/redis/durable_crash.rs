@@ -54,9 +54,14 @@ impl Drop for Worker {
 
 /// The payloads the workers recorded (one per handled delivery).
 async fn handled(ns: &str) -> Vec<u64> {
+    recorded(&format!("{ns}:handled")).await
+}
+
+/// The payloads recorded in `list`.
+async fn recorded(list: &str) -> Vec<u64> {
     let mut conn = redis_server::client().await;
     let items: Vec<String> = redis::cmd("LRANGE")
-        .arg(format!("{ns}:handled"))
+        .arg(list)
         .arg(0)
         .arg(-1)
         .query_async(&mut conn)
@@ -133,13 +138,48 @@ async fn sigkill_then_restart_loses_nothing() {
         "{groups:?}"
     );
     bus.close().await.unwrap();
-    cleanup(&bus, &[]).await;
+    remove_keys(&bus, &ns, &["w1"]).await;
+}
+
+/// Deletes what a crash test left: the stream and the workers' lists.
+async fn remove_keys(bus: &RedisEventBus, ns: &str, workers: &[&str]) {
+    cleanup(bus, &[]).await;
+    let mut keys = vec![format!("{ns}:handled")];
+    keys.extend(workers.iter().map(|w| format!("{ns}:by:{w}")));
     let mut conn = redis_server::client().await;
     let _: i64 = redis::cmd("DEL")
-        .arg(format!("{ns}:handled"))
+        .arg(&keys)
         .query_async(&mut conn)
         .await
         .unwrap();
+}
+
+/// Two processes in one group share the events: disjoint shares, every event once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processes_share_a_group() {
+    let ns = namespace();
+    let url = redis_server::url().await;
+    let bus = durable(&ns).await;
+    let _one = Worker::start(&url, &ns, "g", "one");
+    let _two = Worker::start(&url, &ns, "g", "two");
+    publish_n(&bus, &ns, 2000).await;
+    assert_complete(&ns, 2000, 0, "two processes").await;
+    let one: HashSet<u64> = recorded(&format!("{ns}:by:one"))
+        .await
+        .into_iter()
+        .collect();
+    let two: HashSet<u64> = recorded(&format!("{ns}:by:two"))
+        .await
+        .into_iter()
+        .collect();
+    eprintln!("two processes: shares {} + {}", one.len(), two.len());
+    assert!(
+        !one.is_empty() && !two.is_empty(),
+        "both members get a share"
+    );
+    assert!(one.is_disjoint(&two));
+    bus.close().await.unwrap();
+    remove_keys(&bus, &ns, &["one", "two"]).await;
 }
 
 /// SIGKILL of one of two members: the other takes its pending entries over after the
@@ -170,13 +210,7 @@ async fn sigkill_then_takeover_by_another_member() {
     victim.kill();
     assert_complete(&ns, 3000, IN_FLIGHT, "sigkill + takeover").await;
     bus.close().await.unwrap();
-    cleanup(&bus, &[]).await;
-    let mut conn = redis_server::client().await;
-    let _: i64 = redis::cmd("DEL")
-        .arg(format!("{ns}:handled"))
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    remove_keys(&bus, &ns, &["victim", "survivor"]).await;
 }
 
 /// A private `redis-server --appendonly yes` killed and restarted while entries are
