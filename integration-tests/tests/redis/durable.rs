@@ -525,3 +525,61 @@ async fn a_long_handler_keeps_its_lease() {
     two.close().await.unwrap();
     cleanup(&one, &[]).await;
 }
+
+/// Idle consumers are removed only when they have nothing pending.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_consumers_are_removed_only_with_nothing_pending() {
+    let ns = namespace();
+    let mut config = durable_config(&ns).await;
+    config.streams.consumer_idle_seconds = 0.05;
+    let bus = RedisEventBus::new(config).unwrap();
+    bus.connect().await.unwrap();
+    let seen = Seen::default();
+    let sub = bus
+        .subscribe_with(
+            &format!("{ns}:*"),
+            SubscribeOptions::new().group("g"),
+            seen.handler(),
+        )
+        .await
+        .unwrap();
+    sub.cancel().await;
+    publish_n(&bus, &ns, 0..1).await;
+    // A consumer that takes the entry and never acknowledges it.
+    let mut conn = redis_server::client().await;
+    let _: redis::Value = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg("g")
+        .arg("ghost")
+        .arg("COUNT")
+        .arg(1)
+        .arg("STREAMS")
+        .arg(bus.stream_key())
+        .arg(">")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let consumers = || async {
+        let mut conn = redis_server::client().await;
+        let rows: Vec<Vec<redis::Value>> = redis::cmd("XINFO")
+            .arg("CONSUMERS")
+            .arg(bus.stream_key())
+            .arg("g")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        rows.len()
+    };
+    assert_eq!(consumers().await, 2);
+    tokio::time::sleep(Duration::from_millis(100)).await; // let both become idle
+    bus.trim().await.unwrap();
+    assert_eq!(
+        consumers().await,
+        1,
+        "the idle consumer without pending entries is gone"
+    );
+    let groups = bus.groups().await.unwrap();
+    assert_eq!(groups[0].pending, 1, "the ghost and its pending entry stay");
+    bus.close().await.unwrap();
+    cleanup(&bus, &[]).await;
+}
