@@ -103,10 +103,31 @@ impl Commands {
         cmd.arg("MKSTREAM");
         match self.run::<Value>("create consumer group", &cmd).await {
             Ok(_) => Ok(()),
-            Err(e) if format!("{e:?}").contains("BUSYGROUP") => Ok(()),
+            Err(e) if is_server_code(&e, "BUSYGROUP") => Ok(()),
             Err(e) => Err(e),
         }
     }
+}
+
+/// The error the server answered a command with (`BUSYGROUP ...`, `NOGROUP ...`,
+/// `ERR no such key`), if that is what `error` is.
+pub(crate) fn server_error(error: &Error) -> Option<&redis::RedisError> {
+    match error {
+        Error::Connection { source, .. } => {
+            source.downcast_ref::<redis::RedisError>().filter(|e| {
+                matches!(
+                    e.kind(),
+                    redis::ErrorKind::Server(_) | redis::ErrorKind::Extension
+                )
+            })
+        }
+        _ => None,
+    }
+}
+
+/// Whether `error` is the server's answer with error code `code`.
+pub(crate) fn is_server_code(error: &Error, code: &str) -> bool {
+    server_error(error).and_then(redis::RedisError::code) == Some(code)
 }
 
 /// Opens a named connection whose answers are awaited at most `response_timeout`

@@ -14,7 +14,7 @@ use event_bus_core::Error;
 use redis::Value;
 
 use super::{
-    Streams,
+    Streams, commands,
     entry::{self, field_int, field_text, parse_id},
     stats::StreamStats,
 };
@@ -100,7 +100,13 @@ pub(crate) async fn group_rows(
         .await
     {
         Ok(reply) => Ok(entry::info_rows(&reply)),
-        Err(e) if format!("{e:?}").contains("no such key") => Ok(Vec::new()),
+        Err(e)
+            if commands::server_error(&e)
+                .and_then(redis::RedisError::detail)
+                .is_some_and(|d| d.contains("no such key")) =>
+        {
+            Ok(Vec::new())
+        }
         Err(e) => Err(e),
     }
 }

@@ -13,12 +13,15 @@
 //! connection for blocking reads; acknowledgements, claims and lease extensions go
 //! over one shared command connection ([`commands`]).
 
+mod acker;
 pub(crate) mod admin;
 mod commands;
 mod config;
 mod consumer;
 pub(crate) mod entry;
+mod leases;
 pub(crate) mod maintenance;
+mod reader;
 mod settle;
 mod stats;
 
