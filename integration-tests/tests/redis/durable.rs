@@ -411,6 +411,13 @@ async fn retention_never_trims_a_lagging_group_silently() {
     publish_n(&bus, &ns, 0..100).await;
     bus.flush().await.unwrap();
     assert!(wait_until(DEADLINE, || bus.stream_metrics().acked == 100).await);
+    let groups = bus.groups().await.unwrap();
+    let lag = |name: &str| groups.iter().find(|g| g.name == name).and_then(|g| g.lag);
+    assert_eq!(
+        (lag("fast"), lag("slow")),
+        (Some(0), Some(100)),
+        "{groups:?}"
+    );
     // `slow` has read nothing: nothing may go.
     assert_eq!(bus.trim().await.unwrap(), 0);
     assert_eq!(xlen(&bus).await, 100);
