@@ -2,7 +2,10 @@
 
 use std::time::Duration;
 
-use event_bus_core::Error;
+use event_bus_core::{
+    Error,
+    deadline::{Operation, within},
+};
 use tokio_postgres::{Client, Connection, Socket, tls::MakeTlsConnect};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
@@ -74,16 +77,11 @@ impl Connector {
         }
         let attempt = config.connect(self.tls.clone());
         // connect_timeout bounds each address; this bounds the whole attempt.
-        match tokio::time::timeout(self.timeout * 2, attempt).await {
+        let context = || format!("connecting to PostgreSQL ({})", self.redacted);
+        match within(Operation::Connect, self.timeout * 2, attempt).await {
             Ok(Ok(pair)) => Ok(pair),
-            Ok(Err(e)) => Err(Error::connection(
-                format!("connecting to PostgreSQL ({})", self.redacted),
-                e,
-            )),
-            Err(_) => Err(Error::Timeout {
-                operation: format!("connecting to PostgreSQL ({})", self.redacted),
-                after: self.timeout * 2,
-            }),
+            Ok(Err(e)) => Err(Error::connection(context(), e)),
+            Err(timeout) => Err(Error::connection(context(), timeout)),
         }
     }
 }

@@ -26,6 +26,7 @@ use std::{
 
 use event_bus_core::{
     Error, Event, PublishOutcome,
+    deadline::{self, Operation, within},
     envelope::encode,
     reconnect::{Backoff, tcp_probe},
 };
@@ -97,7 +98,7 @@ impl Publisher {
         cmd.arg(self.shared.config.names.channel(&event.topic))
             .arg(payload);
         let timeout = self.shared.config.timeout;
-        match tokio::time::timeout(timeout, cmd.exec_async(&mut link.conn)).await {
+        match within(Operation::Publish, timeout, cmd.exec_async(&mut link.conn)).await {
             Ok(Ok(())) => Ok(()),
             // The server answered with an error: it did not publish.
             Ok(Err(e))
@@ -109,13 +110,9 @@ impl Publisher {
                 Err(Error::publish(event, PublishOutcome::NotSent, e))
             }
             Ok(Err(e)) => Err(Error::publish(event, PublishOutcome::Unknown, e)),
-            Err(_) => {
+            Err(timeout) => {
                 self.replace(&link);
-                Err(Error::publish(
-                    event,
-                    PublishOutcome::Unknown,
-                    timed_out("publish", timeout),
-                ))
+                Err(Error::publish(event, PublishOutcome::Unknown, timeout))
             }
         }
     }
@@ -144,14 +141,15 @@ impl Publisher {
             }
         };
         let timeout = self.shared.config.timeout;
-        let failure = match tokio::time::timeout(timeout, pipe.exec_async(&mut link.conn)).await {
-            Ok(Ok(())) => return Ok(()),
-            Ok(Err(e)) => e.to_string(),
-            Err(_) => {
-                self.replace(&link);
-                timed_out("publish", timeout).to_string()
-            }
-        };
+        let failure =
+            match within(Operation::Publish, timeout, pipe.exec_async(&mut link.conn)).await {
+                Ok(Ok(())) => return Ok(()),
+                Ok(Err(e)) => e.to_string(),
+                Err(timeout) => {
+                    self.replace(&link);
+                    timeout.to_string()
+                }
+            };
         let why = format!("batch of {count} events (some may have been published): {failure}");
         Err(Error::publish(first, PublishOutcome::Unknown, why))
     }
@@ -234,15 +232,12 @@ async fn open(
             .await?;
         Ok::<_, redis::RedisError>(conn)
     };
-    match tokio::time::timeout(config.timeout, named).await {
-        Ok(Ok(conn)) => Ok(Link {
-            conn,
-            up,
-            generation,
-        }),
-        Ok(Err(e)) => Err(Error::connection("connect publisher", e)),
-        Err(_) => Err(timed_out("connect publisher", config.timeout)),
-    }
+    let conn = deadline::call(Operation::Connect, config.timeout, named).await?;
+    Ok(Link {
+        conn,
+        up,
+        generation,
+    })
 }
 
 /// Replaces the connection each time it reports its loss.
@@ -300,11 +295,4 @@ fn set(shared: &Shared, conn: Result<Link, String>) {
         .conn
         .write()
         .unwrap_or_else(std::sync::PoisonError::into_inner) = conn;
-}
-
-fn timed_out(operation: &str, after: Duration) -> Error {
-    Error::Timeout {
-        operation: operation.to_owned(),
-        after,
-    }
 }
