@@ -1,51 +1,64 @@
-//! Finding the PostgreSQL server the tests run against.
+//! The PostgreSQL server the tests run against.
 //!
-//! Order: `EVENT_BUS_POSTGRES_URL` if set; else `host=127.0.0.1 port=5432 user=postgres
-//! dbname=test` if a server answers there; else the test fails with a message saying
-//! how to provide one (no Docker/testcontainers fallback on this machine). A test never
-//! skips silently, with or without `CI=true`.
+//! Found as [`servers`](crate::servers) describes: `EVENT_BUS_POSTGRES_URL`, else
+//! `host=127.0.0.1 port=5432 user=postgres dbname=test` if a server accepts it, else a
+//! container of [`SERVER`]`.image` (override: `EVENT_BUS_TEST_POSTGRES_IMAGE`).
 
 use std::{net::SocketAddr, time::Duration};
 
-use tokio::{sync::OnceCell, time::Instant};
+use futures_util::FutureExt;
+use tokio::time::Instant;
 use tokio_postgres::{Client, NoTls};
 
-use crate::support::DEADLINE;
+use crate::{
+    servers::{self, Server},
+    support::DEADLINE,
+};
 
 /// The default local server.
 pub const LOCAL_DEFAULT: &str = "host=127.0.0.1 port=5432 user=postgres dbname=test";
 
-static URL: OnceCell<String> = OnceCell::const_new();
+/// How the tests find or start a PostgreSQL server: trust authentication, database
+/// `test`, and TLS on (with the image's self-signed certificate) for the TLS tests.
+pub static SERVER: Server = Server {
+    name: "PostgreSQL",
+    url_var: "EVENT_BUS_POSTGRES_URL",
+    local_url: LOCAL_DEFAULT,
+    image: "postgres:15.10",
+    image_var: "EVENT_BUS_TEST_POSTGRES_IMAGE",
+    container_port: 5432,
+    env: &[
+        ("POSTGRES_HOST_AUTH_METHOD", "trust"),
+        ("POSTGRES_DB", "test"),
+    ],
+    cmd: &[
+        "postgres",
+        "-c",
+        "ssl=on",
+        "-c",
+        "ssl_cert_file=/etc/ssl/certs/ssl-cert-snakeoil.pem",
+        "-c",
+        "ssl_key_file=/etc/ssl/private/ssl-cert-snakeoil.key",
+    ],
+    container_url: |port| format!("host=127.0.0.1 port={port} user=postgres dbname=test"),
+    probe: |url| connects(url).boxed(),
+};
 
 /// The connection string of the test server.
 ///
 /// # Panics
-/// If no server can be reached, with instructions.
+/// If no server can be found or started, saying how to provide one.
 pub async fn url() -> String {
-    URL.get_or_init(discover).await.clone()
+    servers::url(&SERVER)
 }
 
-async fn discover() -> String {
-    if let Ok(url) = std::env::var("EVENT_BUS_POSTGRES_URL") {
-        return url;
-    }
-    match tokio::time::timeout(
-        Duration::from_secs(5),
-        tokio_postgres::connect(LOCAL_DEFAULT, NoTls),
-    )
-    .await
-    {
-        Ok(Ok(_)) => LOCAL_DEFAULT.to_owned(),
-        outcome => panic!(
-            "no PostgreSQL server for the postgres tests: set EVENT_BUS_POSTGRES_URL \
-             (e.g. `postgres://postgres@127.0.0.1:5432/test`) or run a server accepting \
-             `{LOCAL_DEFAULT}` (trust auth); no Docker fallback is available. Error: {}",
-            match outcome {
-                Ok(Err(e)) => e.to_string(),
-                _ => "connect timed out".to_owned(),
-            }
-        ),
-    }
+async fn connects(url: String) -> Result<(), String> {
+    let (client, connection) = tokio_postgres::connect(&url, NoTls)
+        .await
+        .map_err(|e| e.to_string())?;
+    drop(client);
+    let _ = connection.await;
+    Ok(())
 }
 
 /// A plain connection to the test server, for setting up faults and raw NOTIFYs.
