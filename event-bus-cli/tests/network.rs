@@ -4,26 +4,21 @@
 
 mod support;
 
+use integration_tests::{postgres_server, redis_server, servers};
 use support::{
-    Running, closed_port, eventbus, host_port, namespace, require_server, run_ok, run_status,
-    send_signal, temp_file,
+    Running, closed_port, eventbus, namespace, run_ok, run_status, send_signal, temp_file,
 };
 
-/// The Redis server of `EVENT_BUS_REDIS_URL` (or the local default). Fails if no server
-/// answers.
+/// The URL of the Redis server the tests find (see `integration_tests::servers`:
+/// `EVENT_BUS_REDIS_URL`, the local default, or a container). Fails, saying how to provide
+/// a server, if there is none.
 fn redis_url() -> String {
-    let url =
-        std::env::var("EVENT_BUS_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
-    require_server(&host_port(&url, 6379), "EVENT_BUS_REDIS_URL");
-    url
+    servers::url(&redis_server::SERVER)
 }
 
-/// Like [`redis_url`], for PostgreSQL (`EVENT_BUS_POSTGRES_URL`).
+/// Like [`redis_url`], for PostgreSQL, as a `postgres://` URL.
 fn postgres_url() -> String {
-    let url = std::env::var("EVENT_BUS_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
-    require_server(&host_port(&url, 5432), "EVENT_BUS_POSTGRES_URL");
-    url
+    postgres_server::uri()
 }
 
 /// A config file for the Redis server under a fresh channel prefix.
