@@ -1,6 +1,6 @@
 //! The PostgreSQL server the tests run against.
 //!
-//! Found as [`servers`](crate::servers) describes: `EVENT_BUS_POSTGRES_URL`, else
+//! Found as [`servers`] describes: `EVENT_BUS_POSTGRES_URL`, else
 //! `host=127.0.0.1 port=5432 user=postgres dbname=test` if a server accepts it, else a
 //! container of [`SERVER`]`.image` (override: `EVENT_BUS_TEST_POSTGRES_IMAGE`).
 

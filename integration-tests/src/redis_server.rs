@@ -1,6 +1,6 @@
 //! The Redis server the tests run against, and raw access to it.
 //!
-//! Found as [`servers`](crate::servers) describes: `EVENT_BUS_REDIS_URL`, else
+//! Found as [`servers`] describes: `EVENT_BUS_REDIS_URL`, else
 //! `redis://127.0.0.1:6379` if a server answers `PING` there, else a container of
 //! [`SERVER`]`.image` (override: `EVENT_BUS_TEST_REDIS_IMAGE`).
 
