@@ -82,6 +82,11 @@ fi
 daemon_api=$(api_version)
 if [ "$(printf '%s\n' "$daemon_api" "$client_api" | sort -V | head -n 1)" != "$client_api" ]; then
   socket=${DOCKER_HOST:-unix:///var/run/docker.sock}
+  case $socket in
+    unix://*) ;;
+    *) echo "error: the daemon at $socket speaks Docker API $daemon_api; testcontainers needs" \
+      "$client_api, and docker-api-proxy.py only fronts a Unix socket" >&2; exit 1 ;;
+  esac
   log "the daemon speaks Docker API $daemon_api (< $client_api): starting docker-api-proxy.py"
   python3 "$here/docker-api-proxy.py" "$work/api.sock" "${socket#unix://}" "$daemon_api" \
     >"$work/proxy.log" 2>&1 </dev/null &
