@@ -1,0 +1,319 @@
+//! How topics map to NATS subjects, and patterns to subscription subjects.
+//!
+//! A NATS subject is a sequence of non-empty tokens separated by `.`; `*` and `>` are
+//! wildcards when they form a whole token, and whitespace is not allowed. A topic is a
+//! sequence of non-empty segments separated by `:`, and a segment may hold `.`, `*`,
+//! `>` or any other non-space character. For a `channel_prefix` `P`, topic
+//! `s1:s2:…:sn` travels on subject `P.e(s1).e(s2).….e(sn)`, where `e` keeps every
+//! character except these, which it writes as `%` and two uppercase hex digits per
+//! UTF-8 byte:
+//!
+//! | character | written as | why |
+//! |---|---|---|
+//! | `.` | `%2E` | the token separator |
+//! | `*` | `%2A` | the one-token wildcard |
+//! | `>` | `%3E` | the many-token wildcard |
+//! | `%` | `%25` | the escape character itself |
+//! | whitespace, control | `%XX` per byte | not allowed in subjects (topics never hold them) |
+//!
+//! So, with the default prefix `events`:
+//!
+//! | topic | subject |
+//! |---|---|
+//! | `orders:eu` | `events.orders.eu` |
+//! | `Orders:EU` | `events.Orders.EU` (case is kept) |
+//! | `v1.2:x` | `events.v1%2E2.x` |
+//! | `a*b:>` | `events.a%2Ab.%3E` |
+//! | `50%:off` | `events.50%25.off` |
+//! | `ü:ö` | `events.ü.ö` |
+//!
+//! The mapping is collision-free: `e` is injective (every `%` it writes starts an
+//! escape), its output never holds `.`, and segments are never empty, so the subject
+//! determines the topic ([`Subjects::topic`] inverts it). Prefixes are 1–30 ASCII
+//! letters, digits and `_`, so subjects of different prefixes never coincide.
+//!
+//! A subscription's pattern is turned into one subscription subject: a wildcard-free
+//! pattern subscribes to its topic's subject; any other pattern to the subject of the
+//! complete segments of its literal prefix followed by `>`, which matches a superset of
+//! the pattern's topics. The core [pattern](event_bus_core::pattern) language then
+//! decides exactly, on the bus:
+//!
+//! | pattern | subscription subject |
+//! |---|---|
+//! | `orders:eu` | `events.orders.eu` |
+//! | `orders:*` | `events.orders.>` |
+//! | `orders:e?:paid` | `events.orders.>` |
+//! | `orders*` | `events.>` |
+//! | `*:created` | `events.>` |
+//!
+//! On the command line: `nats sub 'events.orders.>'` shows what a bus subscribed to
+//! `orders:*` receives.
+
+use std::fmt::Write as _;
+
+use event_bus_core::{Error, Pattern};
+
+/// Longest `channel_prefix`, in bytes.
+pub const MAX_PREFIX_LEN: usize = 30;
+
+/// Checks a `channel_prefix`: 1 to [`MAX_PREFIX_LEN`] ASCII letters, digits or `_`.
+///
+/// # Errors
+/// [`Error::Config`] naming `channel_prefix`.
+pub fn validate_prefix(prefix: &str) -> Result<(), Error> {
+    if prefix.is_empty() || prefix.len() > MAX_PREFIX_LEN {
+        return Err(Error::config(
+            "channel_prefix",
+            format!(
+                "must be 1 to {MAX_PREFIX_LEN} bytes long, got {}",
+                prefix.len()
+            ),
+        ));
+    }
+    if let Some(c) = prefix
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || *c == '_'))
+    {
+        return Err(Error::config(
+            "channel_prefix",
+            format!("may hold only ASCII letters, digits and `_` (found {c:?})"),
+        ));
+    }
+    Ok(())
+}
+
+/// The subject names of one `channel_prefix`; see the [module docs](self).
+///
+/// ```
+/// use event_bus_nats::subject::Subjects;
+/// use event_bus_core::Pattern;
+/// let subjects = Subjects::new("shop");
+/// assert_eq!(subjects.subject("orders:v1.2"), "shop.orders.v1%2E2");
+/// assert_eq!(subjects.topic("shop.orders.v1%2E2").as_deref(), Some("orders:v1.2"));
+/// assert_eq!(subjects.target(&Pattern::parse("orders:*")?), "shop.orders.>");
+/// # Ok::<(), event_bus_core::Error>(())
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Subjects {
+    prefix: String,
+}
+
+impl Subjects {
+    /// Subjects under `prefix` (already [validated](validate_prefix)).
+    pub fn new(prefix: &str) -> Self {
+        Self {
+            prefix: prefix.to_owned(),
+        }
+    }
+
+    /// The subject that carries `topic` (a valid topic).
+    pub fn subject(&self, topic: &str) -> String {
+        let mut subject = String::with_capacity(self.prefix.len() + topic.len() + 8);
+        subject.push_str(&self.prefix);
+        for segment in topic.split(':') {
+            subject.push('.');
+            encode_into(segment, &mut subject);
+        }
+        subject
+    }
+
+    /// The topic carried by `subject`, if it is a topic subject of this prefix.
+    pub fn topic(&self, subject: &str) -> Option<String> {
+        let rest = subject.strip_prefix(&self.prefix)?.strip_prefix('.')?;
+        let mut topic = String::with_capacity(rest.len());
+        for (i, token) in rest.split('.').enumerate() {
+            if token.is_empty() {
+                return None;
+            }
+            if i > 0 {
+                topic.push(':');
+            }
+            topic.push_str(&decode(token)?);
+        }
+        Some(topic)
+    }
+
+    /// The subject a subscription to `pattern` subscribes to on the server.
+    pub fn target(&self, pattern: &Pattern) -> String {
+        if let Some(topic) = pattern.literal() {
+            return self.subject(topic);
+        }
+        let literal = pattern.literal_prefix();
+        let mut target = self.prefix.clone();
+        // Only segments followed by `:` are complete: the last one may continue.
+        if let Some(end) = literal.rfind(':') {
+            for segment in literal[..end].split(':') {
+                target.push('.');
+                encode_into(segment, &mut target);
+            }
+        }
+        target.push_str(".>");
+        target
+    }
+}
+
+fn needs_escape(c: char) -> bool {
+    matches!(c, '.' | '*' | '>' | '%') || c.is_whitespace() || c.is_control()
+}
+
+fn encode_into(segment: &str, out: &mut String) {
+    for c in segment.chars() {
+        if needs_escape(c) {
+            let mut buf = [0; 4];
+            for byte in c.encode_utf8(&mut buf).bytes() {
+                // Writing to a String cannot fail.
+                let _ = write!(out, "%{byte:02X}");
+            }
+        } else {
+            out.push(c);
+        }
+    }
+}
+
+/// Inverts [`encode_into`]; `None` for a token it cannot have written.
+fn decode(token: &str) -> Option<String> {
+    let bytes = token.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = token.get(i + 1..i + 3)?;
+            if hex.bytes().any(|b| b.is_ascii_lowercase()) {
+                return None;
+            }
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    let text = String::from_utf8(out).ok()?;
+    // Canonical form only: re-encoding gives the token back.
+    let mut again = String::new();
+    encode_into(&text, &mut again);
+    (again == token).then_some(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use event_bus_core::topic::validate_topic;
+
+    use super::*;
+
+    fn subjects() -> Subjects {
+        Subjects::new("events")
+    }
+
+    #[test]
+    fn the_documented_table_holds() {
+        let s = subjects();
+        for (topic, subject) in [
+            ("orders:eu", "events.orders.eu"),
+            ("Orders:EU", "events.Orders.EU"),
+            ("v1.2:x", "events.v1%2E2.x"),
+            ("a*b:>", "events.a%2Ab.%3E"),
+            ("50%:off", "events.50%25.off"),
+            ("ü:ö", "events.ü.ö"),
+        ] {
+            assert_eq!(s.subject(topic), subject);
+            assert_eq!(s.topic(subject).as_deref(), Some(topic));
+        }
+        for (pattern, target) in [
+            ("orders:eu", "events.orders.eu"),
+            ("orders:*", "events.orders.>"),
+            ("orders:e?:paid", "events.orders.>"),
+            ("orders*", "events.>"),
+            ("*:created", "events.>"),
+            ("a\\*:b.c:*", "events.a%2A.b%2Ec.>"),
+        ] {
+            assert_eq!(s.target(&Pattern::parse(pattern).unwrap()), target);
+        }
+    }
+
+    /// Every topic built from segments of tricky characters maps to its own valid
+    /// subject, and back.
+    #[test]
+    fn mapping_is_collision_free_and_round_trips() {
+        let alphabet = ["a", "B", ".", "*", ">", "%", "%2E", "ü", "\\", "[", "?", "_"];
+        let mut segments: Vec<String> = alphabet.iter().map(|s| (*s).to_owned()).collect();
+        for a in alphabet {
+            for b in alphabet {
+                segments.push(format!("{a}{b}"));
+            }
+        }
+        let s = subjects();
+        let mut seen = HashMap::new();
+        for x in &segments {
+            for y in &segments {
+                for topic in [x.clone(), format!("{x}:{y}"), format!("{x}:{y}:{x}")] {
+                    validate_topic(&topic).unwrap();
+                    let subject = s.subject(&topic);
+                    assert!(is_valid_subject(&subject), "{topic} -> {subject}");
+                    assert_eq!(s.topic(&subject).as_deref(), Some(topic.as_str()));
+                    if let Some(other) = seen.insert(subject.clone(), topic.clone()) {
+                        assert_eq!(other, topic, "collision on {subject}");
+                    }
+                }
+            }
+        }
+        assert!(seen.len() > 30_000);
+    }
+
+    /// The subscription subject of a pattern matches the subject of every topic the
+    /// pattern matches.
+    #[test]
+    fn targets_are_supersets() {
+        let s = subjects();
+        let topics = ["orders", "orders:eu", "orders:eu:paid", "ord.x:a", "o*:>", "x:orders"];
+        for pattern in ["orders:*", "orders*", "o*", "ord.x:*", "o\\*:*", "*:orders", "orders:e?"] {
+            let pattern = Pattern::parse(pattern).unwrap();
+            let target = s.target(&pattern);
+            for topic in topics.iter().filter(|t| pattern.matches(t)) {
+                assert!(
+                    subject_matches(&target, &s.subject(topic)),
+                    "{pattern:?} -> {target} misses {topic}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn foreign_subjects_have_no_topic() {
+        let s = subjects();
+        for subject in ["other.a", "events", "events.", "events.a..b", "events.%2e", "events.%2", "events.%41"] {
+            assert_eq!(s.topic(subject), None, "{subject}");
+        }
+    }
+
+    #[test]
+    fn prefixes_are_checked() {
+        assert!(validate_prefix("t0123_abc").is_ok());
+        for bad in ["", "a.b", "a b", "a*", &"x".repeat(31)] {
+            let err = validate_prefix(bad).unwrap_err().to_string();
+            assert!(err.contains("`channel_prefix`"), "{err}");
+        }
+    }
+
+    fn is_valid_subject(subject: &str) -> bool {
+        subject
+            .split('.')
+            .all(|t| !t.is_empty() && t != "*" && t != ">" && !t.contains(char::is_whitespace))
+    }
+
+    /// NATS subject matching of a subscription subject against a literal subject.
+    fn subject_matches(filter: &str, subject: &str) -> bool {
+        let mut tokens = subject.split('.');
+        for f in filter.split('.') {
+            match (f, tokens.next()) {
+                (">", Some(_)) => return true,
+                ("*", Some(_)) => {}
+                (f, Some(t)) if f == t => {}
+                _ => return false,
+            }
+        }
+        tokens.next().is_none()
+    }
+}
