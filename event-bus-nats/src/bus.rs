@@ -189,8 +189,8 @@ impl Inner {
     fn connect_error(&self, error: &async_nats::ConnectError) -> Error {
         use async_nats::ConnectErrorKind as Kind;
         let hint = match error.kind() {
-            Kind::Tls | Kind::TimedOut if self.servers.tls => {
-                " (TLS handshake failed: does the server speak TLS?)"
+            Kind::Tls | Kind::TimedOut | Kind::Io if self.servers.tls => {
+                " (TLS is required: does the server speak TLS?)"
             }
             Kind::AuthorizationViolation | Kind::Authentication => {
                 " (check the user name and password or token)"
