@@ -20,6 +20,7 @@ use crate::{
     config::NatsConfig,
     echo::Echo,
     link::{self, Link},
+    parts,
     routes::{Receive, Routes},
     servers::Servers,
     subject::Subjects,
@@ -239,7 +240,21 @@ impl Inner {
         };
         let subject = self.subjects.subject(&event.topic);
         let timeout = self.config.command_timeout();
-        match tokio::time::timeout(timeout, client.publish(subject, payload.into())).await {
+        let payload = bytes::Bytes::from(payload);
+        let sent = async {
+            match parts::split(&payload, client.server_info().max_payload) {
+                None => client.publish(subject, payload).await,
+                Some(parts) => {
+                    for (headers, part) in parts {
+                        client
+                            .publish_with_headers(subject.clone(), headers, part)
+                            .await?;
+                    }
+                    Ok(())
+                }
+            }
+        };
+        match tokio::time::timeout(timeout, sent).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(publish_failed(event, Error::connection("publish", e))),
             Err(_) => Err(publish_failed(

@@ -68,6 +68,7 @@ mod bus;
 mod config;
 mod echo;
 mod link;
+mod parts;
 mod routes;
 mod servers;
 pub mod subject;

@@ -22,7 +22,10 @@ use event_bus_core::{
 use futures_util::{FutureExt, StreamExt};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::subject::Subjects;
+use crate::{
+    parts::{Joiner, Received},
+    subject::Subjects,
+};
 
 /// What every route task needs.
 pub(crate) struct Receive {
@@ -199,13 +202,19 @@ async fn run(
     mut requests: mpsc::UnboundedReceiver<Control>,
 ) {
     let target: Arc<str> = target.into();
+    let mut joiner = Joiner::default();
+    let mut route = RouteReceiver {
+        receive: &receive,
+        target: &target,
+        joiner: &mut joiner,
+    };
     loop {
         tokio::select! {
             biased;
             request = requests.recv() => match request {
                 Some(Control::Drain(done)) => {
                     while let Some(Some(message)) = subscriber.next().now_or_never() {
-                        receive.handle(&target, message).await;
+                        route.handle(message).await;
                     }
                     let _ = done.send(());
                 }
@@ -216,12 +225,12 @@ async fn run(
                         // is dispatched, then `next` ends.
                         let rest = async {
                             while let Some(message) = subscriber.next().await {
-                                receive.handle(&target, message).await;
+                                route.handle(message).await;
                             }
                         };
                         if tokio::time::timeout(STOP_WAIT, rest).await.is_err() {
                             while let Some(Some(message)) = subscriber.next().now_or_never() {
-                                receive.handle(&target, message).await;
+                                route.handle(message).await;
                             }
                         }
                     }
@@ -231,24 +240,51 @@ async fn run(
                 None => return,
             },
             message = subscriber.next() => match message {
-                Some(message) => receive.handle(&target, message).await,
+                Some(message) => route.handle(message).await,
                 None => return,
             },
         }
     }
 }
 
+/// The receiving state of one route task.
+struct RouteReceiver<'a> {
+    receive: &'a Receive,
+    target: &'a str,
+    joiner: &'a mut Joiner,
+}
+
+impl RouteReceiver<'_> {
+    /// Joins, decodes and dispatches one message.
+    async fn handle(&mut self, message: Message) {
+        let receive = self.receive;
+        let subject = message.subject.clone();
+        let mut evicted = 0;
+        let received = self
+            .joiner
+            .accept(message, receive.max_message_bytes, &mut evicted);
+        for _ in 0..evicted {
+            receive.malformed(&subject, "incomplete parts of a large event (parts lost)");
+        }
+        match received {
+            Received::Whole(payload) => receive.handle(self.target, &subject, &payload).await,
+            Received::Pending => {}
+            Received::Broken(reason) => receive.malformed(&subject, &reason),
+        }
+    }
+}
+
 impl Receive {
-    /// Decodes one message of route `target` and dispatches it to that route's local
+    /// Decodes one envelope of route `target` and dispatches it to that route's local
     /// subscriptions.
-    async fn handle(&self, target: &str, message: Message) {
-        let event = match decode(&message.payload, self.max_message_bytes) {
-            Ok(event) if self.subjects.subject(&event.topic) == message.subject.as_str() => event,
+    async fn handle(&self, target: &str, subject: &str, payload: &[u8]) {
+        let event = match decode(payload, self.max_message_bytes) {
+            Ok(event) if self.subjects.subject(&event.topic) == subject => event,
             Ok(event) => {
                 let reason = format!("topic {:?} does not belong on this subject", event.topic);
-                return self.malformed(&message.subject, &reason);
+                return self.malformed(subject, &reason);
             }
-            Err(e) => return self.malformed(&message.subject, &e.to_string()),
+            Err(e) => return self.malformed(subject, &e.to_string()),
         };
         let (id, topic) = (event.id, event.topic.clone());
         let result = self

@@ -3,7 +3,7 @@
 //! killed mid-run, delivery resumes through the survivors, with losses only in the
 //! failover window, counted.
 
-#![allow(missing_docs, unreachable_pub)]
+#![allow(missing_docs, unreachable_pub, clippy::print_stdout)]
 
 #[allow(dead_code)]
 #[path = "../../integration-tests/src/nats_server.rs"]

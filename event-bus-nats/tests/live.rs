@@ -341,3 +341,32 @@ async fn tls_against_a_plain_server_fails_clearly() {
     assert!(err.contains(&format!("tls://u:***@127.0.0.1:{}", server.port())), "{err}");
     assert!(!err.contains("tls-s3cret"), "{err}");
 }
+
+#[tokio::test]
+async fn events_above_the_server_max_payload_travel_in_parts() {
+    let ns = namespace();
+    let publisher = bus(config(&ns).await).await;
+    let receiver = bus(config(&ns).await).await;
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let sink = got.clone();
+    let _sub = receiver
+        .subscribe("big:*", move |event: Event| {
+            let sink = sink.clone();
+            async move {
+                sink.lock().unwrap().push(event);
+                Ok::<(), std::convert::Infallible>(())
+            }
+        })
+        .await
+        .unwrap();
+    let body: String = (0..3 << 20).map(|i| char::from(b'a' + (i % 26) as u8)).collect();
+    let big = Event::new(EventType::Created, "big:one", serde_json::json!({ "body": body }));
+    let small = event("big:two", 1);
+    publisher.publish(big.clone()).await.unwrap();
+    publisher.publish(small.clone()).await.unwrap();
+    assert!(wait_until(DEADLINE, || got.lock().unwrap().len() == 2).await);
+    assert_eq!(*got.lock().unwrap(), [big, small]);
+    assert_eq!(receiver.metrics().malformed, 0);
+    publisher.close().await.unwrap();
+    receiver.close().await.unwrap();
+}
