@@ -3,17 +3,17 @@
 use std::{
     sync::{
         Arc, RwLock, Weak,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicUsize, Ordering},
     },
     time::Duration,
 };
 
-use async_nats::{Client, ConnectOptions};
+use async_nats::{Client, ConnectOptions, client::PublishErrorKind};
 use async_trait::async_trait;
 use event_bus_core::{
     Dispatcher, Error, Event, EventBus, Health, MetricsSnapshot, Pattern, SubscribeOptions,
-    Subscriber, Subscription, SubscriptionId, Transport, envelope::encode,
-    flush::until_quiescent, reconnect::Backoff, topic::validate_topic,
+    Subscriber, Subscription, SubscriptionId, Transport, envelope::encode, flush::until_quiescent,
+    reconnect::Backoff, topic::validate_topic,
 };
 
 use crate::{
@@ -58,6 +58,9 @@ struct Inner {
 struct Started {
     client: Client,
     echo: Arc<Echo>,
+    /// The server's `max_payload`, read at connect and again when a publish exceeds it
+    /// (a reconnect may reach a server with a smaller limit).
+    max_payload: AtomicUsize,
 }
 
 impl NatsEventBus {
@@ -182,7 +185,12 @@ impl Inner {
         let echo = Echo::start(&client).await?;
         echo.round_trip(&client, timeout).await?;
         self.dispatcher.start();
-        Ok(Started { client, echo })
+        let max_payload = AtomicUsize::new(client.server_info().max_payload);
+        Ok(Started {
+            client,
+            echo,
+            max_payload,
+        })
     }
 
     /// The error of a failed connect, naming the redacted address and, where it helps,
@@ -227,13 +235,15 @@ impl Inner {
             Err(Error::Closed) => return Err(Error::Closed),
             Err(e) => return Err(publish_failed(event, e)),
         };
-        self.send(&started.client, event).await?;
+        self.send(&started, event).await?;
         self.dispatcher.metrics().add_published(1);
         Ok(())
     }
 
-    /// Hands one event to the client, within `command_timeout_seconds`.
-    async fn send(&self, client: &Client, event: Event) -> Result<(), Error> {
+    /// Hands one event to the client (in parts if it exceeds the server's
+    /// `max_payload`), within `command_timeout_seconds`.
+    async fn send(&self, started: &Started, event: Event) -> Result<(), Error> {
+        let client = &started.client;
         let payload = match encode(&event) {
             Ok(payload) => payload,
             Err(e) => return Err(publish_failed(event, e)),
@@ -242,17 +252,26 @@ impl Inner {
         let timeout = self.config.command_timeout();
         let payload = bytes::Bytes::from(payload);
         let sent = async {
-            match parts::split(&payload, client.server_info().max_payload) {
-                None => client.publish(subject, payload).await,
-                Some(parts) => {
-                    for (headers, part) in parts {
-                        client
-                            .publish_with_headers(subject.clone(), headers, part)
-                            .await?;
+            let limit = started.max_payload.load(Ordering::Relaxed);
+            if payload.len() <= limit {
+                match client.publish(subject.clone(), payload.clone()).await {
+                    Err(e) if e.kind() == PublishErrorKind::MaxPayloadExceeded => {
+                        let limit = client.server_info().max_payload;
+                        started.max_payload.store(limit, Ordering::Relaxed);
                     }
-                    Ok(())
+                    other => return other,
                 }
             }
+            let limit = started.max_payload.load(Ordering::Relaxed);
+            let Some(parts) = parts::split(&payload, limit) else {
+                return client.publish(subject, payload).await;
+            };
+            for (headers, part) in parts {
+                client
+                    .publish_with_headers(subject.clone(), headers, part)
+                    .await?;
+            }
+            Ok(())
         };
         match tokio::time::timeout(timeout, sent).await {
             Ok(Ok(())) => Ok(()),
@@ -347,7 +366,7 @@ impl EventBus for NatsEventBus {
             Err(e) => return Err(publish_failed(first, e)),
         };
         for event in std::iter::once(first).chain(events) {
-            inner.send(&started.client, event).await?;
+            inner.send(&started, event).await?;
             inner.dispatcher.metrics().add_published(1);
         }
         Ok(())
@@ -428,7 +447,8 @@ impl EventBus for NatsEventBus {
         inner.routes.stop_all().await;
         inner.dispatcher.close().await;
         if let Some(started) = started {
-            let _ = tokio::time::timeout(inner.config.command_timeout(), started.client.flush()).await;
+            let _ =
+                tokio::time::timeout(inner.config.command_timeout(), started.client.flush()).await;
             let _ = started.client.drain().await;
         }
         Ok(())

@@ -210,7 +210,10 @@ mod tests {
     #[test]
     fn secrets_never_in_debug() {
         for (config, secret) in [
-            (NatsConfig::from_url("nats://app:s3cret@h:1").unwrap(), "s3cret"),
+            (
+                NatsConfig::from_url("nats://app:s3cret@h:1").unwrap(),
+                "s3cret",
+            ),
             (NatsConfig::from_url("nats://t0ken@h:1").unwrap(), "t0ken"),
             (
                 NatsConfig {
@@ -227,7 +230,10 @@ mod tests {
                 },
                 "hunter3",
             ),
-            (NatsConfig::from_url("nats://a:p2@h:1, tls://a:p2@g").unwrap(), "p2"),
+            (
+                NatsConfig::from_url("nats://a:p2@h:1, tls://a:p2@g").unwrap(),
+                "p2",
+            ),
         ] {
             let text = format!("{config:?}");
             assert!(!text.contains(secret), "{text}");
@@ -248,10 +254,16 @@ mod tests {
             (r#"{"url": "nats://a:b@h", "token": "t"}"#, "url"),
             (r#"{"username": "a"}"#, "password"),
             (r#"{"password": "a"}"#, "username"),
-            (r#"{"username": "a", "password": "b", "token": "t"}"#, "token"),
+            (
+                r#"{"username": "a", "password": "b", "token": "t"}"#,
+                "token",
+            ),
             (r#"{"max_message_bytes": 0}"#, "max_message_bytes"),
             (r#"{"subscription_capacity": 0}"#, "subscription_capacity"),
-            (r#"{"command_timeout_seconds": 0}"#, "command_timeout_seconds"),
+            (
+                r#"{"command_timeout_seconds": 0}"#,
+                "command_timeout_seconds",
+            ),
             (r#"{"ping_interval_seconds": 0}"#, "ping_interval_seconds"),
             (
                 r#"{"dispatcher": {"queue_maxsize": 0}}"#,
@@ -265,7 +277,9 @@ mod tests {
 
     #[test]
     fn bad_urls_are_not_echoed_with_their_secrets() {
-        let err = NatsConfig::from_url("http://app:s3cret@h").unwrap_err().to_string();
+        let err = NatsConfig::from_url("http://app:s3cret@h")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("`url`") && !err.contains("s3cret"), "{err}");
     }
 
@@ -281,7 +295,13 @@ mod tests {
 
     #[test]
     fn tls_from_scheme_or_key() {
-        assert!(NatsConfig::from_url("tls://h").unwrap().servers().unwrap().tls);
+        assert!(
+            NatsConfig::from_url("tls://h")
+                .unwrap()
+                .servers()
+                .unwrap()
+                .tls
+        );
         let c = NatsConfig {
             tls: true,
             ..NatsConfig::default()

@@ -68,7 +68,12 @@ impl Joiner {
     /// Feeds one message; `max_bytes` bounds a joined envelope. An incomplete group
     /// pushed out by newer ones is reported as broken by the call that pushed it out
     /// (after that call's own outcome, through `evicted`).
-    pub(crate) fn accept(&mut self, message: Message, max_bytes: usize, evicted: &mut u64) -> Received {
+    pub(crate) fn accept(
+        &mut self,
+        message: Message,
+        max_bytes: usize,
+        evicted: &mut u64,
+    ) -> Received {
         let header = message
             .headers
             .as_ref()
@@ -82,14 +87,21 @@ impl Joiner {
         };
         let position = self.open.iter().position(|g| g.id == id);
         let mut group = match (position, index) {
-            (Some(i), _) => self.open.remove(i).unwrap_or_else(|| unreachable!("position is in range")),
+            (Some(i), _) => self
+                .open
+                .remove(i)
+                .unwrap_or_else(|| unreachable!("position is in range")),
             (None, 0) => Group {
                 id: id.to_owned(),
                 next: 0,
                 count,
                 data: BytesMut::new(),
             },
-            (None, _) => return Received::Broken(format!("part {index} of a group whose start was not seen")),
+            (None, _) => {
+                return Received::Broken(format!(
+                    "part {index} of a group whose start was not seen"
+                ));
+            }
         };
         if index != group.next || count != group.count {
             return Received::Broken(format!("part {index} of {count} out of order"));

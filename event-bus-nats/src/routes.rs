@@ -141,7 +141,14 @@ impl Routes {
         };
         if let Some(route) = stop {
             let (done, stopped) = oneshot::channel();
-            if route.control.send(Control::Stop { deliver: false, done }).is_ok() {
+            if route
+                .control
+                .send(Control::Stop {
+                    deliver: false,
+                    done,
+                })
+                .is_ok()
+            {
                 let _ = stopped.await;
             }
             tracing::debug!(subject = target, "server subscription ended");
@@ -157,7 +164,11 @@ impl Routes {
             .values()
             .filter_map(|route| {
                 let (done, drained) = oneshot::channel();
-                route.control.send(Control::Drain(done)).ok().map(|()| drained)
+                route
+                    .control
+                    .send(Control::Drain(done))
+                    .ok()
+                    .map(|()| drained)
             })
             .collect();
         for drained in waits {
@@ -279,7 +290,7 @@ impl Receive {
     /// subscriptions.
     async fn handle(&self, target: &str, subject: &str, payload: &[u8]) {
         let event = match decode(payload, self.max_message_bytes) {
-            Ok(event) if self.subjects.subject(&event.topic) == subject => event,
+            Ok(event) if self.subjects.is_subject_of(subject, &event.topic) => event,
             Ok(event) => {
                 let reason = format!("topic {:?} does not belong on this subject", event.topic);
                 return self.malformed(subject, &reason);
@@ -289,7 +300,7 @@ impl Receive {
         let (id, topic) = (event.id, event.topic.clone());
         let result = self
             .dispatcher
-            .dispatch_where(event, |p| self.subjects.target(p) == target)
+            .dispatch_where(event, |p| self.subjects.is_target_of(target, p))
             .await;
         match result {
             Ok(()) | Err(Error::Closed) => {}

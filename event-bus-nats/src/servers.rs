@@ -86,7 +86,11 @@ impl Servers {
             }
             let credentials = take_credentials(&mut url);
             if let Some(credentials) = credentials {
-                if servers.credentials.as_ref().is_some_and(|c| *c != credentials) {
+                if servers
+                    .credentials
+                    .as_ref()
+                    .is_some_and(|c| *c != credentials)
+                {
                     return Err(at("carries other credentials than the first server".into()));
                 }
                 servers.credentials = Some(credentials);

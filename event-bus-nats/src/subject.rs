@@ -49,9 +49,9 @@
 //! On the command line: `nats sub 'events.orders.>'` shows what a bus subscribed to
 //! `orders:*` receives.
 
-use std::fmt::Write as _;
+use std::fmt::{self, Write};
 
-use event_bus_core::{Error, Pattern};
+use event_bus_core::{Error, Pattern, pattern::Token};
 
 /// Longest `channel_prefix`, in bytes.
 pub const MAX_PREFIX_LEN: usize = 30;
@@ -109,12 +109,30 @@ impl Subjects {
     /// The subject that carries `topic` (a valid topic).
     pub fn subject(&self, topic: &str) -> String {
         let mut subject = String::with_capacity(self.prefix.len() + topic.len() + 8);
-        subject.push_str(&self.prefix);
-        for segment in topic.split(':') {
-            subject.push('.');
-            encode_into(segment, &mut subject);
-        }
+        self.write_subject(topic, &mut subject);
         subject
+    }
+
+    /// Whether `subject` is the subject of `topic` (without building it).
+    pub fn is_subject_of(&self, subject: &str, topic: &str) -> bool {
+        let mut cmp = Compare(Some(subject));
+        self.write_subject(topic, &mut cmp);
+        cmp.0 == Some("")
+    }
+
+    /// Whether `target` is the subscription subject of `pattern` (without building it).
+    pub fn is_target_of(&self, target: &str, pattern: &Pattern) -> bool {
+        let mut cmp = Compare(Some(target));
+        self.write_target(pattern, &mut cmp);
+        cmp.0 == Some("")
+    }
+
+    fn write_subject(&self, topic: &str, out: &mut impl Write) {
+        let _ = out.write_str(&self.prefix);
+        for segment in topic.split(':') {
+            let _ = out.write_char('.');
+            encode_into(segment, out);
+        }
     }
 
     /// The topic carried by `subject`, if it is a topic subject of this prefix.
@@ -135,20 +153,47 @@ impl Subjects {
 
     /// The subject a subscription to `pattern` subscribes to on the server.
     pub fn target(&self, pattern: &Pattern) -> String {
+        let mut target = String::with_capacity(self.prefix.len() + pattern.as_str().len() + 8);
+        self.write_target(pattern, &mut target);
+        target
+    }
+
+    fn write_target(&self, pattern: &Pattern, out: &mut impl Write) {
         if let Some(topic) = pattern.literal() {
-            return self.subject(topic);
+            return self.write_subject(topic, out);
         }
-        let literal = pattern.literal_prefix();
-        let mut target = self.prefix.clone();
+        let literal = pattern.tokens().iter().map_while(|t| match t {
+            Token::Literal(c) => Some(*c),
+            _ => None,
+        });
         // Only segments followed by `:` are complete: the last one may continue.
-        if let Some(end) = literal.rfind(':') {
-            for segment in literal[..end].split(':') {
-                target.push('.');
-                encode_into(segment, &mut target);
+        let complete = literal
+            .clone()
+            .enumerate()
+            .filter(|(_, c)| *c == ':')
+            .last();
+        let _ = out.write_str(&self.prefix);
+        if let Some((end, _)) = complete {
+            let _ = out.write_char('.');
+            for c in literal.take(end) {
+                if c == ':' {
+                    let _ = out.write_char('.');
+                } else {
+                    encode_char(c, out);
+                }
             }
         }
-        target.push_str(".>");
-        target
+        let _ = out.write_str(".>");
+    }
+}
+
+/// A writer comparing what is written with a text: `Some(rest)` while it matches.
+struct Compare<'a>(Option<&'a str>);
+
+impl Write for Compare<'_> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        self.0 = self.0.and_then(|rest| rest.strip_prefix(s));
+        Ok(())
     }
 }
 
@@ -156,17 +201,21 @@ fn needs_escape(c: char) -> bool {
     matches!(c, '.' | '*' | '>' | '%') || c.is_whitespace() || c.is_control()
 }
 
-fn encode_into(segment: &str, out: &mut String) {
+fn encode_into(segment: &str, out: &mut impl Write) {
     for c in segment.chars() {
-        if needs_escape(c) {
-            let mut buf = [0; 4];
-            for byte in c.encode_utf8(&mut buf).bytes() {
-                // Writing to a String cannot fail.
-                let _ = write!(out, "%{byte:02X}");
-            }
-        } else {
-            out.push(c);
+        encode_char(c, out);
+    }
+}
+
+/// Writers here (`String`, [`Compare`]) never fail.
+fn encode_char(c: char, out: &mut impl Write) {
+    if needs_escape(c) {
+        let mut buf = [0; 4];
+        for byte in c.encode_utf8(&mut buf).bytes() {
+            let _ = write!(out, "%{byte:02X}");
         }
+    } else {
+        let _ = out.write_char(c);
     }
 }
 
@@ -221,6 +270,9 @@ mod tests {
             assert_eq!(s.subject(topic), subject);
             assert_eq!(s.topic(subject).as_deref(), Some(topic));
         }
+        assert!(s.is_subject_of("events.v1%2E2.x", "v1.2:x"));
+        assert!(!s.is_subject_of("events.v1%2E2.x", "v1.2:x:y"));
+        assert!(!s.is_subject_of("events.v1%2E2", "v1.2:x"));
         for (pattern, target) in [
             ("orders:eu", "events.orders.eu"),
             ("orders:*", "events.orders.>"),
@@ -229,7 +281,10 @@ mod tests {
             ("*:created", "events.>"),
             ("a\\*:b.c:*", "events.a%2A.b%2Ec.>"),
         ] {
-            assert_eq!(s.target(&Pattern::parse(pattern).unwrap()), target);
+            let pattern = Pattern::parse(pattern).unwrap();
+            assert_eq!(s.target(&pattern), target);
+            assert!(s.is_target_of(target, &pattern));
+            assert!(!s.is_target_of(&format!("{target}x"), &pattern));
         }
     }
 
@@ -237,7 +292,9 @@ mod tests {
     /// subject, and back.
     #[test]
     fn mapping_is_collision_free_and_round_trips() {
-        let alphabet = ["a", "B", ".", "*", ">", "%", "%2E", "ü", "\\", "[", "?", "_"];
+        let alphabet = [
+            "a", "B", ".", "*", ">", "%", "%2E", "ü", "\\", "[", "?", "_",
+        ];
         let mut segments: Vec<String> = alphabet.iter().map(|s| (*s).to_owned()).collect();
         for a in alphabet {
             for b in alphabet {
@@ -267,8 +324,23 @@ mod tests {
     #[test]
     fn targets_are_supersets() {
         let s = subjects();
-        let topics = ["orders", "orders:eu", "orders:eu:paid", "ord.x:a", "o*:>", "x:orders"];
-        for pattern in ["orders:*", "orders*", "o*", "ord.x:*", "o\\*:*", "*:orders", "orders:e?"] {
+        let topics = [
+            "orders",
+            "orders:eu",
+            "orders:eu:paid",
+            "ord.x:a",
+            "o*:>",
+            "x:orders",
+        ];
+        for pattern in [
+            "orders:*",
+            "orders*",
+            "o*",
+            "ord.x:*",
+            "o\\*:*",
+            "*:orders",
+            "orders:e?",
+        ] {
             let pattern = Pattern::parse(pattern).unwrap();
             let target = s.target(&pattern);
             for topic in topics.iter().filter(|t| pattern.matches(t)) {
@@ -283,7 +355,15 @@ mod tests {
     #[test]
     fn foreign_subjects_have_no_topic() {
         let s = subjects();
-        for subject in ["other.a", "events", "events.", "events.a..b", "events.%2e", "events.%2", "events.%41"] {
+        for subject in [
+            "other.a",
+            "events",
+            "events.",
+            "events.a..b",
+            "events.%2e",
+            "events.%2",
+            "events.%41",
+        ] {
             assert_eq!(s.topic(subject), None, "{subject}");
         }
     }

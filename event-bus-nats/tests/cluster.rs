@@ -96,13 +96,20 @@ async fn until_routed(publisher: &NatsEventBus, topic: &str, seen: &[&Seen]) {
     let mut probe = 0;
     loop {
         probe += 1;
-        let e = Event::new(EventType::Created, topic, serde_json::json!({ "n": 1_000_000 + probe }));
+        let e = Event::new(
+            EventType::Created,
+            topic,
+            serde_json::json!({ "n": 1_000_000 + probe }),
+        );
         publisher.publish(e).await.expect("probe");
         tokio::time::sleep(Duration::from_millis(50)).await;
         if seen.iter().all(|s| s.all().iter().any(|n| *n > 1_000_000)) {
             return;
         }
-        assert!(Instant::now() < deadline, "cluster did not route probes within 15 s");
+        assert!(
+            Instant::now() < deadline,
+            "cluster did not route probes within 15 s"
+        );
     }
 }
 
@@ -122,8 +129,14 @@ async fn delivery_resumes_through_survivors_when_a_node_dies() {
     let on_survivor = bus(n3.url(), &ns).await;
     let victim_seen = Seen::default();
     let survivor_seen = Seen::default();
-    let _a = on_victim.subscribe("c:*", victim_seen.handler()).await.unwrap();
-    let _b = on_survivor.subscribe("c:*", survivor_seen.handler()).await.unwrap();
+    let _a = on_victim
+        .subscribe("c:*", victim_seen.handler())
+        .await
+        .unwrap();
+    let _b = on_survivor
+        .subscribe("c:*", survivor_seen.handler())
+        .await
+        .unwrap();
     until_routed(&publisher, "c:probe", &[&victim_seen, &survivor_seen]).await;
 
     let mut killed_at = None;
@@ -142,13 +155,19 @@ async fn delivery_resumes_through_survivors_when_a_node_dies() {
     let last = EVENTS - 1;
     let deadline = Instant::now() + Duration::from_secs(20);
     while !(victim_seen.has(last) && survivor_seen.has(last)) {
-        assert!(Instant::now() < deadline, "delivery did not resume within 20 s");
+        assert!(
+            Instant::now() < deadline,
+            "delivery did not resume within 20 s"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     publisher.flush().await.unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
 
-    for (name, seen) in [("victim's subscriber", &victim_seen), ("survivor's subscriber", &survivor_seen)] {
+    for (name, seen) in [
+        ("victim's subscriber", &victim_seen),
+        ("survivor's subscriber", &survivor_seen),
+    ] {
         let all: Vec<u64> = seen.all().into_iter().filter(|n| *n < EVENTS).collect();
         let unique: BTreeSet<u64> = all.iter().copied().collect();
         assert_eq!(unique.len(), all.len(), "{name}: duplicates");
@@ -163,16 +182,30 @@ async fn delivery_resumes_through_survivors_when_a_node_dies() {
         );
         // Losses only around the kill: nothing before it, a bounded window after it,
         // and every event from some point on.
-        assert!(lost.iter().all(|n| *n >= KILL_AT.saturating_sub(50)), "{name}: lost before the kill: {lost:?}");
-        assert!(lost.len() as u64 <= EVENTS - KILL_AT - 500, "{name}: lost {} events", lost.len());
+        assert!(
+            lost.iter().all(|n| *n >= KILL_AT.saturating_sub(50)),
+            "{name}: lost before the kill: {lost:?}"
+        );
+        assert!(
+            lost.len() as u64 <= EVENTS - KILL_AT - 500,
+            "{name}: lost {} events",
+            lost.len()
+        );
         if let (Some(first), Some(last_lost)) = (lost.first(), lost.last()) {
-            assert!(last_lost - first < lost.len() as u64 + 100, "{name}: losses not in one window: {lost:?}");
+            assert!(
+                last_lost - first < lost.len() as u64 + 100,
+                "{name}: losses not in one window: {lost:?}"
+            );
         }
     }
     // The survivor's node and the publisher's node never went down.
     let survivor_lost = (0..EVENTS).filter(|n| !survivor_seen.has(*n)).count();
     assert_eq!(survivor_lost, 0, "the survivor's subscriber lost events");
-    assert!(on_victim.metrics().reconnects >= 1, "{:?}", on_victim.metrics());
+    assert!(
+        on_victim.metrics().reconnects >= 1,
+        "{:?}",
+        on_victim.metrics()
+    );
     for bus in [publisher, on_victim, on_survivor] {
         bus.close().await.unwrap();
     }

@@ -95,10 +95,22 @@ async fn topics_with_reserved_characters_reach_exactly_their_subscriptions() {
     let wildcard = Seen::default();
     let class = Seen::default();
     let other = Seen::default();
-    let _s1 = receiver.subscribe("v1.2:a*b:>", exact.handler()).await.unwrap();
-    let _s2 = receiver.subscribe("v1.2:*", wildcard.handler()).await.unwrap();
-    let _s3 = receiver.subscribe("v1.2:a[*]b:?", class.handler()).await.unwrap();
-    let _s4 = receiver.subscribe("v1%2E2:*", other.handler()).await.unwrap();
+    let _s1 = receiver
+        .subscribe("v1.2:a*b:>", exact.handler())
+        .await
+        .unwrap();
+    let _s2 = receiver
+        .subscribe("v1.2:*", wildcard.handler())
+        .await
+        .unwrap();
+    let _s3 = receiver
+        .subscribe("v1.2:a[*]b:?", class.handler())
+        .await
+        .unwrap();
+    let _s4 = receiver
+        .subscribe("v1%2E2:*", other.handler())
+        .await
+        .unwrap();
     for n in 0..20 {
         publisher.publish(event("v1.2:a*b:>", n)).await.unwrap();
     }
@@ -125,7 +137,11 @@ async fn flush_returns_after_own_events_are_handled() {
         bus.publish(event("a:b", n)).await.unwrap();
     }
     bus.flush().await.unwrap();
-    assert_eq!(seen.len(), 1000, "each of two subscriptions gets each event once");
+    assert_eq!(
+        seen.len(),
+        1000,
+        "each of two subscriptions gets each event once"
+    );
     bus.close().await.unwrap();
 }
 
@@ -136,11 +152,17 @@ async fn malformed_messages_are_counted_and_skipped() {
     let seen = Seen::default();
     let _sub = bus.subscribe("x:*", seen.handler()).await.unwrap();
     let raw = async_nats::connect(nats_server::url().await).await.unwrap();
-    raw.publish(format!("{ns}.x.y"), "not json".into()).await.unwrap();
+    raw.publish(format!("{ns}.x.y"), "not json".into())
+        .await
+        .unwrap();
     // A valid envelope on the subject of another topic.
     let misplaced = event_bus_core::envelope::encode(&event("x:z", 1)).unwrap();
-    raw.publish(format!("{ns}.x.y"), misplaced.into()).await.unwrap();
-    raw.publish(format!("{ns}.x.y"), "x".repeat(10_000).into()).await.unwrap();
+    raw.publish(format!("{ns}.x.y"), misplaced.into())
+        .await
+        .unwrap();
+    raw.publish(format!("{ns}.x.y"), "x".repeat(10_000).into())
+        .await
+        .unwrap();
     raw.flush().await.unwrap();
     assert!(wait_until(DEADLINE, || bus.metrics().malformed == 3).await);
     bus.publish(event("x:y", 7)).await.unwrap();
@@ -179,7 +201,11 @@ async fn close_delivers_or_counts_every_received_event() {
     let m = bus.metrics();
     let after_close = handled.load(Ordering::SeqCst);
     tokio::time::sleep(Duration::from_millis(50)).await;
-    assert_eq!(handled.load(Ordering::SeqCst), after_close, "no call after close");
+    assert_eq!(
+        handled.load(Ordering::SeqCst),
+        after_close,
+        "no call after close"
+    );
     assert_eq!(m.delivered + m.dropped, m.received, "{m:?}");
     assert!(bus.publish(event("c:d", 0)).await.is_err());
 }
@@ -271,10 +297,16 @@ async fn slow_consumers_are_counted_not_silent() {
     let raw = async_nats::connect(nats_server::url().await).await.unwrap();
     let payload = event_bus_core::envelope::encode(&event("s:t", 0)).unwrap();
     for _ in 0..200 {
-        raw.publish(format!("{ns}.s.t"), payload.clone().into()).await.unwrap();
+        raw.publish(format!("{ns}.s.t"), payload.clone().into())
+            .await
+            .unwrap();
     }
     raw.flush().await.unwrap();
-    assert!(wait_until(DEADLINE, || bus.metrics().dropped > 0).await, "{:?}", bus.metrics());
+    assert!(
+        wait_until(DEADLINE, || bus.metrics().dropped > 0).await,
+        "{:?}",
+        bus.metrics()
+    );
     gate.add_permits(1000);
     bus.close().await.unwrap();
 }
@@ -306,7 +338,10 @@ async fn user_password_and_token_authenticate_and_stay_secret() {
     })
     .unwrap();
     let err = bad.connect().await.unwrap_err().to_string();
-    assert!(err.contains("authorization") && err.contains("check the user name"), "{err}");
+    assert!(
+        err.contains("authorization") && err.contains("check the user name"),
+        "{err}"
+    );
     assert!(!err.contains("wrong-s3cret"), "{err}");
     let health = format!("{:?}", bad.health().await);
     assert!(!health.contains("wrong-s3cret"), "{health}");
@@ -320,7 +355,11 @@ async fn user_password_and_token_authenticate_and_stay_secret() {
     .await;
     token.flush().await.unwrap();
     token.close().await.unwrap();
-    let in_url = bus(NatsConfig::from_url(format!("nats://tok-s3cret@127.0.0.1:{}", server.port())).unwrap()).await;
+    let in_url =
+        bus(
+            NatsConfig::from_url(format!("nats://tok-s3cret@127.0.0.1:{}", server.port())).unwrap(),
+        )
+        .await;
     assert!(in_url.health().await.is_healthy());
     in_url.close().await.unwrap();
 }
@@ -338,7 +377,10 @@ async fn tls_against_a_plain_server_fails_clearly() {
     let err = bus.connect().await.unwrap_err().to_string();
     assert!(started.elapsed() < Duration::from_secs(10));
     assert!(err.contains("TLS"), "{err}");
-    assert!(err.contains(&format!("tls://u:***@127.0.0.1:{}", server.port())), "{err}");
+    assert!(
+        err.contains(&format!("tls://u:***@127.0.0.1:{}", server.port())),
+        "{err}"
+    );
     assert!(!err.contains("tls-s3cret"), "{err}");
 }
 
@@ -359,8 +401,14 @@ async fn events_above_the_server_max_payload_travel_in_parts() {
         })
         .await
         .unwrap();
-    let body: String = (0..3 << 20).map(|i| char::from(b'a' + (i % 26) as u8)).collect();
-    let big = Event::new(EventType::Created, "big:one", serde_json::json!({ "body": body }));
+    let body: String = (0..3 << 20)
+        .map(|i| char::from(b'a' + (i % 26) as u8))
+        .collect();
+    let big = Event::new(
+        EventType::Created,
+        "big:one",
+        serde_json::json!({ "body": body }),
+    );
     let small = event("big:two", 1);
     publisher.publish(big.clone()).await.unwrap();
     publisher.publish(small.clone()).await.unwrap();
