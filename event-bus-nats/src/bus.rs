@@ -8,13 +8,14 @@ use std::{
     time::Duration,
 };
 
-use async_nats::{Client, ConnectOptions, client::PublishErrorKind};
+use async_nats::{Client, ConnectOptions, Subject, client::PublishErrorKind};
 use async_trait::async_trait;
 use event_bus_core::{
     Dispatcher, Error, Event, EventBus, Health, MetricsSnapshot, Pattern, SubscribeOptions,
     Subscriber, Subscription, SubscriptionId, Transport, envelope::encode, flush::until_quiescent,
     reconnect::Backoff, topic::validate_topic,
 };
+use futures_util::FutureExt;
 
 use crate::{
     config::NatsConfig,
@@ -248,8 +249,7 @@ impl Inner {
             Ok(payload) => payload,
             Err(e) => return Err(publish_failed(event, e)),
         };
-        let subject = self.subjects.subject(&event.topic);
-        let timeout = self.config.command_timeout();
+        let subject = Subject::from(self.subjects.subject(&event.topic));
         let payload = bytes::Bytes::from(payload);
         let sent = async {
             let limit = started.max_payload.load(Ordering::Relaxed);
@@ -273,16 +273,24 @@ impl Inner {
             }
             Ok(())
         };
-        match tokio::time::timeout(timeout, sent).await {
+        tokio::pin!(sent);
+        // Most publishes find room in the client's buffer at once: no timer for those.
+        let outcome = match (&mut sent).now_or_never() {
+            Some(outcome) => Ok(outcome),
+            None => {
+                let timeout = self.config.command_timeout();
+                tokio::time::timeout(timeout, sent)
+                    .await
+                    .map_err(|_| Error::Timeout {
+                        operation: "publish".into(),
+                        after: timeout,
+                    })
+            }
+        };
+        match outcome {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(publish_failed(event, Error::connection("publish", e))),
-            Err(_) => Err(publish_failed(
-                event,
-                Error::Timeout {
-                    operation: "publish".into(),
-                    after: timeout,
-                },
-            )),
+            Err(e) => Err(publish_failed(event, e)),
         }
     }
 }
