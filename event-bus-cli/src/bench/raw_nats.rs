@@ -19,7 +19,6 @@ pub(crate) async fn measure(
     w: &Workload,
     quiet: bool,
 ) -> Result<Option<PathResult>, Failure> {
-    let config = config.clone();
     let result = super::measure("raw", w, quiet, |c| run(config, w.clone(), c)).await?;
     Ok(Some(result))
 }
@@ -29,8 +28,8 @@ pub(crate) async fn measure(
 async fn connect(config: &Value) -> Result<Client, Failure> {
     let text = |key: &str| config.get(key).and_then(Value::as_str).map(str::to_owned);
     let url = text("url").unwrap_or_else(|| "nats://localhost:4222".to_owned());
-    let mut options = ConnectOptions::new()
-        .require_tls(config.get("tls").and_then(Value::as_bool) == Some(true));
+    let mut options =
+        ConnectOptions::new().require_tls(config.get("tls").and_then(Value::as_bool) == Some(true));
     if let (Some(user), Some(password)) = (text("username"), text("password")) {
         options = options.user_and_password(user, password);
     }
@@ -48,10 +47,14 @@ async fn connect(config: &Value) -> Result<Client, Failure> {
         .map_err(|e| Failure::runtime(format!("raw nats: connect: {}", chain(&e))))
 }
 
-async fn run(config: Value, w: Workload, c: Arc<Collector>) -> Result<(Duration, String), Failure> {
+async fn run(
+    config: &Value,
+    w: Workload,
+    c: Arc<Collector>,
+) -> Result<(Duration, String), Failure> {
     let mut receivers = Vec::new();
     for i in 0..w.subscribers {
-        let client = connect(&config).await?;
+        let client = connect(config).await?;
         let mut subscriber = client
             .subscribe(w.topic.clone())
             .await
@@ -72,7 +75,7 @@ async fn run(config: Value, w: Workload, c: Arc<Collector>) -> Result<(Duration,
     }
     let mut clients = Vec::new();
     for _ in 0..w.publishers {
-        clients.push(connect(&config).await?);
+        clients.push(connect(config).await?);
     }
     // A round trip on every subscriber connection's server makes the subscriptions live.
     for client in &clients {
