@@ -418,3 +418,45 @@ async fn events_above_the_server_max_payload_travel_in_parts() {
     publisher.close().await.unwrap();
     receiver.close().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_black_holed_connection_is_noticed_and_replaced() {
+    let ns = namespace();
+    let proxy = proxy::TcpProxy::start(nats_server::addr().await).await;
+    let bus = bus(NatsConfig {
+        url: format!("nats://{}", proxy.addr()),
+        ping_interval_seconds: 0.2,
+        command_timeout_seconds: 1.0,
+        dispatcher: DispatcherConfig {
+            consumer_error_sleep_seconds: 0.2,
+            ..DispatcherConfig::default()
+        },
+        ..config(&ns).await
+    })
+    .await;
+    let seen = Seen::default();
+    let _sub = bus.subscribe("h:*", seen.handler()).await.unwrap();
+    proxy.stall(true);
+    let err = bus.flush().await.unwrap_err();
+    assert!(
+        matches!(err, event_bus_core::Error::Timeout { .. }),
+        "{err}"
+    );
+    let mut health = bus.health().await;
+    let deadline = Instant::now() + DEADLINE;
+    while health.connected && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        health = bus.health().await;
+    }
+    assert!(
+        !health.connected && health.last_error.is_some(),
+        "{health:?}"
+    );
+    proxy.stall(false);
+    assert!(wait_until(DEADLINE, || bus.metrics().reconnects >= 1).await);
+    bus.flush().await.unwrap();
+    bus.publish(event("h:1", 1)).await.unwrap();
+    bus.flush().await.unwrap();
+    assert_eq!(seen.all(), [1]);
+    bus.close().await.unwrap();
+}
