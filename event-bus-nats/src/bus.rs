@@ -1,27 +1,26 @@
 //! The NATS event bus.
 
-use std::{
-    sync::{
-        Arc, RwLock, Weak,
-        atomic::{AtomicBool, AtomicUsize, Ordering},
-    },
-    time::Duration,
+mod connect;
+mod publish;
+
+use std::sync::{
+    Arc, RwLock, Weak,
+    atomic::{AtomicBool, AtomicUsize, Ordering},
 };
 
-use async_nats::{Client, ConnectOptions, Subject, client::PublishErrorKind};
+use async_nats::Client;
 use async_trait::async_trait;
 use event_bus_core::{
     Dispatcher, Error, Event, EventBus, Health, MetricsSnapshot, Pattern, SubscribeOptions,
-    Subscriber, Subscription, SubscriptionId, Transport, envelope::encode, flush::until_quiescent,
-    reconnect::Backoff, topic::validate_topic,
+    Subscriber, Subscription, SubscriptionId, Transport, flush::until_quiescent,
+    topic::validate_topic,
 };
-use futures_util::FutureExt;
 
+use self::publish::publish_failed;
 use crate::{
     config::NatsConfig,
     echo::Echo,
-    link::{self, Link},
-    parts,
+    link::Link,
     routes::{Receive, Routes},
     servers::Servers,
     subject::Subjects,
@@ -161,59 +160,6 @@ impl Inner {
         Ok(started)
     }
 
-    async fn start(&self) -> Result<Started, Error> {
-        let timeout = self.config.command_timeout();
-        let max_delay = self.dispatcher.config().consumer_error_sleep();
-        let mut options = ConnectOptions::new()
-            .name(&self.client_name)
-            .connection_timeout(timeout)
-            .ping_interval(self.config.ping_interval())
-            .subscription_capacity(self.config.subscription_capacity)
-            .require_tls(self.servers.tls)
-            .reconnect_delay_callback(move |attempts| reconnect_delay(attempts, max_delay))
-            .event_callback(link::callback(
-                self.link.clone(),
-                self.dispatcher.metrics().clone(),
-                self.address.clone(),
-            ));
-        if let Some(credentials) = &self.servers.credentials {
-            options = credentials.apply(options);
-        }
-        let client = options
-            .connect(self.servers.server_addrs())
-            .await
-            .map_err(|e| self.connect_error(&e))?;
-        let echo = Echo::start(&client).await?;
-        echo.round_trip(&client, timeout).await?;
-        self.dispatcher.start();
-        let max_payload = AtomicUsize::new(client.server_info().max_payload);
-        Ok(Started {
-            client,
-            echo,
-            max_payload,
-        })
-    }
-
-    /// The error of a failed connect, naming the redacted address and, where it helps,
-    /// what to check.
-    fn connect_error(&self, error: &async_nats::ConnectError) -> Error {
-        use async_nats::ConnectErrorKind as Kind;
-        let hint = match error.kind() {
-            Kind::Tls | Kind::TimedOut | Kind::Io if self.servers.tls => {
-                " (TLS is required: does the server speak TLS?)"
-            }
-            Kind::AuthorizationViolation | Kind::Authentication => {
-                " (check the user name and password or token)"
-            }
-            _ => "",
-        };
-        // The client never saw the credentials in an address, so its message holds none.
-        Error::connection(
-            format!("connect to {}{hint}", self.address),
-            error.to_string(),
-        )
-    }
-
     /// The round trip of `flush`: afterwards, everything this bus published before has
     /// come back from the server and been handed to the dispatcher.
     async fn round_trip(&self) -> Result<(), Error> {
@@ -224,94 +170,6 @@ impl Inner {
             .await?;
         self.routes.drain().await;
         Ok(())
-    }
-
-    async fn publish(&self, event: Event) -> Result<(), Error> {
-        if self.is_closed() {
-            return Err(Error::Closed);
-        }
-        validate_topic(&event.topic)?;
-        let started = match self.started().await {
-            Ok(started) => started,
-            Err(Error::Closed) => return Err(Error::Closed),
-            Err(e) => return Err(publish_failed(event, e)),
-        };
-        self.send(&started, event).await?;
-        self.dispatcher.metrics().add_published(1);
-        Ok(())
-    }
-
-    /// Hands one event to the client (in parts if it exceeds the server's
-    /// `max_payload`), within `command_timeout_seconds`.
-    async fn send(&self, started: &Started, event: Event) -> Result<(), Error> {
-        let client = &started.client;
-        let payload = match encode(&event) {
-            Ok(payload) => payload,
-            Err(e) => return Err(publish_failed(event, e)),
-        };
-        let subject = Subject::from(self.subjects.subject(&event.topic));
-        let payload = bytes::Bytes::from(payload);
-        let sent = async {
-            let limit = started.max_payload.load(Ordering::Relaxed);
-            if payload.len() <= limit {
-                match client.publish(subject.clone(), payload.clone()).await {
-                    Err(e) if e.kind() == PublishErrorKind::MaxPayloadExceeded => {
-                        let limit = client.server_info().max_payload;
-                        started.max_payload.store(limit, Ordering::Relaxed);
-                    }
-                    other => return other,
-                }
-            }
-            let limit = started.max_payload.load(Ordering::Relaxed);
-            let Some(parts) = parts::split(&payload, limit) else {
-                return client.publish(subject, payload).await;
-            };
-            for (headers, part) in parts {
-                client
-                    .publish_with_headers(subject.clone(), headers, part)
-                    .await?;
-            }
-            Ok(())
-        };
-        tokio::pin!(sent);
-        // Most publishes find room in the client's buffer at once: no timer for those.
-        let outcome = match (&mut sent).now_or_never() {
-            Some(outcome) => Ok(outcome),
-            None => {
-                let timeout = self.config.command_timeout();
-                tokio::time::timeout(timeout, sent)
-                    .await
-                    .map_err(|_| Error::Timeout {
-                        operation: "publish".into(),
-                        after: timeout,
-                    })
-            }
-        };
-        match outcome {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(publish_failed(event, Error::connection("publish", e))),
-            Err(e) => Err(publish_failed(event, e)),
-        }
-    }
-}
-
-/// The delay before reconnect attempt `attempts` (1 is the first, made at once), as
-/// [`Backoff`] computes it: 100 ms doubling up to `max`, with jitter.
-fn reconnect_delay(attempts: usize, max: Duration) -> Duration {
-    if attempts <= 1 {
-        return Duration::ZERO;
-    }
-    let mut backoff = Backoff::new(max);
-    for _ in 2..attempts.min(24) {
-        backoff.next_delay();
-    }
-    backoff.next_delay()
-}
-
-fn publish_failed(event: Event, error: Error) -> Error {
-    Error::Publish {
-        event: Box::new(event),
-        source: error.into(),
     }
 }
 
@@ -460,19 +318,5 @@ impl EventBus for NatsEventBus {
             let _ = started.client.drain().await;
         }
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn reconnect_delays_grow_to_the_cap() {
-        let max = Duration::from_secs(2);
-        assert_eq!(reconnect_delay(1, max), Duration::ZERO);
-        assert!(reconnect_delay(2, max) <= Duration::from_millis(100));
-        assert!(reconnect_delay(1_000_000, max) <= max);
-        assert!(reconnect_delay(1_000_000, max) >= max * 3 / 4);
     }
 }
