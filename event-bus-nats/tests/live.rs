@@ -460,3 +460,36 @@ async fn a_black_holed_connection_is_noticed_and_replaced() {
     assert_eq!(seen.all(), [1]);
     bus.close().await.unwrap();
 }
+
+#[tokio::test]
+async fn dead_letters_travel_through_the_server_to_other_buses() {
+    use event_bus_core::{DeadLetter, RetryPolicy, SubscribeOptions};
+    let ns = namespace();
+    let failing = bus(config(&ns).await).await;
+    let watcher = bus(config(&ns).await).await;
+    let dead = Seen::default();
+    let _watch = watcher
+        .subscribe("dead_letter:*", dead.handler())
+        .await
+        .unwrap();
+    let options = SubscribeOptions::new()
+        .retry(RetryPolicy::exponential(
+            2,
+            Duration::from_millis(1),
+            Duration::from_millis(5),
+        ))
+        .dead_letter(DeadLetter::Derived);
+    let _sub = failing
+        .subscribe_with("d:*", options, |_event: Event| async {
+            Err::<(), _>(std::io::Error::other("always fails"))
+        })
+        .await
+        .unwrap();
+    failing.publish(event("d:x", 5)).await.unwrap();
+    failing.flush().await.unwrap();
+    assert!(wait_until(DEADLINE, || dead.len() == 1).await);
+    assert_eq!(dead.all(), [5]);
+    assert_eq!(failing.metrics().dead_lettered, 1);
+    failing.close().await.unwrap();
+    watcher.close().await.unwrap();
+}
