@@ -11,12 +11,11 @@ use std::sync::{
 use async_nats::Client;
 use async_trait::async_trait;
 use event_bus_core::{
-    Dispatcher, Error, Event, EventBus, Health, MetricsSnapshot, Pattern, SubscribeOptions,
-    Subscriber, Subscription, SubscriptionId, Transport, flush::until_quiescent,
+    Dispatcher, Error, Event, EventBus, Health, MetricsSnapshot, Pattern, PublishOutcome,
+    SubscribeOptions, Subscriber, Subscription, SubscriptionId, Transport, flush::until_quiescent,
     topic::validate_topic,
 };
 
-use self::publish::publish_failed;
 use crate::{
     config::NatsConfig,
     echo::Echo,
@@ -229,10 +228,13 @@ impl EventBus for NatsEventBus {
         let started = match inner.started().await {
             Ok(started) => started,
             Err(Error::Closed) => return Err(Error::Closed),
-            Err(e) => return Err(publish_failed(first, e)),
+            Err(e) => return Err(Error::publish(first, PublishOutcome::NotSent, e)),
         };
-        for event in std::iter::once(first).chain(events) {
-            inner.send(&started, event).await?;
+        let count = events.len() + 1;
+        for (sent, event) in std::iter::once(first).chain(events).enumerate() {
+            if let Err(e) = inner.send(&started, event).await {
+                return Err(publish::in_batch(e, sent, count));
+            }
             inner.dispatcher.metrics().add_published(1);
         }
         Ok(())

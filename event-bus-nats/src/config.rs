@@ -8,7 +8,9 @@ use event_bus_core::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::{servers::Servers, subject::validate_prefix};
+use event_bus_core::namespace::validate_prefix;
+
+use crate::servers::Servers;
 
 /// Configuration of [`NatsEventBus`](crate::NatsEventBus) (config
 /// `{"backend": "nats", ...}`).

@@ -16,7 +16,10 @@ use std::{
 };
 
 use async_nats::{Client, Subscriber};
-use event_bus_core::Error;
+use event_bus_core::{
+    Error,
+    deadline::{Operation, within},
+};
 use futures_util::StreamExt;
 use tokio::{sync::watch, task::JoinHandle};
 
@@ -68,12 +71,7 @@ impl Echo {
                 .map_err(|_| Error::Closed)?;
             Ok(())
         };
-        tokio::time::timeout(timeout, trip)
-            .await
-            .map_err(|_| Error::Timeout {
-                operation: "round trip to the NATS server".into(),
-                after: timeout,
-            })?
+        within(Operation::Flush, timeout, trip).await?
     }
 }
 

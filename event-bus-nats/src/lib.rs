@@ -75,4 +75,13 @@ pub mod subject;
 
 pub use bus::NatsEventBus;
 pub use config::NatsConfig;
-pub use subject::MAX_PREFIX_LEN;
+pub use event_bus_core::namespace::MAX_PREFIX_LEN;
+
+// What applications need besides the bus itself, so that this crate alone is enough.
+pub use event_bus_core::prelude::*;
+
+/// The bus, its config and everything applications use: `use event_bus_nats::prelude::*;`.
+pub mod prelude {
+    pub use crate::{NatsConfig, NatsEventBus};
+    pub use event_bus_core::prelude::*;
+}

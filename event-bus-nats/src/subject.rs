@@ -29,8 +29,9 @@
 //!
 //! The mapping is collision-free: `e` is injective (every `%` it writes starts an
 //! escape), its output never holds `.`, and segments are never empty, so the subject
-//! determines the topic ([`Subjects::topic`] inverts it). Prefixes are 1–30 ASCII
-//! letters, digits and `_`, so subjects of different prefixes never coincide.
+//! determines the topic ([`Subjects::topic`] inverts it). Prefixes follow the core
+//! [`namespace`](event_bus_core::namespace) rule (ASCII letters, digits and `_`): one
+//! subject token, so subjects of different prefixes never coincide.
 //!
 //! A subscription's pattern is turned into one subscription subject: a wildcard-free
 //! pattern subscribes to its topic's subject; any other pattern to the subject of the
@@ -51,36 +52,7 @@
 
 use std::fmt::{self, Write};
 
-use event_bus_core::{Error, Pattern, pattern::Token};
-
-/// Longest `channel_prefix`, in bytes.
-pub const MAX_PREFIX_LEN: usize = 30;
-
-/// Checks a `channel_prefix`: 1 to [`MAX_PREFIX_LEN`] ASCII letters, digits or `_`.
-///
-/// # Errors
-/// [`Error::Config`] naming `channel_prefix`.
-pub fn validate_prefix(prefix: &str) -> Result<(), Error> {
-    if prefix.is_empty() || prefix.len() > MAX_PREFIX_LEN {
-        return Err(Error::config(
-            "channel_prefix",
-            format!(
-                "must be 1 to {MAX_PREFIX_LEN} bytes long, got {}",
-                prefix.len()
-            ),
-        ));
-    }
-    if let Some(c) = prefix
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || *c == '_'))
-    {
-        return Err(Error::config(
-            "channel_prefix",
-            format!("may hold only ASCII letters, digits and `_` (found {c:?})"),
-        ));
-    }
-    Ok(())
-}
+use event_bus_core::{Pattern, pattern::Token};
 
 /// The subject names of one `channel_prefix`; see the [module docs](self).
 ///
@@ -99,7 +71,8 @@ pub struct Subjects {
 }
 
 impl Subjects {
-    /// Subjects under `prefix` (already [validated](validate_prefix)).
+    /// Subjects under `prefix` (already
+    /// [validated](event_bus_core::namespace::validate_prefix)).
     pub fn new(prefix: &str) -> Self {
         Self {
             prefix: prefix.to_owned(),
@@ -365,15 +338,6 @@ mod tests {
             "events.%41",
         ] {
             assert_eq!(s.topic(subject), None, "{subject}");
-        }
-    }
-
-    #[test]
-    fn prefixes_are_checked() {
-        assert!(validate_prefix("t0123_abc").is_ok());
-        for bad in ["", "a.b", "a b", "a*", &"x".repeat(31)] {
-            let err = validate_prefix(bad).unwrap_err().to_string();
-            assert!(err.contains("`channel_prefix`"), "{err}");
         }
     }
 

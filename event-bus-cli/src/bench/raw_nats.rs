@@ -9,18 +9,17 @@ use event_bus::envelope;
 use futures_util::StreamExt;
 use serde_json::Value;
 
-use super::{Collector, Workload, finish, report::PathResult};
-use crate::backend::Failure;
+use super::{Collector, Workload, finish, rounds::Path};
+use crate::failure::{Failure, chain};
 
-/// Measures raw core NATS publish/subscribe against the server of `config`, on a subject
-/// of its own.
-pub(crate) async fn measure(
-    config: &Value,
-    w: &Workload,
-    quiet: bool,
-) -> Result<Option<PathResult>, Failure> {
-    let result = super::measure("raw", w, quiet, |c| run(config, w.clone(), c)).await?;
-    Ok(Some(result))
+/// The raw core NATS publish/subscribe path against the server of `config`, on a
+/// subject of its own.
+pub(crate) fn path(config: &Value) -> Path {
+    let config = Arc::new(config.clone());
+    Box::new(move |w, c| {
+        let config = config.clone();
+        Box::pin(async move { run(&config, w, c).await })
+    })
 }
 
 /// A client for a nats config: its `url` (credentials in it are used as given), `tls`,

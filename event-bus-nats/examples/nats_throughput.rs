@@ -3,7 +3,7 @@
 //! the wire envelope encoded at send time and decoded on receipt on both sides.
 //!
 //! ```sh
-//! cargo run --release -p event-bus-nats --example throughput -- [nats-url] [events]
+//! cargo run --release -p event-bus-nats --example nats_throughput -- [nats-url] [events]
 //! ```
 //!
 //! Modes: one publish awaited at a time; batches of 100 (`publish_batch`). Not the
