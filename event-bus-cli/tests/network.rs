@@ -1,5 +1,5 @@
-//! `sub` in one process receives what `pub` in another publishes, on Redis and on
-//! PostgreSQL; `ping` and `bench` run against both; errors show their causes. Each test
+//! `sub` in one process receives what `pub` in another publishes, on Redis, PostgreSQL
+//! and NATS; `ping` and `bench` run against each; errors show their causes. Each test
 //! uses its own channel prefix or topics.
 
 mod support;
@@ -24,6 +24,19 @@ fn postgres_url() -> String {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
     require_server(&host_port(&url, 5432), "EVENT_BUS_POSTGRES_URL");
     url
+}
+
+/// Like [`redis_url`], for NATS (`EVENT_BUS_NATS_URL`).
+fn nats_url() -> String {
+    let url =
+        std::env::var("EVENT_BUS_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
+    require_server(&host_port(&url, 4222), "EVENT_BUS_NATS_URL");
+    url
+}
+
+/// A config file for the NATS server under a fresh channel prefix.
+fn nats() -> std::path::PathBuf {
+    config("nats", "url", &nats_url())
 }
 
 /// A config file for the Redis server under a fresh channel prefix.
@@ -130,6 +143,26 @@ fn postgres_sub_receives_pub_from_another_process() {
 }
 
 #[test]
+fn nats_sub_receives_pub_from_another_process() {
+    sub_receives_pub(&nats());
+}
+
+#[test]
+fn nats_bench_reports_bus_and_raw() {
+    bench_runs(&nats(), "nats PUB/SUB (async-nats)");
+}
+
+#[test]
+fn nats_url_alone_picks_the_backend() {
+    url_alone_picks_the_backend(&nats_url());
+}
+
+#[test]
+fn ping_nats_answers() {
+    ping_answers(&nats_url(), "NatsConfig {");
+}
+
+#[test]
 fn redis_bench_reports_bus_and_raw() {
     bench_runs(&redis(), "redis PUBLISH/SUBSCRIBE");
 }
@@ -148,6 +181,8 @@ fn url_alone_picks_the_backend(url: &str) {
     let mut sub = Running::spawn(cmd);
     let backend = if url.starts_with("redis") {
         "redis"
+    } else if url.starts_with("nats") {
+        "nats"
     } else {
         "postgres"
     };
