@@ -23,8 +23,9 @@
 //! disconnected is lost for that subscriber, and nothing is replayed. A publish hands
 //! the event to the client, which writes it to the server; while the connection is
 //! down the client buffers publishes until it reconnects, and a publish that cannot
-//! even be buffered within `command_timeout_seconds` fails with
-//! [`Error::Publish`](event_bus_core::Error::Publish), handing the event back. When the
+//! even be buffered within `command_timeout_seconds` fails with [`Error::Publish`],
+//! handing the event back ([`PublishOutcome::NotSent`](event_bus_core::PublishOutcome):
+//! safe to retry). When the
 //! client cannot keep up with a subscription (its buffer of `subscription_capacity`
 //! messages is full) it drops messages: each is counted in `dropped` and logged as a
 //! slow consumer (rate-limited).
@@ -35,7 +36,7 @@
 //! reconnects with exponential backoff capped at
 //! `dispatcher.consumer_error_sleep_seconds`, to any server of the `url` list or of the
 //! cluster it learned about, and renews every subscription; the bus counts the
-//! reconnect in [`MetricsSnapshot::reconnects`](event_bus_core::MetricsSnapshot::reconnects)
+//! reconnect in [`MetricsSnapshot::reconnects`]
 //! and logs a warning. `health()` reports the connection state and last error.
 //!
 //! # Example
