@@ -229,7 +229,7 @@ async fn run(
             biased;
             request = requests.recv() => match request {
                 Some(Control::Drain(done)) => {
-                    while let Some(Some(message)) = subscriber.next().now_or_never() {
+                    while let Some(message) = ready(&mut subscriber) {
                         route.handle(message).await;
                     }
                     let _ = done.send(());
@@ -245,7 +245,7 @@ async fn run(
                             }
                         };
                         if tokio::time::timeout(STOP_WAIT, rest).await.is_err() {
-                            while let Some(Some(message)) = subscriber.next().now_or_never() {
+                            while let Some(message) = ready(&mut subscriber) {
                                 route.handle(message).await;
                             }
                         }
@@ -288,6 +288,15 @@ impl RouteReceiver<'_> {
             Received::Broken(reason) => receive.malformed(&subject, &reason),
         }
     }
+}
+
+/// A message the client has buffered for `subscriber`, if any. Unconstrained: Tokio's
+/// cooperative budget would otherwise report an empty buffer once the task has run for
+/// a while, and a drain would stop early.
+fn ready(subscriber: &mut Subscriber) -> Option<Message> {
+    tokio::task::unconstrained(subscriber.next())
+        .now_or_never()
+        .flatten()
 }
 
 impl Receive {

@@ -3,21 +3,16 @@
 //! killed mid-run, delivery resumes through the survivors, with losses only in the
 //! failover window, counted.
 
-#![allow(missing_docs, unreachable_pub, clippy::print_stdout)]
-
-#[allow(dead_code)]
-#[path = "../../integration-tests/src/nats_server.rs"]
-mod nats_server;
-
 use std::{
     collections::BTreeSet,
     sync::{Arc, Mutex},
     time::Duration,
 };
 
-use event_bus_core::{DispatcherConfig, Event, EventBus, EventBusExt, EventType};
-use event_bus_nats::{NatsConfig, NatsEventBus};
-use nats_server::{PrivateServer, free_port};
+use event_bus::{
+    DispatcherConfig, Event, EventBus, EventBusExt, EventType, NatsConfig, NatsEventBus,
+};
+use integration_tests::nats_server::{PrivateServer, free_port};
 use tokio::time::Instant;
 
 /// Events published in the run; one every millisecond or so.
@@ -68,7 +63,7 @@ async fn bus(url: String, ns: &str) -> NatsEventBus {
 struct Seen(Arc<Mutex<Vec<u64>>>);
 
 impl Seen {
-    fn handler(&self) -> impl event_bus_core::Handler + use<> {
+    fn handler(&self) -> impl event_bus::Handler + use<> {
         let seen = self.clone();
         move |event: Event| {
             let seen = seen.clone();
@@ -114,6 +109,7 @@ async fn until_routed(publisher: &NatsEventBus, topic: &str, seen: &[&Seen]) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[allow(clippy::print_stdout)] // the figures, shown with --nocapture
 async fn delivery_resumes_through_survivors_when_a_node_dies() {
     let ports = [free_port(), free_port(), free_port()];
     let cluster_ports = [free_port(), free_port(), free_port()];
