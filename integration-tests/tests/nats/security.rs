@@ -81,3 +81,54 @@ async fn tls_against_a_plain_server_fails_clearly() {
     );
     assert!(!err.contains("tls-s3cret"), "{err}");
 }
+
+/// Passwords and tokens written in the URL never reach the log at `debug` or above, the
+/// client's own debug lines included (it only ever sees addresses without them):
+/// through a connect, a refused login, a lost connection and its reconnect. (At `trace`
+/// the client logs each `CONNECT` it writes, password included: see
+/// docs/backends/nats.md.)
+#[tokio::test]
+async fn secrets_never_reach_the_log() {
+    let (log, _serial) = integration_tests::log_capture::capture().await;
+    let server = PrivateServer::start(&["--user", "app", "--pass", "pw-l0g-s3cret"]).await;
+    let proxy = integration_tests::proxy::TcpProxy::start(server.addr()).await;
+    let good = bus(NatsConfig {
+        url: format!("nats://app:pw-l0g-s3cret@{}", proxy.addr()),
+        channel_prefix: namespace(),
+        ..NatsConfig::default()
+    })
+    .await;
+    let seen = Seen::default();
+    let _sub = good.subscribe("a:*", seen.handler()).await.unwrap();
+    proxy.cut();
+    let reconnected =
+        integration_tests::support::wait_until(integration_tests::support::DEADLINE, || {
+            good.metrics().reconnects >= 1
+        })
+        .await;
+    assert!(reconnected, "{:?}", good.metrics());
+    good.publish(event("a:b", 1)).await.unwrap();
+    good.flush().await.unwrap();
+    good.close().await.unwrap();
+    let bad = NatsEventBus::new(NatsConfig {
+        url: format!("nats://app:wrong-l0g-s3cret@127.0.0.1:{}", server.port()),
+        command_timeout_seconds: 2.0,
+        ..NatsConfig::default()
+    })
+    .unwrap();
+    assert!(bad.connect().await.is_err());
+    let everything = log.take();
+    assert!(
+        everything.contains("re-established"),
+        "the reconnect is logged:\n{everything}"
+    );
+    let text: String = everything
+        .lines()
+        .filter(|line| !line.contains(" TRACE "))
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(
+        !text.contains("pw-l0g-s3cret") && !text.contains("wrong-l0g-s3cret"),
+        "{text}"
+    );
+}
