@@ -169,7 +169,7 @@ async fn delivery_resumes_through_survivors_when_a_node_dies() {
         assert_eq!(unique.len(), all.len(), "{name}: duplicates");
         let lost: Vec<u64> = (0..EVENTS).filter(|n| !unique.contains(n)).collect();
         println!(
-            "{name}: delivered {} of {EVENTS}, lost {} ({:?}..={:?}), failover seen {:?} after the kill",
+            "{name}: delivered {} of {EVENTS}, lost {} ({:?}..={:?}), checked {:?} after the kill",
             unique.len(),
             lost.len(),
             lost.first(),
