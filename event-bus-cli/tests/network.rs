@@ -1,10 +1,10 @@
-//! `sub` in one process receives what `pub` in another publishes, on Redis and on
-//! PostgreSQL; `ping` and `bench` run against both; errors show their causes. Each test
+//! `sub` in one process receives what `pub` in another publishes, on Redis, PostgreSQL
+//! and NATS; `ping` and `bench` run against each; errors show their causes. Each test
 //! uses its own channel prefix or topics.
 
 mod support;
 
-use integration_tests::{postgres_server, redis_server, servers};
+use integration_tests::{nats_server, postgres_server, redis_server, servers};
 use support::{
     Running, closed_port, eventbus, namespace, run_ok, run_status, send_signal, temp_file,
 };
@@ -19,6 +19,21 @@ fn redis_url() -> String {
 /// Like [`redis_url`], for PostgreSQL, as a `postgres://` URL.
 fn postgres_url() -> String {
     postgres_server::uri()
+}
+
+/// Like [`redis_url`], for NATS (see `integration_tests::nats_server`:
+/// `EVENT_BUS_NATS_URL` or the local default).
+fn nats_url() -> String {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime for the lookup")
+        .block_on(nats_server::url())
+}
+
+/// A config file for the NATS server under a fresh channel prefix.
+fn nats() -> std::path::PathBuf {
+    config("nats", "url", &nats_url())
 }
 
 /// A config file for the Redis server under a fresh channel prefix.
@@ -125,6 +140,26 @@ fn postgres_sub_receives_pub_from_another_process() {
 }
 
 #[test]
+fn nats_sub_receives_pub_from_another_process() {
+    sub_receives_pub(&nats());
+}
+
+#[test]
+fn nats_bench_reports_bus_and_raw() {
+    bench_runs(&nats(), "nats PUB/SUB (async-nats)");
+}
+
+#[test]
+fn nats_url_alone_picks_the_backend() {
+    url_alone_picks_the_backend(&nats_url());
+}
+
+#[test]
+fn ping_nats_answers() {
+    ping_answers(&nats_url(), "NatsConfig {");
+}
+
+#[test]
 fn redis_bench_reports_bus_and_raw() {
     bench_runs(&redis(), "redis PUBLISH/SUBSCRIBE");
 }
@@ -143,6 +178,8 @@ fn url_alone_picks_the_backend(url: &str) {
     let mut sub = Running::spawn(cmd);
     let backend = if url.starts_with("redis") {
         "redis"
+    } else if url.starts_with("nats") {
+        "nats"
     } else {
         "postgres"
     };

@@ -6,6 +6,7 @@
 pub mod conformance;
 pub mod factories;
 pub mod log_capture;
+pub mod nats_server;
 pub mod postgres_server;
 pub mod proxy;
 pub mod redis_server;

@@ -5,3 +5,4 @@ use integration_tests::conformance_suite;
 conformance_suite!(memory, integration_tests::factories::memory);
 conformance_suite!(redis, integration_tests::factories::redis);
 conformance_suite!(postgres, integration_tests::factories::postgres);
+conformance_suite!(nats, integration_tests::factories::nats);

@@ -4,7 +4,8 @@
 //!
 //! Raw transports: memory — a `tokio::sync::broadcast` channel carrying the same `Event`
 //! values; redis — `PUBLISH` of the wire envelope to S `SUBSCRIBE` connections;
-//! postgres — `pg_notify` of the wire envelope to S `LISTEN` connections. Every run uses
+//! postgres — `pg_notify` of the wire envelope to S `LISTEN` connections; nats —
+//! `async-nats` publishes of the wire envelope to S subscribing connections. Every run uses
 //! a fresh channel prefix, so benchmarks never see each other's (or an app's) events.
 //!
 //! Each path first runs one unmeasured warm-up round (at most
@@ -16,6 +17,7 @@
 mod bus_path;
 mod collector;
 mod raw_memory;
+mod raw_nats;
 mod raw_postgres;
 mod raw_redis;
 mod report;
@@ -158,6 +160,7 @@ pub(crate) async fn run(args: BenchArgs, backend: &BackendArgs) -> Result<(), Fa
         "memory" => Some(Box::new(|w, c| Box::pin(raw_memory::run(w, c)))),
         "redis" => Some(raw_redis::path(&config)?),
         "postgres" => raw_postgres::path(&config, &raw_workload)?,
+        "nats" => Some(raw_nats::path(&config)),
         _ => None,
     };
     let mut paths = vec![(workload, bus_path)];
