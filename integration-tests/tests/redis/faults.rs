@@ -4,7 +4,7 @@
 //! bus's connections.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::HashSet,
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -19,7 +19,7 @@ use event_bus::{
 use integration_tests::{
     conformance::{event, gated},
     redis_server::{OwnRedisServer, kill_connections},
-    support::{DEADLINE, Recorder, namespace, wait_until},
+    support::{DEADLINE, Recorder, assert_once_unless_unknown, namespace, wait_until},
 };
 use serde_json::json;
 
@@ -161,21 +161,7 @@ async fn killed_publishing_connections_tell_retryable_errors_apart() {
     );
     subscriber.flush().await.unwrap();
 
-    let mut seen: HashMap<u64, usize> = HashMap::new();
-    for e in r.events() {
-        *seen.entry(e.payload.as_u64().unwrap()).or_default() += 1;
-    }
-    for n in 0..total {
-        let count = seen.get(&n).copied().unwrap_or(0);
-        if unknown.contains(&n) {
-            assert!(count <= 1, "event {n} delivered {count} times");
-        } else {
-            assert_eq!(
-                count, 1,
-                "event {n} (never an unknown outcome) delivered {count} times"
-            );
-        }
-    }
+    let seen = assert_once_unless_unknown(&r, total, &unknown);
     let kills = kills.load(Ordering::SeqCst);
     let reached = unknown.iter().filter(|n| seen.contains_key(n)).count();
     eprintln!(
