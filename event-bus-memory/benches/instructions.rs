@@ -57,7 +57,9 @@ async fn bus(events: u64, retry: bool) {
     if retry {
         subscribe_retrying(&bus, handler).await;
     } else {
-        bus.subscribe("orders:eu", handler).await.expect("subscribe");
+        bus.subscribe("orders:eu", handler)
+            .await
+            .expect("subscribe");
     }
     let event = sample_event();
     for _ in 0..events / ROUND {
@@ -91,7 +93,8 @@ async fn raw(events: u64) {
     let receiver = tokio::spawn(async move {
         while let Ok(event) = rx.recv().await {
             std::hint::black_box(&event);
-            if (counter.fetch_add(1, Ordering::Relaxed) + 1) % ROUND == 0 && done_tx.send(()).is_err()
+            if (counter.fetch_add(1, Ordering::Relaxed) + 1) % ROUND == 0
+                && done_tx.send(()).is_err()
             {
                 return;
             }
