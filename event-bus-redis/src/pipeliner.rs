@@ -37,9 +37,10 @@ pub(crate) struct Queued {
 
 /// Whose turn it is to send a publish.
 pub(crate) enum Turn {
-    /// Nothing is in flight: send it now, then call [`Pipeliner::next_batch`] until it
-    /// comes back empty (or hand that over to a task).
-    Send,
+    /// Nothing is in flight: send it (the channel and payload handed back) now, then
+    /// call [`Pipeliner::next_batch`] until it comes back empty (or hand that over to a
+    /// task).
+    Send(String, String),
     /// Queued behind the publish in flight: the result arrives here.
     Wait(oneshot::Receiver<Outcome>),
 }
@@ -59,16 +60,16 @@ pub(crate) struct Pipeliner {
 
 impl Pipeliner {
     /// Sends now ([`Turn::Send`], taking the turn) or queues the command.
-    pub(crate) fn enter(&self, channel: &str, payload: &str) -> Turn {
+    pub(crate) fn enter(&self, channel: String, payload: String) -> Turn {
         let mut state = self.lock();
         if !state.sending {
             state.sending = true;
-            return Turn::Send;
+            return Turn::Send(channel, payload);
         }
         let (reply, result) = oneshot::channel();
         state.queue.push(Queued {
-            channel: channel.to_owned(),
-            payload: payload.to_owned(),
+            channel,
+            payload,
             reply,
         });
         Turn::Wait(result)
@@ -98,11 +99,11 @@ mod tests {
     #[test]
     fn one_turn_at_a_time_and_the_queue_in_order() {
         let p = Pipeliner::default();
-        assert!(matches!(p.enter("c", "0"), Turn::Send));
+        assert!(matches!(p.enter("c".into(), "0".into()), Turn::Send(..)));
         let waiting: Vec<_> = (1..=3)
-            .map(|n| match p.enter("c", &n.to_string()) {
+            .map(|n| match p.enter("c".into(), n.to_string()) {
                 Turn::Wait(rx) => rx,
-                Turn::Send => panic!("a second turn while one is held"),
+                Turn::Send(..) => panic!("a second turn while one is held"),
             })
             .collect();
         let batch = p.next_batch();
@@ -113,6 +114,6 @@ mod tests {
             drop(rx);
         }
         assert!(p.next_batch().is_empty(), "the turn is given back");
-        assert!(matches!(p.enter("c", "4"), Turn::Send));
+        assert!(matches!(p.enter("c".into(), "4".into()), Turn::Send(..)));
     }
 }

@@ -102,8 +102,8 @@ impl Publisher {
     pub(crate) async fn publish(&self, event: Event) -> Result<(), Error> {
         let payload = self.encode(&event)?;
         let channel = self.shared.config.names.channel(&event.topic);
-        let sent = match self.shared.pipeliner.enter(&channel, &payload) {
-            Turn::Send => {
+        let sent = match self.shared.pipeliner.enter(channel, payload) {
+            Turn::Send(channel, payload) => {
                 // Gives the turn back (or hands the queue to a drain task) however this
                 // future ends, even if it is dropped mid-send.
                 let _turn = TurnGuard(&self.shared);
