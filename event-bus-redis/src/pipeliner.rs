@@ -5,7 +5,10 @@
 //! A publish that finds nothing in flight is sent at once, alone, so a lone publisher
 //! pays no added latency. While it is in flight, later publishes queue here; when it
 //! returns, a drain task sends everything queued (at most [`MAX_PIPELINE`] commands
-//! per round trip) and keeps doing so until the queue is empty. At most one round trip
+//! per round trip) and keeps doing so until the queue is empty. When a round trip
+//! returns to an empty queue, the drain task yields once before giving the turn back:
+//! publishers woken by the answers usually publish again at once, and so travel
+//! together in the next round trip instead of one of them alone. At most one round trip
 //! of single publishes is in flight at a time, so under load each round trip carries
 //! every publish that arrived during the previous one.
 
@@ -83,6 +86,13 @@ impl Pipeliner {
         if n == 0 {
             state.sending = false;
         }
+        state.queue.drain(..n).collect()
+    }
+
+    /// The next commands to send together, keeping the turn even when there are none.
+    pub(crate) fn take_queued(&self) -> Vec<Queued> {
+        let mut state = self.lock();
+        let n = state.queue.len().min(MAX_PIPELINE);
         state.queue.drain(..n).collect()
     }
 

@@ -292,9 +292,17 @@ impl Drop for TurnGuard<'_> {
         let shared = self.0.clone();
         let drain = async move {
             let mut batch = batch;
-            while !batch.is_empty() {
+            loop {
                 shared.send_queued(batch).await;
-                batch = shared.pipeliner.next_batch();
+                batch = shared.pipeliner.take_queued();
+                if batch.is_empty() {
+                    // Let the callers just answered publish again (see crate::pipeliner).
+                    tokio::task::yield_now().await;
+                    batch = shared.pipeliner.next_batch();
+                    if batch.is_empty() {
+                        return;
+                    }
+                }
             }
         };
         match tokio::runtime::Handle::try_current() {
