@@ -161,12 +161,22 @@ fn ping_nats_answers() {
 
 #[test]
 fn redis_bench_reports_bus_and_raw() {
-    bench_runs(&redis(), "redis PUBLISH/SUBSCRIBE");
+    bench_runs(&redis(), "redis PUBLISH/SUBSCRIBE (plain)");
 }
 
 #[test]
 fn postgres_bench_reports_bus_and_raw() {
-    bench_runs(&postgres(), "postgres pg_notify/LISTEN");
+    // The test server has TLS on and the default `sslmode` is `prefer`: both sides use it.
+    bench_runs(&postgres(), "postgres pg_notify/LISTEN (TLS)");
+}
+
+/// With `sslmode=disable` the raw side goes without TLS too, and says so.
+#[test]
+fn postgres_bench_raw_side_follows_the_bus_sslmode() {
+    let url = postgres_url();
+    let sep = if url.contains('?') { '&' } else { '?' };
+    let plain = config("postgres", "url", &format!("{url}{sep}sslmode=disable"));
+    bench_runs(&plain, "postgres pg_notify/LISTEN (plain)");
 }
 
 /// With only `--url`, `sub` and `pub` pick the backend from its scheme and reach each

@@ -85,3 +85,26 @@ impl Connector {
         }
     }
 }
+
+/// A connection opened by [`connect_raw`]; poll it (e.g. in a task) for the client to
+/// work and for notifications.
+pub type RawConnection = PgConnection;
+
+/// Opens one `tokio-postgres` connection to `url` with the TLS handling the bus uses
+/// (`sslmode` as in libpq: see the crate docs), for tools that talk to the server next
+/// to the bus on equal terms, such as the raw side of `eventbus bench` (which asks the
+/// server, in `pg_stat_ssl`, whether the session is encrypted). Not bounded by a
+/// timeout.
+///
+/// # Errors
+/// [`Error::Config`] naming `url` for a string that does not parse;
+/// [`Error::Connection`] when connecting fails.
+pub async fn connect_raw(url: &str) -> Result<(Client, RawConnection), Error> {
+    let (config, verify) = crate::redact::parse(url)?;
+    let tls = crate::tls::connector(verify)?;
+    let (client, connection) = config
+        .connect(tls)
+        .await
+        .map_err(|e| Error::connection("connect", e))?;
+    Ok((client, connection))
+}

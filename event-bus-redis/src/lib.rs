@@ -74,6 +74,7 @@ mod bus;
 mod channel;
 mod config;
 mod listener;
+mod pipeliner;
 mod publisher;
 mod registry;
 

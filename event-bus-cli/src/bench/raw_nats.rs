@@ -80,15 +80,14 @@ async fn run(
     for client in &clients {
         let _ = client.flush().await;
     }
-    let prepared: Vec<_> = (0..w.publishers).map(|p| w.prepare(p)).collect();
     let start = tokio::time::Instant::now();
-    let publishers = prepared
+    let publishers = clients
         .into_iter()
-        .zip(clients)
-        .map(|(batches, client)| {
-            let (c, subject) = (c.clone(), w.topic.clone());
+        .enumerate()
+        .map(|(p, client)| {
+            let (c, subject, mut source) = (c.clone(), w.topic.clone(), w.source(p));
             tokio::spawn(async move {
-                for (seqs, events) in batches {
+                while let Some((seqs, events)) = source.next().await {
                     c.stamp(seqs);
                     for event in &events {
                         let text = envelope::encode(event).map_err(|e| e.to_string())?;
