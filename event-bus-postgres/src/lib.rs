@@ -69,6 +69,7 @@ mod tls;
 
 pub use bus::PostgresEventBus;
 pub use config::PostgresConfig;
+pub use connect::{RawConnection, connect_raw};
 pub use large::NOTIFY_PAYLOAD_LIMIT;
 /// The driver, re-exported so that [`PostgresEventBus::publish_in`] callers need no
 /// separate dependency.

@@ -87,6 +87,7 @@ mod channel;
 mod config;
 mod durable;
 mod listener;
+mod pipeliner;
 mod publisher;
 mod registry;
 mod streams;

@@ -36,6 +36,9 @@ pub use factory::create_event_bus;
 #[cfg(feature = "memory")]
 #[cfg_attr(docsrs, doc(cfg(feature = "memory")))]
 pub use event_bus_memory::{MemoryConfig, MemoryEventBus};
+#[cfg(feature = "nats")]
+#[cfg_attr(docsrs, doc(cfg(feature = "nats")))]
+pub use event_bus_nats::{NatsConfig, NatsEventBus};
 #[cfg(feature = "postgres")]
 #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
 pub use event_bus_postgres::{PostgresConfig, PostgresEventBus};

@@ -10,3 +10,4 @@ conformance_suite!(
     integration_tests::factories::redis_streams,
     durable
 );
+conformance_suite!(nats, integration_tests::factories::nats);

@@ -118,15 +118,15 @@ async fn run(
             .map_err(failed("connect"))?;
         connections.push(connection);
     }
-    let prepared: Vec<_> = (0..w.publishers).map(|p| w.prepare(p)).collect();
     let start = tokio::time::Instant::now();
-    let publishers = prepared
+    let publishers = connections
         .into_iter()
-        .zip(connections)
-        .map(|(batches, mut connection)| {
-            let (c, key, topic) = (c.clone(), key.clone(), w.topic.clone());
+        .enumerate()
+        .map(|(p, mut connection)| {
+            let (c, key, topic, mut source) =
+                (c.clone(), key.clone(), w.topic.clone(), w.source(p));
             tokio::spawn(async move {
-                for (seqs, events) in batches {
+                while let Some((seqs, events)) = source.next().await {
                     c.stamp(seqs);
                     let mut pipe = redis::pipe();
                     for event in &events {

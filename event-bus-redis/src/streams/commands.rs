@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use event_bus_core::Error;
+use event_bus_core::{Error, deadline::Operation};
 use redis::{AsyncConnectionConfig, Value, aio::MultiplexedConnection};
 use tokio::sync::Mutex;
 
@@ -79,7 +79,7 @@ impl Commands {
             Err(_) => {
                 *self.conn.lock().await = None;
                 Err(Error::Timeout {
-                    operation: what.to_owned(),
+                    operation: Operation::Stream,
                     after: self.timeout,
                 })
             }
@@ -156,7 +156,7 @@ pub(crate) async fn open(
         Ok(Ok(conn)) => Ok(conn),
         Ok(Err(e)) => Err(Error::connection(format!("open connection {name}"), e)),
         Err(_) => Err(Error::Timeout {
-            operation: format!("open connection {name}"),
+            operation: Operation::Connect,
             after: timeout,
         }),
     }

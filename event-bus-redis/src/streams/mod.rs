@@ -264,7 +264,7 @@ impl Streams {
             }
             if tokio::time::Instant::now() >= deadline {
                 return Err(Error::Timeout {
-                    operation: "flush (waiting for the consumers to read)".into(),
+                    operation: event_bus_core::deadline::Operation::Flush,
                     after: self.timeout,
                 });
             }

@@ -9,7 +9,8 @@ use std::{
 };
 
 use event_bus_core::{
-    DeadLetterInfo, Error, durable::DurableDelivery, envelope, reconnect::Backoff,
+    DeadLetterInfo, Error, deadline::Operation, durable::DurableDelivery, envelope,
+    reconnect::Backoff,
 };
 use redis::{Value, aio::MultiplexedConnection};
 use tokio::{sync::watch, time::Instant};
@@ -144,7 +145,7 @@ async fn serve_once(
         Ok(Err(e)) => return Err(Error::connection("read stream", e)),
         Err(_) => {
             return Err(Error::Timeout {
-                operation: "read stream".into(),
+                operation: Operation::Stream,
                 after: limit,
             });
         }
