@@ -59,6 +59,7 @@ mod bus;
 pub mod channel;
 mod config;
 mod connect;
+pub mod durable;
 mod large;
 mod listener;
 mod outgoing;
@@ -69,6 +70,7 @@ mod tls;
 
 pub use bus::PostgresEventBus;
 pub use config::PostgresConfig;
+pub use durable::{DeadLetterEntry, DeliveryMode, DurableConfig, DurableGroupStats, DurableHealth};
 pub use large::NOTIFY_PAYLOAD_LIMIT;
 /// The driver, re-exported so that [`PostgresEventBus::publish_in`] callers need no
 /// separate dependency.

@@ -8,6 +8,7 @@
 //! one while the pool is healthy.
 
 use std::{
+    collections::HashMap,
     future::Future,
     sync::{
         Arc,
@@ -17,7 +18,7 @@ use std::{
 
 use event_bus_core::{BoxError, Error, PublishOutcome};
 use tokio::sync::{Mutex, OnceCell};
-use tokio_postgres::{Client, Statement};
+use tokio_postgres::{Client, Row, Statement, types::ToSql};
 
 use crate::connect::Connector;
 
@@ -36,6 +37,25 @@ pub(crate) struct PooledClient {
     one: Statement,
     many: Statement,
     large: OnceCell<Statement>,
+    /// Statements of the durable mode, prepared on first use on this connection.
+    prepared: std::sync::Mutex<HashMap<String, Statement>>,
+}
+
+impl PooledClient {
+    /// `sql` prepared on this connection (once).
+    async fn prepared(&self, sql: &str) -> Result<Statement, tokio_postgres::Error> {
+        let cached = lock(&self.prepared).get(sql).cloned();
+        if let Some(stmt) = cached {
+            return Ok(stmt);
+        }
+        let stmt = self.client.prepare(sql).await?;
+        lock(&self.prepared).insert(sql.to_owned(), stmt.clone());
+        Ok(stmt)
+    }
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// The publishing connections.
@@ -119,6 +139,7 @@ impl Pool {
                 one: client.prepare(NOTIFY_ONE).await?,
                 many: client.prepare(NOTIFY_MANY).await?,
                 large: OnceCell::new(),
+                prepared: Default::default(),
                 client,
             })
         };
@@ -247,6 +268,35 @@ impl Pool {
             rows.iter()
                 .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
                 .collect()
+        })
+        .await
+    }
+
+    /// Runs `sql`, prepared once per connection, with `params`, returning its rows.
+    pub(crate) async fn query_prepared(
+        &self,
+        what: &str,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<Row>, SendError> {
+        self.send(what, |pc| async move {
+            let stmt = pc.prepared(sql).await?;
+            pc.client.query(&stmt, params).await
+        })
+        .await
+    }
+
+    /// Runs `sql`, prepared once per connection, with `params`, returning the number
+    /// of rows it changed.
+    pub(crate) async fn execute_prepared(
+        &self,
+        what: &str,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<u64, SendError> {
+        self.send(what, |pc| async move {
+            let stmt = pc.prepared(sql).await?;
+            pc.client.execute(&stmt, params).await
         })
         .await
     }

@@ -1,0 +1,201 @@
+//! The claimer of one durable subscription: claims batches of its group's visible
+//! deliveries, hands each to the subscription's worker, and extends the leases of the
+//! events still being handled.
+//!
+//! A claim is one statement (`FOR UPDATE SKIP LOCKED`, a fresh lease token, visibility
+//! pushed by the lease, attempts incremented); the handler never runs inside it. A full
+//! batch is followed at once by the next claim; otherwise the claimer waits for a
+//! wake-up (a NOTIFY naming its group) or the jittered poll interval.
+
+use std::{sync::Arc, time::Duration};
+
+use event_bus_core::{
+    Dispatcher, Error, SubscriptionId, durable::DurableDelivery, envelope::decode,
+};
+use tokio::sync::{Notify, watch};
+
+use super::{
+    Shared,
+    settle::{Counters, Held, PgSettle},
+};
+
+/// What a claimer needs.
+pub(crate) struct Claimer {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) dispatcher: Dispatcher,
+    pub(crate) id: SubscriptionId,
+    pub(crate) group: Arc<str>,
+    pub(crate) wake: Arc<Notify>,
+    pub(crate) counters: Arc<Counters>,
+    /// Counts claims that left nothing visible (fewer rows than a batch, all handed
+    /// over): a flush waits for one that started after it.
+    pub(crate) passes: watch::Sender<u64>,
+}
+
+/// One claimed row.
+struct Claimed {
+    event_id: i64,
+    attempts: i32,
+    envelope: String,
+    reclaimed: bool,
+}
+
+impl Claimer {
+    /// Runs until the subscription ends or the bus closes.
+    pub(crate) async fn run(self) {
+        let held = Arc::new(Held::default());
+        let heartbeat = tokio::spawn(heartbeat(
+            self.shared.clone(),
+            self.group.clone(),
+            held.clone(),
+        ));
+        let _stop_heartbeat = AbortOnDrop(heartbeat);
+        let batch = self.shared.config.claim_batch_size;
+        let mut failures = 0_u32;
+        while self.dispatcher.is_subscribed(self.id) {
+            let token: Arc<str> = uuid::Uuid::new_v4().to_string().into();
+            let rows = match self.claim(&token).await {
+                Ok(rows) => {
+                    failures = 0;
+                    rows
+                }
+                Err(e) => {
+                    failures += 1;
+                    if failures == 1 || failures.is_power_of_two() {
+                        tracing::warn!(group = %self.group, error = %e, failures, "claiming durable deliveries failed; retrying");
+                    }
+                    self.idle(Duration::from_millis(100 * u64::from(failures.min(10))))
+                        .await;
+                    continue;
+                }
+            };
+            let full = rows.len() >= batch as usize;
+            held.add(&token, rows.len());
+            for row in rows {
+                if !self.deliver(row, &token, &held).await {
+                    return;
+                }
+            }
+            if full {
+                continue;
+            }
+            self.passes.send_modify(|n| *n += 1);
+            let poll = self.shared.config.poll_interval();
+            self.idle(jitter(poll)).await;
+        }
+    }
+
+    /// Waits for a wake-up or `after`.
+    async fn idle(&self, after: Duration) {
+        tokio::select! {
+            () = self.wake.notified() => {}
+            () = tokio::time::sleep(after) => {}
+        }
+    }
+
+    async fn claim(&self, token: &Arc<str>) -> Result<Vec<Claimed>, Error> {
+        let sql = &self.shared.sql.claim;
+        let group: &str = &self.group;
+        let token: &str = token;
+        let limit = i64::from(self.shared.config.claim_batch_size);
+        let lease = self.shared.config.lease_seconds;
+        let rows = self
+            .shared
+            .pool
+            .query_prepared(
+                "claiming durable deliveries",
+                sql,
+                &[&group, &limit, &token, &lease],
+            )
+            .await
+            .map_err(|e| Error::connection("claiming durable deliveries", e.source))?;
+        let mut claimed = rows
+            .iter()
+            .map(|r| {
+                Ok(Claimed {
+                    event_id: r.try_get(0)?,
+                    attempts: r.try_get(1)?,
+                    envelope: r.try_get(2)?,
+                    reclaimed: r.try_get(3)?,
+                })
+            })
+            .collect::<Result<Vec<_>, tokio_postgres::Error>>()
+            .map_err(|e| Error::connection("reading claimed deliveries", e))?;
+        // An UPDATE returns rows in no particular order: keep the claim's order.
+        claimed.sort_by_key(|c| c.event_id);
+        Ok(claimed)
+    }
+
+    /// Hands one claimed row to the worker. `false` once the subscription or the bus
+    /// has ended (the row stays claimed until its lease passes).
+    async fn deliver(&self, row: Claimed, token: &Arc<str>, held: &Arc<Held>) -> bool {
+        if row.reclaimed {
+            self.counters
+                .reclaimed
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        let settle = Box::new(PgSettle {
+            shared: self.shared.clone(),
+            group: self.group.clone(),
+            event_id: row.event_id,
+            token: token.clone(),
+            held: held.clone(),
+            counters: self.counters.clone(),
+        });
+        let event = match decode(row.envelope.as_bytes(), self.shared.max_bytes) {
+            Ok(event) => event,
+            Err(e) => {
+                // Unreadable: it can never be handled; keep it as a dead letter.
+                self.dispatcher.metrics().add_malformed(1);
+                tracing::warn!(group = %self.group, event_id = row.event_id, error = %e, "stored durable event is malformed: dead-lettered");
+                let _ = settle.dead_letter_raw(&row.envelope, &e.to_string()).await;
+                return true;
+            }
+        };
+        let attempt = u32::try_from(row.attempts).unwrap_or(1);
+        let delivery = DurableDelivery { attempt, settle };
+        matches!(
+            self.dispatcher.deliver_to(self.id, event, delivery).await,
+            Ok(true)
+        )
+    }
+}
+
+/// Extends the leases of the events this claimer still holds, every third of a lease.
+async fn heartbeat(shared: Arc<Shared>, group: Arc<str>, held: Arc<Held>) {
+    let every = shared.config.lease() / 3;
+    loop {
+        tokio::time::sleep(every).await;
+        let tokens = held.tokens();
+        if tokens.is_empty() {
+            continue;
+        }
+        let group: &str = &group;
+        let lease = shared.config.lease_seconds;
+        if let Err(e) = shared
+            .pool
+            .execute_prepared(
+                "extending leases",
+                &shared.sql.heartbeat,
+                &[&group, &tokens, &lease],
+            )
+            .await
+        {
+            tracing::debug!(%group, error = %e.source, "extending durable leases failed");
+        }
+    }
+}
+
+/// `d` moved by up to a quarter either way, so claimers do not poll in step.
+fn jitter(d: Duration) -> Duration {
+    let r = f64::from(uuid::Uuid::new_v4().as_u128() as u16) / f64::from(u16::MAX);
+    d.mul_f64(0.75 + r / 2.0)
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}

@@ -1,0 +1,435 @@
+//! The durable delivery mode (`delivery = "table"`): at-least-once delivery per
+//! consumer group through a delivery table, woken by NOTIFY.
+//!
+//! * **Publish** is one statement: insert the events, one delivery row per group whose
+//!   pattern matches (the pattern's [regular expression](regex) against the topic, on
+//!   the server), and one NOTIFY on `{prefix}_durable` naming the woken groups. Inside
+//!   a caller's transaction ([`PostgresEventBus::publish_in`]) it is a transactional
+//!   outbox: commit delivers, rollback does not.
+//! * **Groups**: a subscription's group is [`SubscribeOptions::group`]; a subscription
+//!   without one gets a group of its own (`_sub_{subscription id}`), removed with it.
+//!   A group is registered with its pattern and maximum attempts when a subscription of
+//!   it starts; it then receives every matching event published from then on, also
+//!   while no member runs. One pattern per group: the latest subscription's wins.
+//! * **Claims** ([`claimer`]): each subscription claims batches of its group's visible
+//!   rows with a lease; the worker settles each event ([`settle`]): ack deletes the row,
+//!   retry makes it visible after the backoff, the last failure moves it to the dead
+//!   letters, each only while the lease token still matches.
+//!
+//! [`PostgresEventBus::publish_in`]: crate::PostgresEventBus::publish_in
+//! [`SubscribeOptions::group`]: event_bus_core::SubscribeOptions::group
+
+mod claimer;
+pub(crate) mod regex;
+pub mod schema;
+mod settings;
+mod settle;
+mod stats;
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex, Weak},
+    time::Duration,
+};
+
+use event_bus_core::{
+    Dispatcher, Error, Event, Pattern, PublishOutcome, SubscriptionId, envelope::encode,
+    topic::validate_topic,
+};
+use tokio::sync::{Notify, OnceCell, watch};
+use tokio_postgres::{GenericClient, types::ToSql};
+
+use self::{claimer::Claimer, schema::Sql, settle::Counters};
+pub use self::{
+    settings::{DeliveryMode, DurableConfig},
+    stats::{DeadLetterEntry, DurableGroupStats, DurableHealth},
+};
+use crate::publisher::{Pool, SendError};
+
+/// What claimers and settles share.
+pub(crate) struct Shared {
+    pub(crate) pool: Arc<Pool>,
+    pub(crate) sql: Sql,
+    pub(crate) config: DurableConfig,
+    pub(crate) max_bytes: usize,
+    /// The channel publishes NOTIFY to wake claimers.
+    pub(crate) channel: String,
+    ready: OnceCell<()>,
+}
+
+/// One running claimer, as the bus sees it.
+struct Running {
+    group: Arc<str>,
+    ephemeral: bool,
+    task: tokio::task::JoinHandle<()>,
+    wake: Arc<Notify>,
+    passes: watch::Receiver<u64>,
+}
+
+/// The durable mode of one bus.
+pub(crate) struct Durable {
+    shared: Arc<Shared>,
+    running: Mutex<HashMap<SubscriptionId, Running>>,
+    counters: Mutex<HashMap<Arc<str>, Arc<Counters>>>,
+    wakers: Mutex<HashMap<Arc<str>, Vec<Weak<Notify>>>>,
+    maintenance: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Durable {
+    /// The durable mode of a bus with a validated `prefix`.
+    pub(crate) fn new(
+        pool: Arc<Pool>,
+        prefix: &str,
+        config: DurableConfig,
+        max_bytes: usize,
+    ) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                pool,
+                sql: Sql::new(prefix),
+                config,
+                max_bytes,
+                channel: wake_channel(prefix),
+                ready: OnceCell::new(),
+            }),
+            running: Mutex::default(),
+            counters: Mutex::default(),
+            wakers: Mutex::default(),
+            maintenance: Mutex::default(),
+        }
+    }
+
+    /// The channel claimers are woken on.
+    pub(crate) fn channel(&self) -> &str {
+        &self.shared.channel
+    }
+
+    /// Creates the tables if needed (once per bus) and checks the schema version.
+    pub(crate) async fn ensure_schema(&self) -> Result<(), Error> {
+        let shared = &self.shared;
+        shared
+            .ready
+            .get_or_try_init(|| async {
+                shared
+                    .pool
+                    .batch_execute(&shared.sql.create)
+                    .await
+                    .map_err(|e| Error::connection("creating the durable delivery tables", e))?;
+                let rows = shared
+                    .pool
+                    .query_prepared("reading the schema version", &shared.sql.version, &[])
+                    .await
+                    .map_err(|e| Error::connection("reading the schema version", e.source))?;
+                let version: Option<i32> = rows
+                    .first()
+                    .and_then(|r| r.try_get(0).ok())
+                    .flatten();
+                match version {
+                    Some(v) if v > schema::SCHEMA_VERSION => Err(Error::config(
+                        "channel_prefix",
+                        format!(
+                            "the durable tables of this prefix have schema version {v}; this library supports up to {}",
+                            schema::SCHEMA_VERSION
+                        ),
+                    )),
+                    _ => Ok(()),
+                }
+            })
+            .await
+            .map(drop)
+    }
+
+    /// Publishes encoded events ([`columns`]) in one statement through the bus's pool.
+    pub(crate) async fn publish(&self, columns: &Columns) -> Result<(), SendError> {
+        self.ensure_schema().await.map_err(SendError::not_sent)?;
+        let (topics, priorities, envelopes) = columns;
+        let sql = self.publish_sql();
+        let channel = self.shared.channel.as_str();
+        let mut params: Vec<&(dyn ToSql + Sync)> = vec![topics, priorities, envelopes];
+        if self.shared.config.notify {
+            params.push(&channel);
+        }
+        self.shared
+            .pool
+            .query_prepared("publishing durable events", sql, &params)
+            .await
+            .map(drop)
+    }
+
+    /// Publishes encoded events ([`columns`]) in one statement through the caller's
+    /// client or transaction.
+    pub(crate) async fn publish_in<C: GenericClient + Sync>(
+        &self,
+        client: &C,
+        columns: &Columns,
+    ) -> Result<(), SendError> {
+        self.ensure_schema().await.map_err(SendError::not_sent)?;
+        let (topics, priorities, envelopes) = columns;
+        let channel = self.shared.channel.as_str();
+        let mut params: Vec<&(dyn ToSql + Sync)> = vec![topics, priorities, envelopes];
+        if self.shared.config.notify {
+            params.push(&channel);
+        }
+        client
+            .query(self.publish_sql(), &params)
+            .await
+            .map(drop)
+            .map_err(SendError::from_statement)
+    }
+
+    fn publish_sql(&self) -> &str {
+        if self.shared.config.notify {
+            &self.shared.sql.publish_notify
+        } else {
+            &self.shared.sql.publish_quiet
+        }
+    }
+
+    /// Registers the group of subscription `id` and starts its claimer.
+    pub(crate) async fn start(
+        &self,
+        dispatcher: &Dispatcher,
+        id: SubscriptionId,
+        pattern: &Pattern,
+        group: Option<&str>,
+        max_attempts: u32,
+    ) -> Result<(), Error> {
+        self.ensure_schema().await?;
+        let ephemeral = group.is_none();
+        let group: Arc<str> = match group {
+            Some(g) => g.into(),
+            None => format!("_sub_{id}").into(),
+        };
+        let regex = regex::pattern_regex(pattern);
+        let name: &str = &group;
+        let source = pattern.as_str();
+        let attempts = i32::try_from(max_attempts).unwrap_or(i32::MAX);
+        let rows = self
+            .shared
+            .pool
+            .query_prepared(
+                "registering a consumer group",
+                &self.shared.sql.register,
+                &[&name, &source, &regex, &attempts],
+            )
+            .await
+            .map_err(|e| Error::connection("registering a consumer group", e.source))?;
+        let before: Option<String> = rows.first().and_then(|r| r.try_get(0).ok()).flatten();
+        if before.as_deref().is_some_and(|p| p != source) {
+            tracing::warn!(group = name, old = ?before, new = source, "consumer group pattern changed");
+        }
+        let counters = lock(&self.counters)
+            .entry(group.clone())
+            .or_default()
+            .clone();
+        let wake = Arc::new(Notify::new());
+        lock(&self.wakers)
+            .entry(group.clone())
+            .or_default()
+            .push(Arc::downgrade(&wake));
+        let (passes, passes_rx) = watch::channel(0);
+        let claimer = Claimer {
+            shared: self.shared.clone(),
+            dispatcher: dispatcher.clone(),
+            id,
+            group: group.clone(),
+            wake: wake.clone(),
+            counters,
+            passes,
+        };
+        let task = tokio::spawn(claimer.run());
+        lock(&self.running).insert(
+            id,
+            Running {
+                group,
+                ephemeral,
+                task,
+                wake,
+                passes: passes_rx,
+            },
+        );
+        self.start_maintenance();
+        Ok(())
+    }
+
+    /// Stops the claimer of `id`; a subscription's own group goes with it (its
+    /// undelivered rows too). Rows it claimed are claimed again after their lease.
+    pub(crate) async fn release(&self, id: SubscriptionId) {
+        let Some(running) = lock(&self.running).remove(&id) else {
+            return;
+        };
+        running.task.abort();
+        if running.ephemeral {
+            let name: &str = &running.group;
+            if let Err(e) = self.drop_group(name).await {
+                tracing::debug!(group = name, error = %e, "removing a subscription's own group failed");
+            }
+        }
+    }
+
+    async fn drop_group(&self, name: &str) -> Result<(), Error> {
+        let sql = &self.shared.sql;
+        for stmt in [&sql.drop_group, &sql.drop_group_rows] {
+            self.shared
+                .pool
+                .execute_prepared("removing a consumer group", stmt, &[&name])
+                .await
+                .map_err(|e| Error::connection("removing a consumer group", e.source))?;
+        }
+        Ok(())
+    }
+
+    /// Stops every claimer (the bus is closing).
+    pub(crate) fn stop_all(&self) {
+        for (_, running) in lock(&self.running).drain() {
+            running.task.abort();
+        }
+        if let Some(task) = lock(&self.maintenance).take() {
+            task.abort();
+        }
+    }
+
+    /// Wakes the claimers of the groups a NOTIFY payload names (`*`: all).
+    pub(crate) fn wake(&self, payload: &str) {
+        let named: Option<Vec<String>> = serde_json::from_str(payload).ok();
+        let mut wakers = lock(&self.wakers);
+        for (group, list) in wakers.iter_mut() {
+            list.retain(|w| w.strong_count() > 0);
+            let wanted = named
+                .as_ref()
+                .is_none_or(|names| names.iter().any(|n| **n == **group));
+            if wanted {
+                for w in list.iter().filter_map(Weak::upgrade) {
+                    w.notify_one();
+                }
+            }
+        }
+        wakers.retain(|_, list| !list.is_empty());
+    }
+
+    /// Waits until every claimer has made a claim, started after this call, that left
+    /// nothing visible for it: everything published before is then in the queues.
+    pub(crate) async fn round_trip(&self) {
+        let claimers: Vec<(Arc<Notify>, watch::Receiver<u64>)> = lock(&self.running)
+            .values()
+            .map(|r| (r.wake.clone(), r.passes.clone()))
+            .collect();
+        for (wake, mut passes) in claimers {
+            let start = *passes.borrow_and_update();
+            wake.notify_one();
+            // A pass already under way may finish first: wait for the one after it.
+            let _ = passes.wait_for(|n| *n >= start + 2).await;
+        }
+    }
+
+    fn start_maintenance(&self) {
+        let mut task = lock(&self.maintenance);
+        if task.is_some() {
+            return;
+        }
+        let shared = self.shared.clone();
+        *task = Some(tokio::spawn(stats::maintain(shared)));
+    }
+
+    /// Counters and lag per group known to this bus, plus every group with pending rows.
+    pub(crate) async fn stats(&self) -> Result<Vec<DurableGroupStats>, Error> {
+        let counters: Vec<(Arc<str>, Arc<Counters>)> = lock(&self.counters)
+            .iter()
+            .map(|(g, c)| (g.clone(), c.clone()))
+            .collect();
+        stats::group_stats(&self.shared, counters).await
+    }
+
+    /// Dead tuples of the delivery table and the age of the oldest unacknowledged delivery.
+    pub(crate) async fn health(&self) -> Result<DurableHealth, Error> {
+        self.ensure_schema().await?;
+        stats::health(&self.shared).await
+    }
+
+    /// Up to `limit` dead letters of `group`, oldest event first.
+    pub(crate) async fn dead_letters(
+        &self,
+        group: &str,
+        limit: i64,
+    ) -> Result<Vec<DeadLetterEntry>, Error> {
+        self.ensure_schema().await?;
+        stats::dead_letters(&self.shared, group, limit).await
+    }
+
+    /// Moves dead letters of `group` (those of `event_ids`, or all) back to its live
+    /// deliveries with their attempts reset; returns how many.
+    pub(crate) async fn redrive(
+        &self,
+        group: &str,
+        event_ids: Option<&[i64]>,
+    ) -> Result<u64, Error> {
+        self.ensure_schema().await?;
+        let ids: Option<Vec<i64>> = event_ids.map(<[i64]>::to_vec);
+        let moved = self
+            .shared
+            .pool
+            .execute_prepared(
+                "redriving dead letters",
+                &self.shared.sql.redrive,
+                &[&group, &ids],
+            )
+            .await
+            .map_err(|e| Error::connection("redriving dead letters", e.source))?;
+        if moved > 0 && self.shared.config.notify {
+            let payload = serde_json::json!([group]).to_string();
+            let _ = self
+                .shared
+                .pool
+                .notify_one(&self.shared.channel, &payload)
+                .await;
+        }
+        Ok(moved)
+    }
+}
+
+/// The wake-up channel of a prefix.
+fn wake_channel(prefix: &str) -> String {
+    format!("{prefix}_durable")
+}
+
+/// Topics, priorities and envelopes of events to publish, as statement parameters.
+pub(crate) type Columns = (Vec<String>, Vec<i32>, Vec<String>);
+
+/// Validates and encodes `events`: an invalid topic or an envelope over `max_bytes`
+/// publishes nothing.
+///
+/// # Errors
+/// [`Error::InvalidTopic`]; [`Error::Publish`] (not sent) handing back a too-large event.
+pub(crate) fn columns(events: &[Event], max_bytes: usize) -> Result<Columns, Error> {
+    let mut topics = Vec::with_capacity(events.len());
+    let mut priorities = Vec::with_capacity(events.len());
+    let mut envelopes = Vec::with_capacity(events.len());
+    for event in events {
+        validate_topic(&event.topic)?;
+        let envelope = encode(event)?;
+        if envelope.len() > max_bytes {
+            let source = format!(
+                "its envelope of {} bytes exceeds max_message_bytes ({max_bytes})",
+                envelope.len()
+            );
+            return Err(Error::publish(
+                event.clone(),
+                PublishOutcome::NotSent,
+                source,
+            ));
+        }
+        topics.push(event.topic.clone());
+        priorities.push(i32::from(event.priority.value()));
+        envelopes.push(envelope);
+    }
+    Ok((topics, priorities, envelopes))
+}
+
+/// Bound on one maintenance pass's statements.
+pub(crate) const CLEANUP_BATCH: i64 = 1000;
+/// How often a subscribed bus deletes expired events.
+pub(crate) const CLEANUP_EVERY: Duration = Duration::from_secs(30);
