@@ -459,11 +459,15 @@ impl EventBus for PostgresEventBus {
         let inner = &self.inner;
         inner.check_open()?;
         if let Some(durable) = &inner.durable {
-            return until_quiescent(&inner.dispatcher, || async {
-                durable.round_trip().await;
-                Ok(())
-            })
-            .await;
+            // A failed attempt goes back to the server as a scheduled retry: go round
+            // again until a round schedules none.
+            loop {
+                let retried = durable.retries_scheduled();
+                until_quiescent(&inner.dispatcher, || durable.round_trip()).await?;
+                if durable.retries_scheduled() == retried {
+                    return Ok(());
+                }
+            }
         }
         inner.start_listener().await?;
         let after = inner.config.command_timeout() * 6;

@@ -1,6 +1,6 @@
-//! The claimer of one durable subscription: claims batches of its group's visible
-//! deliveries, hands each to the subscription's worker, and extends the leases of the
-//! events still being handled.
+//! The claimer of one consumer group in one bus: claims batches of the group's visible
+//! deliveries, hands each to one of the bus's member subscriptions (taking turns), and
+//! extends the leases of the events still being handled.
 //!
 //! A claim is one statement (`FOR UPDATE SKIP LOCKED`, a fresh lease token, visibility
 //! pushed by the lease, attempts incremented); the handler never runs inside it. A full
@@ -23,7 +23,8 @@ use super::{
 pub(crate) struct Claimer {
     pub(crate) shared: Arc<Shared>,
     pub(crate) dispatcher: Dispatcher,
-    pub(crate) id: SubscriptionId,
+    /// This bus's live subscriptions of the group.
+    pub(crate) members: Arc<std::sync::Mutex<Vec<SubscriptionId>>>,
     pub(crate) group: Arc<str>,
     pub(crate) wake: Arc<Notify>,
     pub(crate) counters: Arc<Counters>,
@@ -41,7 +42,21 @@ struct Claimed {
 }
 
 impl Claimer {
-    /// Runs until the subscription ends or the bus closes.
+    /// The next member to hand an event to, taking turns; `None` when none is left.
+    fn member(&self, turn: &mut usize) -> Option<SubscriptionId> {
+        let mut members = self
+            .members
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        members.retain(|id| self.dispatcher.is_subscribed(*id));
+        if members.is_empty() {
+            return None;
+        }
+        *turn = turn.wrapping_add(1);
+        Some(members[*turn % members.len()])
+    }
+
+    /// Runs until the group has no member here or the bus closes.
     pub(crate) async fn run(self) {
         let held = Arc::new(Held::default());
         let heartbeat = tokio::spawn(heartbeat(
@@ -52,7 +67,8 @@ impl Claimer {
         let _stop_heartbeat = AbortOnDrop(heartbeat);
         let batch = self.shared.config.claim_batch_size;
         let mut failures = 0_u32;
-        while self.dispatcher.is_subscribed(self.id) {
+        let mut turn = 0_usize;
+        while !self.dispatcher.is_closed() {
             let token: Arc<str> = uuid::Uuid::new_v4().to_string().into();
             let rows = match self.claim(&token).await {
                 Ok(rows) => {
@@ -72,7 +88,10 @@ impl Claimer {
             let full = rows.len() >= batch as usize;
             held.add(&token, rows.len());
             for row in rows {
-                if !self.deliver(row, &token, &held).await {
+                let Some(member) = self.member(&mut turn) else {
+                    return;
+                };
+                if !self.deliver(member, row, &token, &held).await {
                     return;
                 }
             }
@@ -126,9 +145,15 @@ impl Claimer {
         Ok(claimed)
     }
 
-    /// Hands one claimed row to the worker. `false` once the subscription or the bus
-    /// has ended (the row stays claimed until its lease passes).
-    async fn deliver(&self, row: Claimed, token: &Arc<str>, held: &Arc<Held>) -> bool {
+    /// Hands one claimed row to `member`'s worker. `false` once the bus has closed. A
+    /// row the member no longer takes stays claimed until its lease passes.
+    async fn deliver(
+        &self,
+        member: SubscriptionId,
+        row: Claimed,
+        token: &Arc<str>,
+        held: &Arc<Held>,
+    ) -> bool {
         if row.reclaimed {
             self.counters
                 .reclaimed
@@ -154,9 +179,9 @@ impl Claimer {
         };
         let attempt = u32::try_from(row.attempts).unwrap_or(1);
         let delivery = DurableDelivery { attempt, settle };
-        matches!(
-            self.dispatcher.deliver_to(self.id, event, delivery).await,
-            Ok(true)
+        !matches!(
+            self.dispatcher.deliver_to(member, event, delivery).await,
+            Err(Error::Closed)
         )
     }
 }

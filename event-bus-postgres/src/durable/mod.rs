@@ -20,7 +20,7 @@
 //! [`SubscribeOptions::group`]: event_bus_core::SubscribeOptions::group
 
 mod claimer;
-pub(crate) mod regex;
+pub mod regex;
 pub mod schema;
 mod settings;
 mod settle;
@@ -57,9 +57,9 @@ pub(crate) struct Shared {
     ready: OnceCell<()>,
 }
 
-/// One running claimer, as the bus sees it.
-struct Running {
-    group: Arc<str>,
+/// The claimer of one group in this bus, and the group's members here.
+struct GroupRun {
+    members: Arc<Mutex<Vec<SubscriptionId>>>,
     ephemeral: bool,
     task: tokio::task::JoinHandle<()>,
     wake: Arc<Notify>,
@@ -69,7 +69,9 @@ struct Running {
 /// The durable mode of one bus.
 pub(crate) struct Durable {
     shared: Arc<Shared>,
-    running: Mutex<HashMap<SubscriptionId, Running>>,
+    /// The group of each durable subscription.
+    subscriptions: Mutex<HashMap<SubscriptionId, Arc<str>>>,
+    groups: Mutex<HashMap<Arc<str>, GroupRun>>,
     counters: Mutex<HashMap<Arc<str>, Arc<Counters>>>,
     wakers: Mutex<HashMap<Arc<str>, Vec<Weak<Notify>>>>,
     maintenance: Mutex<Option<tokio::task::JoinHandle<()>>>,
@@ -96,7 +98,8 @@ impl Durable {
                 channel: wake_channel(prefix),
                 ready: OnceCell::new(),
             }),
-            running: Mutex::default(),
+            subscriptions: Mutex::default(),
+            groups: Mutex::default(),
             counters: Mutex::default(),
             wakers: Mutex::default(),
             maintenance: Mutex::default(),
@@ -222,6 +225,27 @@ impl Durable {
         if before.as_deref().is_some_and(|p| p != source) {
             tracing::warn!(group = name, old = ?before, new = source, "consumer group pattern changed");
         }
+        lock(&self.subscriptions).insert(id, group.clone());
+        let mut groups = lock(&self.groups);
+        if let Some(run) = groups.get(&group).filter(|r| !r.task.is_finished()) {
+            lock(&run.members).push(id);
+        } else {
+            let run = self.spawn_claimer(dispatcher, id, &group, ephemeral);
+            groups.insert(group, run);
+        }
+        drop(groups);
+        self.start_maintenance();
+        Ok(())
+    }
+
+    /// Starts the claimer of `group` in this bus, with `first` as its one member.
+    fn spawn_claimer(
+        &self,
+        dispatcher: &Dispatcher,
+        first: SubscriptionId,
+        group: &Arc<str>,
+        ephemeral: bool,
+    ) -> GroupRun {
         let counters = lock(&self.counters)
             .entry(group.clone())
             .or_default()
@@ -232,39 +256,47 @@ impl Durable {
             .or_default()
             .push(Arc::downgrade(&wake));
         let (passes, passes_rx) = watch::channel(0);
+        let members = Arc::new(Mutex::new(vec![first]));
         let claimer = Claimer {
             shared: self.shared.clone(),
             dispatcher: dispatcher.clone(),
-            id,
+            members: members.clone(),
             group: group.clone(),
             wake: wake.clone(),
             counters,
             passes,
         };
-        let task = tokio::spawn(claimer.run());
-        lock(&self.running).insert(
-            id,
-            Running {
-                group,
-                ephemeral,
-                task,
-                wake,
-                passes: passes_rx,
-            },
-        );
-        self.start_maintenance();
-        Ok(())
+        GroupRun {
+            members,
+            ephemeral,
+            task: tokio::spawn(claimer.run()),
+            wake,
+            passes: passes_rx,
+        }
     }
 
-    /// Stops the claimer of `id`; a subscription's own group goes with it (its
-    /// undelivered rows too). Rows it claimed are claimed again after their lease.
+    /// Removes subscription `id` from its group here; the group's claimer stops with
+    /// its last member, and a subscription's own group goes with it (its undelivered
+    /// rows too). Rows claimed and not settled are claimed again after their lease.
     pub(crate) async fn release(&self, id: SubscriptionId) {
-        let Some(running) = lock(&self.running).remove(&id) else {
+        let Some(group) = lock(&self.subscriptions).remove(&id) else {
             return;
         };
-        running.task.abort();
-        if running.ephemeral {
-            let name: &str = &running.group;
+        let ended = {
+            let mut groups = lock(&self.groups);
+            let last = groups.get(&group).is_some_and(|run| {
+                let mut members = lock(&run.members);
+                members.retain(|m| *m != id);
+                members.is_empty()
+            });
+            if last { groups.remove(&group) } else { None }
+        };
+        let Some(run) = ended else {
+            return;
+        };
+        run.task.abort();
+        if run.ephemeral {
+            let name: &str = &group;
             if let Err(e) = self.drop_group(name).await {
                 tracing::debug!(group = name, error = %e, "removing a subscription's own group failed");
             }
@@ -285,9 +317,10 @@ impl Durable {
 
     /// Stops every claimer (the bus is closing).
     pub(crate) fn stop_all(&self) {
-        for (_, running) in lock(&self.running).drain() {
-            running.task.abort();
+        for (_, run) in lock(&self.groups).drain() {
+            run.task.abort();
         }
+        lock(&self.subscriptions).clear();
         if let Some(task) = lock(&self.maintenance).take() {
             task.abort();
         }
@@ -312,18 +345,45 @@ impl Durable {
     }
 
     /// Waits until every claimer has made a claim, started after this call, that left
-    /// nothing visible for it: everything published before is then in the queues.
-    pub(crate) async fn round_trip(&self) {
-        let claimers: Vec<(Arc<Notify>, watch::Receiver<u64>)> = lock(&self.running)
-            .values()
-            .map(|r| (r.wake.clone(), r.passes.clone()))
-            .collect();
-        for (wake, mut passes) in claimers {
-            let start = *passes.borrow_and_update();
-            wake.notify_one();
-            // A pass already under way may finish first: wait for the one after it.
-            let _ = passes.wait_for(|n| *n >= start + 2).await;
+    /// nothing visible for it, and until the groups of this bus have no retry
+    /// scheduled: everything published before is then in the queues or handled.
+    pub(crate) async fn round_trip(&self) -> Result<(), Error> {
+        loop {
+            let claimers: Vec<(Arc<str>, Arc<Notify>, watch::Receiver<u64>)> = lock(&self.groups)
+                .iter()
+                .map(|(g, r)| (g.clone(), r.wake.clone(), r.passes.clone()))
+                .collect();
+            if claimers.is_empty() {
+                return Ok(());
+            }
+            for (_, wake, passes) in &claimers {
+                let mut passes = passes.clone();
+                let start = *passes.borrow_and_update();
+                wake.notify_one();
+                // A pass already under way may finish first: wait for the one after it.
+                let _ = passes.wait_for(|n| *n >= start + 2).await;
+            }
+            let names: Vec<String> = claimers.iter().map(|(g, ..)| g.to_string()).collect();
+            let rows = self
+                .shared
+                .pool
+                .query_prepared("flushing", &self.shared.sql.scheduled, &[&names])
+                .await
+                .map_err(|e| Error::connection("flushing", e.source))?;
+            let due_in: Option<f64> = rows.first().and_then(|r| r.get(0));
+            let Some(secs) = due_in else {
+                return Ok(());
+            };
+            tokio::time::sleep(Duration::from_secs_f64(secs.clamp(0.005, 1.0))).await;
         }
+    }
+
+    /// Retries this bus has scheduled so far, over all groups.
+    pub(crate) fn retries_scheduled(&self) -> u64 {
+        lock(&self.counters)
+            .values()
+            .map(|c| c.retried.load(std::sync::atomic::Ordering::Relaxed))
+            .sum()
     }
 
     fn start_maintenance(&self) {

@@ -23,7 +23,7 @@ use std::fmt::Write;
 use event_bus_core::{Pattern, pattern::Token};
 
 /// The anchored regular expression for `pattern` (see the [module docs](self)).
-pub(crate) fn pattern_regex(pattern: &Pattern) -> String {
+pub fn pattern_regex(pattern: &Pattern) -> String {
     let mut out = String::from("^(?:");
     for token in pattern.tokens() {
         match token {

@@ -55,6 +55,7 @@ pub(crate) struct Sql {
     pub(crate) cleanup: String,
     pub(crate) lag: String,
     pub(crate) drop_group: String,
+    pub(crate) scheduled: String,
     pub(crate) drop_group_rows: String,
     pub(crate) oldest: String,
     pub(crate) dead_tuples: String,
@@ -169,6 +170,10 @@ ON CONFLICT DO NOTHING"
     AND NOT EXISTS (SELECT 1 FROM {d} dl WHERE dl.event_id = ev.id)
     AND NOT EXISTS (SELECT 1 FROM {x} dead WHERE dead.event_id = ev.id)
   ORDER BY ev.id LIMIT $2)"
+            ),
+            scheduled: format!(
+                "SELECT extract(epoch FROM min(visible_after) - now())::float8 FROM {d}
+WHERE group_name = ANY($1) AND lease IS NULL AND attempts > 0"
             ),
             drop_group: format!("DELETE FROM {g} WHERE name = $1"),
             drop_group_rows: format!("DELETE FROM {d} WHERE group_name = $1"),
