@@ -68,9 +68,14 @@ impl Claimer {
         let batch = self.shared.config.claim_batch_size;
         let mut failures = 0_u32;
         let mut turn = 0_usize;
+        let batch_len = batch as usize;
         while !self.dispatcher.is_closed() {
+            // At most one batch in flight (claimed, not settled): that bounds the
+            // duplicates a crash causes. Claim again once half of it is settled.
+            held.wait_below(batch_len / 2).await;
+            let room = batch_len - held.in_flight();
             let token: Arc<str> = uuid::Uuid::new_v4().to_string().into();
-            let rows = match self.claim(&token).await {
+            let rows = match self.claim(&token, room).await {
                 Ok(rows) => {
                     failures = 0;
                     rows
@@ -85,7 +90,7 @@ impl Claimer {
                     continue;
                 }
             };
-            let full = rows.len() >= batch as usize;
+            let full = rows.len() >= room;
             held.add(&token, rows.len());
             for row in rows {
                 let Some(member) = self.member(&mut turn) else {
@@ -112,11 +117,11 @@ impl Claimer {
         }
     }
 
-    async fn claim(&self, token: &Arc<str>) -> Result<Vec<Claimed>, Error> {
+    async fn claim(&self, token: &Arc<str>, room: usize) -> Result<Vec<Claimed>, Error> {
         let sql = &self.shared.sql.claim;
         let group: &str = &self.group;
         let token: &str = token;
-        let limit = i64::from(self.shared.config.claim_batch_size);
+        let limit = i64::try_from(room).unwrap_or(i64::MAX);
         let lease = self.shared.config.lease_seconds;
         let rows = self
             .shared

@@ -26,27 +26,53 @@ pub(crate) struct Counters {
 }
 
 /// The lease tokens of claims whose events are still being handled here, with how
-/// many of each claim's events are left: the heartbeat extends these.
+/// many of each claim's events are left: the heartbeat extends these, and the claimer
+/// keeps their total (the events in flight) within one batch.
 #[derive(Default)]
-pub(crate) struct Held(Mutex<HashMap<Arc<str>, usize>>);
+pub(crate) struct Held {
+    tokens: Mutex<HashMap<Arc<str>, usize>>,
+    released: tokio::sync::Notify,
+}
 
 impl Held {
     pub(crate) fn add(&self, token: &Arc<str>, events: usize) {
-        *lock(&self.0).entry(token.clone()).or_default() += events;
+        if events > 0 {
+            *lock(&self.tokens).entry(token.clone()).or_default() += events;
+        }
     }
 
     fn release(&self, token: &Arc<str>) {
-        let mut held = lock(&self.0);
+        let mut held = lock(&self.tokens);
         if let Some(n) = held.get_mut(token) {
             *n -= 1;
             if *n == 0 {
                 held.remove(token);
             }
         }
+        drop(held);
+        self.released.notify_one();
+    }
+
+    /// Events claimed here and not yet settled.
+    pub(crate) fn in_flight(&self) -> usize {
+        lock(&self.tokens).values().sum()
+    }
+
+    /// Waits until at most `limit` events are in flight.
+    pub(crate) async fn wait_below(&self, limit: usize) {
+        loop {
+            let released = self.released.notified();
+            tokio::pin!(released);
+            released.as_mut().enable();
+            if self.in_flight() <= limit {
+                return;
+            }
+            released.await;
+        }
     }
 
     pub(crate) fn tokens(&self) -> Vec<String> {
-        lock(&self.0).keys().map(|t| t.to_string()).collect()
+        lock(&self.tokens).keys().map(|t| t.to_string()).collect()
     }
 }
 
