@@ -16,6 +16,7 @@
 mod backend;
 mod bench;
 mod demo;
+mod dlq;
 mod failure;
 mod output;
 mod ping;
@@ -63,6 +64,8 @@ enum Command {
     Ping(ping::PingArgs),
     /// Measure throughput and latency of the bus next to its raw transport.
     Bench(bench::BenchArgs),
+    /// List or redrive the dead letters of a consumer group (durable backends).
+    Dlq(dlq::DlqArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish or powershell).
     Completions(CompletionsArgs),
 }
@@ -109,6 +112,7 @@ fn run_async(command: Command, backend: &BackendArgs) -> Result<(), Failure> {
             Command::Sub(args) => tail::run(args, backend).await,
             Command::Ping(args) => ping::run(args, backend).await,
             Command::Bench(args) => bench::run(args, backend).await,
+            Command::Dlq(args) => dlq::run(args, backend).await,
             Command::Completions(_) => Ok(()),
         }
     });

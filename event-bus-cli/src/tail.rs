@@ -6,7 +6,7 @@ use std::{
     io::Write,
 };
 
-use event_bus::{Event, EventBusExt, envelope};
+use event_bus::{Event, EventBusExt, SubscribeOptions, envelope};
 use tokio::sync::mpsc;
 
 use crate::{backend::BackendArgs, failure::Failure, output::notice, signal::StopSignals};
@@ -20,6 +20,11 @@ pub(crate) struct SubArgs {
     /// Print each event as its wire envelope, one JSON object per line (for `jq`).
     #[arg(long)]
     json: bool,
+    /// Consume as a member of this consumer group: on a durable backend the group
+    /// receives every matching event, shared among its members, and keeps what is
+    /// published while none runs.
+    #[arg(long, value_name = "NAME")]
+    group: Option<String>,
     /// Exit after printing this many events (at least 1).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     count: Option<u64>,
@@ -50,7 +55,11 @@ pub(crate) async fn run(args: SubArgs, backend: &BackendArgs) -> Result<(), Fail
                 Ok::<(), Infallible>(())
             }
         };
-        match bus.subscribe(pattern, handler).await {
+        let mut options = SubscribeOptions::new();
+        if let Some(group) = &args.group {
+            options = options.group(group.clone());
+        }
+        match bus.subscribe_with(pattern, options, handler).await {
             Ok(sub) => subscriptions.push(sub),
             Err(e) => {
                 let _ = bus.close().await;

@@ -36,6 +36,11 @@ pub use factory::create_event_bus;
 #[cfg(feature = "memory")]
 #[cfg_attr(docsrs, doc(cfg(feature = "memory")))]
 pub use event_bus_memory::{MemoryConfig, MemoryEventBus};
+/// The PostgreSQL backend crate, for what only it has (the durable mode's
+/// `DeliveryMode`, `DurableConfig`, dead letters and statistics).
+#[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
+pub use event_bus_postgres as postgres;
 #[cfg(feature = "postgres")]
 #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
 pub use event_bus_postgres::{PostgresConfig, PostgresEventBus};
