@@ -2,6 +2,8 @@
 //! backend. Each backend's store is one variant of [`Store`]; the subcommands only
 //! call its `list` and `redrive`.
 
+use std::io::Write;
+
 use event_bus::{Config, EventBus, envelope};
 
 use crate::{backend::BackendArgs, failure::Failure, output::notice};
@@ -111,16 +113,20 @@ pub(crate) async fn run(args: DlqArgs, backend: &BackendArgs) -> Result<(), Fail
     let store = Store::open(backend.select()?.parse()?)?;
     let result = match &args.action {
         Action::List { group, limit, json } => store.list(group, *limit).await.map(|letters| {
+            let mut out = std::io::stdout().lock();
             for l in &letters {
-                match (&l.envelope, json) {
-                    (Some(envelope), true) => println!("{envelope}"),
-                    _ => println!(
+                let line = match (&l.envelope, json) {
+                    (Some(envelope), true) => envelope.clone(),
+                    _ => format!(
                         "{}\t{}\tattempts={}\t{}",
                         l.id,
                         l.topic,
                         l.attempts,
                         l.error.as_deref().unwrap_or("")
                     ),
+                };
+                if writeln!(out, "{line}").is_err() {
+                    break; // stdout closed (e.g. piped into `head`)
                 }
             }
             notice(format!("{} dead letter(s) of group {group}", letters.len()));

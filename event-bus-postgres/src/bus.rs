@@ -71,10 +71,16 @@ impl PostgresEventBus {
         let listener = Arc::new(Listener::new(connector.clone(), channels.clone()));
         let dispatcher = Dispatcher::new(config.dispatcher.clone())?;
         let ttl = config.large_payload_ttl();
-        let pool = Arc::new(Pool::new(connector, config.pool_size));
+        let pool = Arc::new(Pool::new(connector.clone(), config.pool_size));
         let durable = (config.delivery == DeliveryMode::Table).then(|| {
             Arc::new(Durable::new(
                 pool.clone(),
+                Arc::new(Pool::with_role(
+                    connector,
+                    config.pool_size,
+                    "claim",
+                    Some(crate::durable::CLAIM_SESSION),
+                )),
                 &config.channel_prefix,
                 config.durable.clone(),
                 config.max_message_bytes,
@@ -523,6 +529,9 @@ impl EventBus for PostgresEventBus {
         }
         inner.listener.shutdown(deadline).await;
         inner.dispatcher.close().await;
+        if let Some(durable) = &inner.durable {
+            durable.close().await;
+        }
         inner.pool.close().await;
         Ok(())
     }

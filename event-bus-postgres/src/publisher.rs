@@ -61,6 +61,10 @@ fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// The publishing connections.
 pub(crate) struct Pool {
     connector: Arc<Connector>,
+    /// The `application_name` role of its connections (`publish`, `claim`).
+    role: &'static str,
+    /// Settings applied to each new connection (`SET ...`).
+    session: Option<&'static str>,
     slots: Vec<Mutex<Option<Arc<PooledClient>>>>,
     in_flight: Vec<AtomicUsize>,
     next: AtomicUsize,
@@ -70,8 +74,20 @@ pub(crate) struct Pool {
 impl Pool {
     /// A pool of `size` connections, none opened yet.
     pub(crate) fn new(connector: Arc<Connector>, size: usize) -> Self {
+        Self::with_role(connector, size, "publish", None)
+    }
+
+    /// A pool of `size` connections named for `role`, each set up with `session`.
+    pub(crate) fn with_role(
+        connector: Arc<Connector>,
+        size: usize,
+        role: &'static str,
+        session: Option<&'static str>,
+    ) -> Self {
         Self {
             connector,
+            role,
+            session,
             slots: (0..size).map(|_| Mutex::new(None)).collect(),
             in_flight: (0..size).map(|_| AtomicUsize::new(0)).collect(),
             next: AtomicUsize::new(0),
@@ -127,13 +143,17 @@ impl Pool {
     }
 
     async fn open(&self) -> Result<PooledClient, Error> {
-        let (client, connection) = self.connector.connect("publish").await?;
+        let (client, connection) = self.connector.connect(self.role).await?;
         tokio::spawn(async move {
             if let Err(e) = connection.await {
                 tracing::debug!(error = %e, "publish connection closed");
             }
         });
+        let session = self.session;
         let prepare = async {
+            if let Some(sql) = session {
+                client.batch_execute(sql).await?;
+            }
             Ok::<_, tokio_postgres::Error>(PooledClient {
                 pair: client.prepare(NOTIFY_PAIR).await?,
                 one: client.prepare(NOTIFY_ONE).await?,

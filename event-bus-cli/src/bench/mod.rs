@@ -17,6 +17,7 @@ mod bus_path;
 mod collector;
 mod raw_memory;
 mod raw_postgres;
+mod raw_postgres_queue;
 mod raw_redis;
 mod report;
 mod rounds;
@@ -138,6 +139,8 @@ pub(crate) async fn run(args: BenchArgs, backend: &BackendArgs) -> Result<(), Fa
         map.insert("channel_prefix".into(), prefix.into());
     }
     let config = selection.value.clone();
+    // The durable mode (`delivery = "table"`) is compared with a raw queue table.
+    let durable = config.get("delivery").and_then(Value::as_str) == Some("table");
     let pad_len = args.payload_bytes.saturating_sub(20);
     let workload = Workload {
         events: args.events,
@@ -157,6 +160,7 @@ pub(crate) async fn run(args: BenchArgs, backend: &BackendArgs) -> Result<(), Fa
     let raw_path: Option<Path> = match name.as_str() {
         "memory" => Some(Box::new(|w, c| Box::pin(raw_memory::run(w, c)))),
         "redis" => Some(raw_redis::path(&config)?),
+        "postgres" if durable => Some(raw_postgres_queue::path(&config)?),
         "postgres" => raw_postgres::path(&config, &raw_workload)?,
         _ => None,
     };
@@ -171,6 +175,9 @@ pub(crate) async fn run(args: BenchArgs, backend: &BackendArgs) -> Result<(), Fa
     warn_if_short(&bus, raw.as_ref());
     let report = report::Report::new(&name, &args_summary(&args), bus, raw);
     report.print(args.json);
+    if durable {
+        raw_postgres_queue::drop_durable_tables(&config).await?;
+    }
     Ok(())
 }
 

@@ -22,22 +22,28 @@ const NOTIFY_LIMIT: usize = 8000;
 /// # Errors
 /// A usage failure if the config has no server URL.
 pub(crate) fn path(config: &Value, w: &Workload) -> Result<Option<Path>, Failure> {
-    let conninfo = ["url", "connection_string"]
-        .into_iter()
-        .find_map(|key| config.get(key).and_then(Value::as_str));
-    let Some(conninfo) = conninfo else {
-        return Err(Failure::usage("raw postgres: the server URL is missing"));
-    };
+    let conninfo = conninfo(config)?;
     if w.pad_len() + 400 >= NOTIFY_LIMIT {
         crate::output::notice(format!(
             "raw postgres skipped: payloads do not fit in one NOTIFY ({NOTIFY_LIMIT} bytes)"
         ));
         return Ok(None);
     }
-    let conninfo = conninfo.to_owned();
     Ok(Some(Box::new(move |w, c| {
         Box::pin(run(conninfo.clone(), w, c))
     })))
+}
+
+/// The server URL of a postgres config.
+///
+/// # Errors
+/// A usage failure if it is missing.
+pub(crate) fn conninfo(config: &Value) -> Result<String, Failure> {
+    ["url", "connection_string"]
+        .into_iter()
+        .find_map(|key| config.get(key).and_then(Value::as_str))
+        .map(str::to_owned)
+        .ok_or_else(|| Failure::usage("raw postgres: the server URL is missing"))
 }
 
 fn failed(what: &str) -> impl Fn(tokio_postgres::Error) -> Failure + '_ {

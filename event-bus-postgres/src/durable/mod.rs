@@ -46,8 +46,17 @@ pub use self::{
 };
 use crate::publisher::{Pool, SendError};
 
+/// Session settings of the claim connections: claims, heartbeats and settles commit
+/// without waiting for the WAL flush. A server crash can undo the last of them (about
+/// three times `wal_writer_delay`), which redelivers those events: a duplicate, never a
+/// loss. Publishes keep the server's setting.
+pub(crate) const CLAIM_SESSION: &str = "SET synchronous_commit TO off";
+
 /// What claimers and settles share.
 pub(crate) struct Shared {
+    /// The publishing connections (publishes, schema, dead-letter reads, redrive).
+    pub(crate) publish: Arc<Pool>,
+    /// The claim connections (claims, heartbeats, settles, lag).
     pub(crate) pool: Arc<Pool>,
     pub(crate) sql: Sql,
     pub(crate) config: DurableConfig,
@@ -84,6 +93,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl Durable {
     /// The durable mode of a bus with a validated `prefix`.
     pub(crate) fn new(
+        publish: Arc<Pool>,
         pool: Arc<Pool>,
         prefix: &str,
         config: DurableConfig,
@@ -91,6 +101,7 @@ impl Durable {
     ) -> Self {
         Self {
             shared: Arc::new(Shared {
+                publish,
                 pool,
                 sql: Sql::new(prefix),
                 config,
@@ -118,12 +129,12 @@ impl Durable {
             .ready
             .get_or_try_init(|| async {
                 shared
-                    .pool
+                    .publish
                     .batch_execute(&shared.sql.create)
                     .await
                     .map_err(|e| Error::connection("creating the durable delivery tables", e))?;
                 let rows = shared
-                    .pool
+                    .publish
                     .query_prepared("reading the schema version", &shared.sql.version, &[])
                     .await
                     .map_err(|e| Error::connection("reading the schema version", e.source))?;
@@ -157,7 +168,7 @@ impl Durable {
             params.push(&channel);
         }
         self.shared
-            .pool
+            .publish
             .query_prepared("publishing durable events", sql, &params)
             .await
             .map(drop)
@@ -213,7 +224,7 @@ impl Durable {
         let attempts = i32::try_from(max_attempts).unwrap_or(i32::MAX);
         let rows = self
             .shared
-            .pool
+            .publish
             .query_prepared(
                 "registering a consumer group",
                 &self.shared.sql.register,
@@ -307,12 +318,17 @@ impl Durable {
         let sql = &self.shared.sql;
         for stmt in [&sql.drop_group, &sql.drop_group_rows] {
             self.shared
-                .pool
+                .publish
                 .execute_prepared("removing a consumer group", stmt, &[&name])
                 .await
                 .map_err(|e| Error::connection("removing a consumer group", e.source))?;
         }
         Ok(())
+    }
+
+    /// Closes the claim connections (the bus is closing; claimers are stopped).
+    pub(crate) async fn close(&self) {
+        self.shared.pool.close().await;
     }
 
     /// Stops every claimer (the bus is closing).
@@ -431,7 +447,7 @@ impl Durable {
         let ids: Option<Vec<i64>> = event_ids.map(<[i64]>::to_vec);
         let moved = self
             .shared
-            .pool
+            .publish
             .execute_prepared(
                 "redriving dead letters",
                 &self.shared.sql.redrive,
@@ -443,7 +459,7 @@ impl Durable {
             let payload = serde_json::json!([group]).to_string();
             let _ = self
                 .shared
-                .pool
+                .publish
                 .notify_one(&self.shared.channel, &payload)
                 .await;
         }

@@ -1,4 +1,4 @@
-//! Killed sessions: `pg_terminate_backend` of the claiming (pool) and listening
+//! Killed sessions: `pg_terminate_backend` of the claim, publish and listening
 //! connections while events flow. Nothing is lost; duplicates are counted.
 
 use std::{
@@ -50,7 +50,7 @@ async fn terminated_claiming_and_listening_sessions_lose_nothing() {
             let mut killed = 0_u64;
             for round in 0..8 {
                 tokio::time::sleep(Duration::from_millis(120)).await;
-                let role = if round % 2 == 0 { "publish" } else { "listen" };
+                let role = ["claim", "listen", "publish"][round % 3];
                 let rows = admin
                     .query(
                         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
