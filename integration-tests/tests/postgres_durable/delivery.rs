@@ -252,3 +252,24 @@ async fn default_mode_is_untouched_and_durable_api_says_so() {
     assert_eq!(exists, None, "the default mode creates no tables");
     bus.close().await.unwrap();
 }
+
+#[tokio::test]
+async fn tables_of_a_newer_schema_version_are_refused() {
+    let ns = namespace();
+    let first = bus(&ns).await;
+    first.publish(event(&format!("{ns}:a"), 1)).await.unwrap();
+    first.close().await.unwrap();
+    let client = postgres_server::client().await;
+    client
+        .execute(&format!("UPDATE \"{ns}_schema\" SET version = 99"), &[])
+        .await
+        .unwrap();
+    let later = bus(&ns).await;
+    let err = later
+        .publish(event(&format!("{ns}:a"), 2))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("schema version 99"), "{err}");
+    later.close().await.unwrap();
+    drop_tables(&ns).await;
+}
