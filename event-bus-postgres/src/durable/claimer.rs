@@ -191,16 +191,25 @@ impl Claimer {
     }
 }
 
-/// Extends the leases of the events this claimer still holds, every third of a lease.
+/// Every third of a lease: extends the leases of the events this claimer still holds,
+/// and marks the group as seen (a subscription's own group that nobody marks for long
+/// is removed, see [`super::stats::maintain`]).
 async fn heartbeat(shared: Arc<Shared>, group: Arc<str>, held: Arc<Held>) {
     let every = shared.config.lease() / 3;
     loop {
         tokio::time::sleep(every).await;
+        let group: &str = &group;
+        if let Err(e) = shared
+            .pool
+            .execute_prepared("marking a group seen", &shared.sql.touch_group, &[&group])
+            .await
+        {
+            tracing::debug!(%group, error = %e.source, "marking a durable group seen failed");
+        }
         let tokens = held.tokens();
         if tokens.is_empty() {
             continue;
         }
-        let group: &str = &group;
         let lease = shared.config.lease_seconds;
         if let Err(e) = shared
             .pool

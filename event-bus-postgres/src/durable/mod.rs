@@ -326,20 +326,31 @@ impl Durable {
         Ok(())
     }
 
-    /// Closes the claim connections (the bus is closing; claimers are stopped).
-    pub(crate) async fn close(&self) {
-        self.shared.pool.close().await;
-    }
-
-    /// Stops every claimer (the bus is closing).
+    /// Stops every claimer (the bus is closing); claimed events not yet queued are
+    /// claimed again after their lease.
     pub(crate) fn stop_all(&self) {
-        for (_, run) in lock(&self.groups).drain() {
+        for run in lock(&self.groups).values() {
             run.task.abort();
         }
-        lock(&self.subscriptions).clear();
         if let Some(task) = lock(&self.maintenance).take() {
             task.abort();
         }
+    }
+
+    /// Removes the own groups of this bus's subscriptions (best effort: what fails is
+    /// removed later, see [`stats::maintain`]) and closes the claim connections. Called
+    /// once the dispatcher has closed.
+    pub(crate) async fn close(&self) {
+        let runs: Vec<(Arc<str>, GroupRun)> = lock(&self.groups).drain().collect();
+        lock(&self.subscriptions).clear();
+        for (group, run) in runs {
+            if run.ephemeral {
+                if let Err(e) = self.drop_group(&group).await {
+                    tracing::debug!(group = &*group, error = %e, "removing a subscription's own group failed");
+                }
+            }
+        }
+        self.shared.pool.close().await;
     }
 
     /// Wakes the claimers of the groups a NOTIFY payload names (`*`: all).

@@ -10,7 +10,8 @@
 //!                                created_at timestamptz NOT NULL DEFAULT now());
 //! CREATE TABLE "P_groups"       (name text PRIMARY KEY, pattern text NOT NULL,
 //!                                regex text NOT NULL, max_attempts int NOT NULL,
-//!                                created_at timestamptz NOT NULL DEFAULT now());
+//!                                created_at timestamptz NOT NULL DEFAULT now(),
+//!                                seen_at timestamptz NOT NULL DEFAULT now());
 //! CREATE TABLE "P_deliveries"   (group_name text, event_id bigint, priority int NOT NULL,
 //!                                attempts int NOT NULL DEFAULT 0,
 //!                                visible_after timestamptz NOT NULL DEFAULT now(),
@@ -55,6 +56,8 @@ pub(crate) struct Sql {
     pub(crate) cleanup: String,
     pub(crate) lag: String,
     pub(crate) drop_group: String,
+    pub(crate) touch_group: String,
+    pub(crate) expire_groups: String,
     pub(crate) scheduled: String,
     pub(crate) drop_group_rows: String,
     pub(crate) oldest: String,
@@ -85,7 +88,7 @@ impl Sql {
             "SELECT pg_advisory_xact_lock({lock});
 CREATE TABLE IF NOT EXISTS {s} (version int NOT NULL);
 CREATE TABLE IF NOT EXISTS {e} (id bigserial PRIMARY KEY, topic text NOT NULL, priority int NOT NULL, envelope text NOT NULL, created_at timestamptz NOT NULL DEFAULT now());
-CREATE TABLE IF NOT EXISTS {g} (name text PRIMARY KEY, pattern text NOT NULL, regex text NOT NULL, max_attempts int NOT NULL, created_at timestamptz NOT NULL DEFAULT now());
+CREATE TABLE IF NOT EXISTS {g} (name text PRIMARY KEY, pattern text NOT NULL, regex text NOT NULL, max_attempts int NOT NULL, created_at timestamptz NOT NULL DEFAULT now(), seen_at timestamptz NOT NULL DEFAULT now());
 CREATE TABLE IF NOT EXISTS {d} (group_name text NOT NULL, event_id bigint NOT NULL, priority int NOT NULL, attempts int NOT NULL DEFAULT 0, visible_after timestamptz NOT NULL DEFAULT now(), lease text, last_error text, PRIMARY KEY (group_name, event_id));
 CREATE INDEX IF NOT EXISTS {claim_idx} ON {d} (group_name, priority, event_id);
 CREATE INDEX IF NOT EXISTS {event_idx} ON {d} (event_id);
@@ -111,7 +114,7 @@ SELECT {notify} FROM woken WHERE groups IS NOT NULL"
             version: format!("SELECT max(version) FROM {s}"),
             register: format!(
                 "INSERT INTO {g} (name, pattern, regex, max_attempts) VALUES ($1, $2, $3, $4)
-ON CONFLICT (name) DO UPDATE SET pattern = EXCLUDED.pattern, regex = EXCLUDED.regex, max_attempts = EXCLUDED.max_attempts
+ON CONFLICT (name) DO UPDATE SET pattern = EXCLUDED.pattern, regex = EXCLUDED.regex, max_attempts = EXCLUDED.max_attempts, seen_at = now()
 RETURNING (SELECT pattern FROM {g} WHERE name = $1)"
             ),
             // A payload of 8000 bytes or more would fail the publish: wake every group then.
@@ -174,6 +177,16 @@ ON CONFLICT DO NOTHING"
             scheduled: format!(
                 "SELECT extract(epoch FROM min(visible_after) - now())::float8 FROM {d}
 WHERE group_name = ANY($1) AND lease IS NULL AND attempts > 0"
+            ),
+            touch_group: format!("UPDATE {g} SET seen_at = now() WHERE name = $1"),
+            // A subscription's own group (`_sub_...`) whose bus stopped without removing
+            // it (a crash) is removed once no claimer has touched it for `$1` seconds.
+            expire_groups: format!(
+                "WITH gone AS (
+  DELETE FROM {g} WHERE left(name, 5) = '_sub_' AND seen_at < now() - make_interval(secs => $1)
+  RETURNING name
+)
+DELETE FROM {d} dl USING gone WHERE dl.group_name = gone.name"
             ),
             drop_group: format!("DELETE FROM {g} WHERE name = $1"),
             drop_group_rows: format!("DELETE FROM {d} WHERE group_name = $1"),

@@ -150,12 +150,25 @@ pub(super) async fn dead_letters(
         .collect())
 }
 
-/// Deletes acknowledged events past the retention, in batches, every
-/// [`CLEANUP_EVERY`], while the bus has a durable subscription.
+/// Every [`CLEANUP_EVERY`], while the bus has a durable subscription: removes the own
+/// groups of subscriptions whose bus died (not seen for ten leases, at least a
+/// minute), then deletes acknowledged events past the retention, in batches.
 pub(super) async fn maintain(shared: Arc<Shared>) {
     let retention = shared.config.retention_seconds;
+    let abandoned = (shared.config.lease_seconds * 10.0).max(60.0);
     loop {
         tokio::time::sleep(CLEANUP_EVERY).await;
+        if let Err(e) = shared
+            .publish
+            .execute_prepared(
+                "removing abandoned groups",
+                &shared.sql.expire_groups,
+                &[&abandoned],
+            )
+            .await
+        {
+            tracing::debug!(error = %e.source, "removing abandoned durable groups failed");
+        }
         loop {
             let deleted = shared
                 .pool
