@@ -101,6 +101,8 @@ async fn offline_group_receives_what_was_published_while_away() {
             .collect();
         publisher.publish_batch(events).await.unwrap();
     }
+    let health = publisher.durable_health().await.unwrap();
+    assert!(health.oldest_unacked.is_some(), "{health:?}");
     let back = bus(&ns).await;
     let again = Recorder::new();
     back.subscribe_with(&format!("{ns}:*"), opts(), again.handler())
@@ -112,6 +114,8 @@ async fn offline_group_receives_what_was_published_while_away() {
     got.sort_unstable();
     assert_eq!(got, (0..1000).collect::<Vec<_>>());
     assert!(r.is_empty());
+    let health = back.durable_health().await.unwrap();
+    assert_eq!(health.oldest_unacked, None, "{health:?}");
     back.close().await.unwrap();
     publisher.close().await.unwrap();
     drop_tables(&ns).await;

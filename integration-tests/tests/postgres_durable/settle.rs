@@ -236,3 +236,62 @@ async fn a_stale_worker_cannot_ack_or_dead_letter_a_row_another_worker_holds() {
     b.close().await.unwrap();
     drop_tables(&ns).await;
 }
+
+#[tokio::test]
+async fn a_handler_running_past_its_lease_keeps_the_event() {
+    let ns = namespace();
+    let mut c = super::config(&ns).await;
+    c.durable.lease_seconds = 0.3;
+    let (a, b) = (super::connected(c.clone()).await, super::connected(c).await);
+    let calls = Arc::new(AtomicU32::new(0));
+    let slow = |calls: Arc<AtomicU32>| {
+        move |_: Event| {
+            let calls = calls.clone();
+            async move {
+                calls.fetch_add(1, Ordering::SeqCst);
+                // Seven leases long: only the heartbeat keeps the event from the other member.
+                tokio::time::sleep(Duration::from_millis(2100)).await;
+                Ok::<(), std::io::Error>(())
+            }
+        }
+    };
+    let opts = SubscribeOptions::new()
+        .group("slow")
+        .handler_timeout(Duration::from_secs(10));
+    a.subscribe_with(&format!("{ns}:*"), opts.clone(), slow(calls.clone()))
+        .await
+        .unwrap();
+    b.subscribe_with(&format!("{ns}:*"), opts, slow(calls.clone()))
+        .await
+        .unwrap();
+    a.publish(event(&format!("{ns}:x"), 1)).await.unwrap();
+    assert!(
+        wait_until_async(DEADLINE, || async {
+            count_rows(&ns, "deliveries").await == 0
+        })
+        .await,
+        "acknowledged"
+    );
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "handled once, never reclaimed"
+    );
+    let reclaimed: u64 = a
+        .durable_stats()
+        .await
+        .unwrap()
+        .iter()
+        .map(|s| s.reclaimed)
+        .sum::<u64>()
+        + b.durable_stats()
+            .await
+            .unwrap()
+            .iter()
+            .map(|s| s.reclaimed)
+            .sum::<u64>();
+    assert_eq!(reclaimed, 0);
+    a.close().await.unwrap();
+    b.close().await.unwrap();
+    drop_tables(&ns).await;
+}
