@@ -39,10 +39,20 @@ struct Claimed {
     attempts: i32,
     envelope: String,
     reclaimed: bool,
+    priority: i32,
 }
 
 impl Claimer {
-    /// The next member to hand an event to, taking turns; `None` when none is left.
+    /// Whether a member here is live (claiming for none would only hold events back).
+    fn has_member(&self) -> bool {
+        let members = self
+            .members
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        members.iter().any(|id| self.dispatcher.is_subscribed(*id))
+    }
+
+    /// The next live member to hand an event to, taking turns; `None` when none is.
     fn member(&self, turn: &mut usize) -> Option<SubscriptionId> {
         let mut members = self
             .members
@@ -56,7 +66,8 @@ impl Claimer {
         Some(members[*turn % members.len()])
     }
 
-    /// Runs until the group has no member here or the bus closes.
+    /// Runs until the bus closes or the group's last member here is released (which
+    /// aborts it).
     pub(crate) async fn run(self) {
         let held = Arc::new(Held::default());
         let heartbeat = tokio::spawn(heartbeat(
@@ -73,6 +84,12 @@ impl Claimer {
             // At most one batch in flight (claimed, not settled): that bounds the
             // duplicates a crash causes. Claim again once half of it is settled.
             held.wait_below(batch_len / 2).await;
+            if !self.has_member() {
+                // Nothing to hand over here: a flush need not wait for this group.
+                self.passes.send_modify(|n| *n += 1);
+                self.idle(self.shared.config.poll_interval()).await;
+                continue;
+            }
             let room = batch_len - held.in_flight();
             let token: Arc<str> = uuid::Uuid::new_v4().to_string().into();
             let rows = match self.claim(&token, room).await {
@@ -92,9 +109,13 @@ impl Claimer {
             };
             let full = rows.len() >= room;
             held.add(&token, rows.len());
-            for row in rows {
+            let mut rows = rows.into_iter();
+            while let Some(row) = rows.next() {
+                // No live member here right now (the last one is being released, which
+                // stops this claimer): the rest wait on the server for their lease.
                 let Some(member) = self.member(&mut turn) else {
-                    return;
+                    held.forget(&token, 1 + rows.len());
+                    break;
                 };
                 if !self.deliver(member, row, &token, &held).await {
                     return;
@@ -141,12 +162,13 @@ impl Claimer {
                     attempts: r.try_get(1)?,
                     envelope: r.try_get(2)?,
                     reclaimed: r.try_get(3)?,
+                    priority: r.try_get(4)?,
                 })
             })
             .collect::<Result<Vec<_>, tokio_postgres::Error>>()
             .map_err(|e| Error::connection("reading claimed deliveries", e))?;
         // An UPDATE returns rows in no particular order: keep the claim's order.
-        claimed.sort_by_key(|c| c.event_id);
+        claimed.sort_by_key(|c| (c.priority, c.event_id));
         Ok(claimed)
     }
 

@@ -132,7 +132,7 @@ RETURNING (SELECT pattern FROM {g} WHERE name = $1)"
 UPDATE {d} d SET lease = $3, visible_after = now() + make_interval(secs => $4), attempts = d.attempts + 1
 FROM c JOIN {e} e ON e.id = c.event_id
 WHERE d.group_name = c.group_name AND d.event_id = c.event_id
-RETURNING d.event_id, d.attempts, e.envelope, c.old_lease IS NOT NULL"
+RETURNING d.event_id, d.attempts, e.envelope, c.old_lease IS NOT NULL, d.priority"
             ),
             heartbeat: format!(
                 "UPDATE {d} SET visible_after = now() + make_interval(secs => $3)

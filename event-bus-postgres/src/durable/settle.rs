@@ -42,9 +42,14 @@ impl Held {
     }
 
     fn release(&self, token: &Arc<str>) {
+        self.forget(token, 1);
+    }
+
+    /// `events` of the claim `token` are no longer handled here.
+    pub(crate) fn forget(&self, token: &Arc<str>, events: usize) {
         let mut held = lock(&self.tokens);
         if let Some(n) = held.get_mut(token) {
-            *n -= 1;
+            *n = n.saturating_sub(events);
             if *n == 0 {
                 held.remove(token);
             }
