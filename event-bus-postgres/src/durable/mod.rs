@@ -11,8 +11,9 @@
 //!   A group is registered with its pattern and maximum attempts when a subscription of
 //!   it starts; it then receives every matching event published from then on, also
 //!   while no member runs. One pattern per group: the latest subscription's wins.
-//! * **Claims** ([`claimer`]): each subscription claims batches of its group's visible
-//!   rows with a lease; the worker settles each event ([`settle`]): ack deletes the row,
+//! * **Claims**: each bus runs one claimer per group it has members of, which claims
+//!   batches of the group's visible rows with a lease and hands them to the members in
+//!   turn; the worker settles each event: ack deletes the row,
 //!   retry makes it visible after the backoff, the last failure moves it to the dead
 //!   letters, each only while the lease token still matches.
 //!
@@ -20,6 +21,8 @@
 //! [`SubscribeOptions::group`]: event_bus_core::SubscribeOptions::group
 
 mod claimer;
+mod groups;
+mod publish;
 pub mod regex;
 pub mod schema;
 mod settings;
@@ -32,19 +35,16 @@ use std::{
     time::Duration,
 };
 
-use event_bus_core::{
-    Dispatcher, Error, Event, Pattern, PublishOutcome, SubscriptionId, envelope::encode,
-    topic::validate_topic,
-};
+use event_bus_core::{Error, SubscriptionId};
 use tokio::sync::{Notify, OnceCell, watch};
-use tokio_postgres::{GenericClient, types::ToSql};
 
-use self::{claimer::Claimer, schema::Sql, settle::Counters};
+pub(crate) use self::publish::columns;
+use self::{schema::Sql, settle::Counters};
 pub use self::{
     settings::{DeliveryMode, DurableConfig},
     stats::{DeadLetterEntry, DurableGroupStats, DurableHealth},
 };
-use crate::publisher::{Pool, SendError};
+use crate::publisher::Pool;
 
 /// Session settings of the claim connections: claims, heartbeats and settles commit
 /// without waiting for the WAL flush. A server crash can undo the last of them (about
@@ -155,175 +155,6 @@ impl Durable {
             })
             .await
             .map(drop)
-    }
-
-    /// Publishes encoded events ([`columns`]) in one statement through the bus's pool.
-    pub(crate) async fn publish(&self, columns: &Columns) -> Result<(), SendError> {
-        self.ensure_schema().await.map_err(SendError::not_sent)?;
-        let (topics, priorities, envelopes) = columns;
-        let sql = self.publish_sql();
-        let channel = self.shared.channel.as_str();
-        let mut params: Vec<&(dyn ToSql + Sync)> = vec![topics, priorities, envelopes];
-        if self.shared.config.notify {
-            params.push(&channel);
-        }
-        self.shared
-            .publish
-            .query_prepared("publishing durable events", sql, &params)
-            .await
-            .map(drop)
-    }
-
-    /// Publishes encoded events ([`columns`]) in one statement through the caller's
-    /// client or transaction.
-    pub(crate) async fn publish_in<C: GenericClient + Sync>(
-        &self,
-        client: &C,
-        columns: &Columns,
-    ) -> Result<(), SendError> {
-        self.ensure_schema().await.map_err(SendError::not_sent)?;
-        let (topics, priorities, envelopes) = columns;
-        let channel = self.shared.channel.as_str();
-        let mut params: Vec<&(dyn ToSql + Sync)> = vec![topics, priorities, envelopes];
-        if self.shared.config.notify {
-            params.push(&channel);
-        }
-        client
-            .query(self.publish_sql(), &params)
-            .await
-            .map(drop)
-            .map_err(SendError::from_statement)
-    }
-
-    fn publish_sql(&self) -> &str {
-        if self.shared.config.notify {
-            &self.shared.sql.publish_notify
-        } else {
-            &self.shared.sql.publish_quiet
-        }
-    }
-
-    /// Registers the group of subscription `id` and starts its claimer.
-    pub(crate) async fn start(
-        &self,
-        dispatcher: &Dispatcher,
-        id: SubscriptionId,
-        pattern: &Pattern,
-        group: Option<&str>,
-        max_attempts: u32,
-    ) -> Result<(), Error> {
-        self.ensure_schema().await?;
-        let ephemeral = group.is_none();
-        let group: Arc<str> = match group {
-            Some(g) => g.into(),
-            None => format!("_sub_{id}").into(),
-        };
-        let regex = regex::pattern_regex(pattern);
-        let name: &str = &group;
-        let source = pattern.as_str();
-        let attempts = i32::try_from(max_attempts).unwrap_or(i32::MAX);
-        let rows = self
-            .shared
-            .publish
-            .query_prepared(
-                "registering a consumer group",
-                &self.shared.sql.register,
-                &[&name, &source, &regex, &attempts],
-            )
-            .await
-            .map_err(|e| Error::connection("registering a consumer group", e.source))?;
-        let before: Option<String> = rows.first().and_then(|r| r.try_get(0).ok()).flatten();
-        if before.as_deref().is_some_and(|p| p != source) {
-            tracing::warn!(group = name, old = ?before, new = source, "consumer group pattern changed");
-        }
-        lock(&self.subscriptions).insert(id, group.clone());
-        let mut groups = lock(&self.groups);
-        if let Some(run) = groups.get(&group).filter(|r| !r.task.is_finished()) {
-            lock(&run.members).push(id);
-        } else {
-            let run = self.spawn_claimer(dispatcher, id, &group, ephemeral);
-            groups.insert(group, run);
-        }
-        drop(groups);
-        self.start_maintenance();
-        Ok(())
-    }
-
-    /// Starts the claimer of `group` in this bus, with `first` as its one member.
-    fn spawn_claimer(
-        &self,
-        dispatcher: &Dispatcher,
-        first: SubscriptionId,
-        group: &Arc<str>,
-        ephemeral: bool,
-    ) -> GroupRun {
-        let counters = lock(&self.counters)
-            .entry(group.clone())
-            .or_default()
-            .clone();
-        let wake = Arc::new(Notify::new());
-        lock(&self.wakers)
-            .entry(group.clone())
-            .or_default()
-            .push(Arc::downgrade(&wake));
-        let (passes, passes_rx) = watch::channel(0);
-        let members = Arc::new(Mutex::new(vec![first]));
-        let claimer = Claimer {
-            shared: self.shared.clone(),
-            dispatcher: dispatcher.clone(),
-            members: members.clone(),
-            group: group.clone(),
-            wake: wake.clone(),
-            counters,
-            passes,
-        };
-        GroupRun {
-            members,
-            ephemeral,
-            task: tokio::spawn(claimer.run()),
-            wake,
-            passes: passes_rx,
-        }
-    }
-
-    /// Removes subscription `id` from its group here; the group's claimer stops with
-    /// its last member, and a subscription's own group goes with it (its undelivered
-    /// rows too). Rows claimed and not settled are claimed again after their lease.
-    pub(crate) async fn release(&self, id: SubscriptionId) {
-        let Some(group) = lock(&self.subscriptions).remove(&id) else {
-            return;
-        };
-        let ended = {
-            let mut groups = lock(&self.groups);
-            let last = groups.get(&group).is_some_and(|run| {
-                let mut members = lock(&run.members);
-                members.retain(|m| *m != id);
-                members.is_empty()
-            });
-            if last { groups.remove(&group) } else { None }
-        };
-        let Some(run) = ended else {
-            return;
-        };
-        run.task.abort();
-        if run.ephemeral {
-            let name: &str = &group;
-            if let Err(e) = self.drop_group(name).await {
-                tracing::debug!(group = name, error = %e, "removing a subscription's own group failed");
-            }
-        }
-    }
-
-    async fn drop_group(&self, name: &str) -> Result<(), Error> {
-        let sql = &self.shared.sql;
-        for stmt in [&sql.drop_group, &sql.drop_group_rows] {
-            self.shared
-                .publish
-                .execute_prepared("removing a consumer group", stmt, &[&name])
-                .await
-                .map_err(|e| Error::connection("removing a consumer group", e.source))?;
-        }
-        Ok(())
     }
 
     /// Stops every claimer (the bus is closing); claimed events not yet queued are
@@ -481,39 +312,6 @@ impl Durable {
 /// The wake-up channel of a prefix.
 fn wake_channel(prefix: &str) -> String {
     format!("{prefix}_durable")
-}
-
-/// Topics, priorities and envelopes of events to publish, as statement parameters.
-pub(crate) type Columns = (Vec<String>, Vec<i32>, Vec<String>);
-
-/// Validates and encodes `events`: an invalid topic or an envelope over `max_bytes`
-/// publishes nothing.
-///
-/// # Errors
-/// [`Error::InvalidTopic`]; [`Error::Publish`] (not sent) handing back a too-large event.
-pub(crate) fn columns(events: &[Event], max_bytes: usize) -> Result<Columns, Error> {
-    let mut topics = Vec::with_capacity(events.len());
-    let mut priorities = Vec::with_capacity(events.len());
-    let mut envelopes = Vec::with_capacity(events.len());
-    for event in events {
-        validate_topic(&event.topic)?;
-        let envelope = encode(event)?;
-        if envelope.len() > max_bytes {
-            let source = format!(
-                "its envelope of {} bytes exceeds max_message_bytes ({max_bytes})",
-                envelope.len()
-            );
-            return Err(Error::publish(
-                event.clone(),
-                PublishOutcome::NotSent,
-                source,
-            ));
-        }
-        topics.push(event.topic.clone());
-        priorities.push(i32::from(event.priority.value()));
-        envelopes.push(envelope);
-    }
-    Ok((topics, priorities, envelopes))
 }
 
 /// Bound on one maintenance pass's statements.
