@@ -37,7 +37,7 @@ use crate::{
     failure::Failure,
 };
 
-/// Publish, tail, check and benchmark an event bus (memory, Redis or PostgreSQL).
+/// Publish, tail, check and benchmark an event bus (memory, Redis, PostgreSQL or NATS).
 #[derive(Parser, Debug)]
 #[command(name = "eventbus", version)]
 struct Cli {

@@ -48,12 +48,13 @@ fn server_address(config: &Config) -> Option<String> {
     match config {
         Config::Redis(c) => Some(c.redacted_address()),
         Config::Postgres(c) => Some(c.redacted_url()),
+        Config::Nats(c) => Some(c.redacted_address()),
         _ => None,
     }
 }
 
 /// Connects, then flushes (Redis: a `PING`; PostgreSQL: a `NOTIFY` that comes back to
-/// the bus's own `LISTEN` connection); returns both durations in milliseconds.
+/// the bus's own `LISTEN` connection; NATS: a message on the bus's private inbox); returns both durations in milliseconds.
 async fn round_trip(bus: &dyn EventBus) -> Result<(f64, f64), Failure> {
     let start = Instant::now();
     bus.connect().await?;

@@ -1,29 +1,39 @@
-//! `sub` in one process receives what `pub` in another publishes, on Redis and on
-//! PostgreSQL; `ping` and `bench` run against both; errors show their causes. Each test
+//! `sub` in one process receives what `pub` in another publishes, on Redis, PostgreSQL
+//! and NATS; `ping` and `bench` run against each; errors show their causes. Each test
 //! uses its own channel prefix or topics.
 
 mod support;
 
+use integration_tests::{nats_server, postgres_server, redis_server, servers};
 use support::{
-    Running, closed_port, eventbus, host_port, namespace, require_server, run_ok, run_status,
-    send_signal, temp_file,
+    Running, closed_port, eventbus, namespace, run_ok, run_status, send_signal, temp_file,
 };
 
-/// The Redis server of `EVENT_BUS_REDIS_URL` (or the local default). Fails if no server
-/// answers.
+/// The URL of the Redis server the tests find (see `integration_tests::servers`:
+/// `EVENT_BUS_REDIS_URL`, the local default, or a container). Fails, saying how to provide
+/// a server, if there is none.
 fn redis_url() -> String {
-    let url =
-        std::env::var("EVENT_BUS_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
-    require_server(&host_port(&url, 6379), "EVENT_BUS_REDIS_URL");
-    url
+    servers::url(&redis_server::SERVER)
 }
 
-/// Like [`redis_url`], for PostgreSQL (`EVENT_BUS_POSTGRES_URL`).
+/// Like [`redis_url`], for PostgreSQL, as a `postgres://` URL.
 fn postgres_url() -> String {
-    let url = std::env::var("EVENT_BUS_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
-    require_server(&host_port(&url, 5432), "EVENT_BUS_POSTGRES_URL");
-    url
+    postgres_server::uri()
+}
+
+/// Like [`redis_url`], for NATS (see `integration_tests::nats_server`:
+/// `EVENT_BUS_NATS_URL` or the local default).
+fn nats_url() -> String {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime for the lookup")
+        .block_on(nats_server::url())
+}
+
+/// A config file for the NATS server under a fresh channel prefix.
+fn nats() -> std::path::PathBuf {
+    config("nats", "url", &nats_url())
 }
 
 /// A config file for the Redis server under a fresh channel prefix.
@@ -130,13 +140,43 @@ fn postgres_sub_receives_pub_from_another_process() {
 }
 
 #[test]
+fn nats_sub_receives_pub_from_another_process() {
+    sub_receives_pub(&nats());
+}
+
+#[test]
+fn nats_bench_reports_bus_and_raw() {
+    bench_runs(&nats(), "nats PUB/SUB (async-nats)");
+}
+
+#[test]
+fn nats_url_alone_picks_the_backend() {
+    url_alone_picks_the_backend(&nats_url());
+}
+
+#[test]
+fn ping_nats_answers() {
+    ping_answers(&nats_url(), "NatsConfig {");
+}
+
+#[test]
 fn redis_bench_reports_bus_and_raw() {
-    bench_runs(&redis(), "redis PUBLISH/SUBSCRIBE");
+    bench_runs(&redis(), "redis PUBLISH/SUBSCRIBE (plain)");
 }
 
 #[test]
 fn postgres_bench_reports_bus_and_raw() {
-    bench_runs(&postgres(), "postgres pg_notify/LISTEN");
+    // The test server has TLS on and the default `sslmode` is `prefer`: both sides use it.
+    bench_runs(&postgres(), "postgres pg_notify/LISTEN (TLS)");
+}
+
+/// With `sslmode=disable` the raw side goes without TLS too, and says so.
+#[test]
+fn postgres_bench_raw_side_follows_the_bus_sslmode() {
+    let url = postgres_url();
+    let sep = if url.contains('?') { '&' } else { '?' };
+    let plain = config("postgres", "url", &format!("{url}{sep}sslmode=disable"));
+    bench_runs(&plain, "postgres pg_notify/LISTEN (plain)");
 }
 
 /// With only `--url`, `sub` and `pub` pick the backend from its scheme and reach each
@@ -148,6 +188,8 @@ fn url_alone_picks_the_backend(url: &str) {
     let mut sub = Running::spawn(cmd);
     let backend = if url.starts_with("redis") {
         "redis"
+    } else if url.starts_with("nats") {
+        "nats"
     } else {
         "postgres"
     };
@@ -267,7 +309,7 @@ fn postgres_table() -> std::path::PathBuf {
 fn postgres_table_bench_reports_bus_and_raw_queue() {
     bench_runs(
         &postgres_table(),
-        "postgres insert + SKIP LOCKED claim + delete",
+        "postgres insert + SKIP LOCKED claim + delete (TLS)",
     );
 }
 

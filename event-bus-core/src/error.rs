@@ -92,7 +92,7 @@ pub enum Error {
     #[error("{operation} timed out after {after:?}")]
     Timeout {
         /// What was being attempted.
-        operation: String,
+        operation: crate::deadline::Operation,
         /// The deadline that passed.
         after: Duration,
     },

@@ -30,6 +30,7 @@
 pub mod bus;
 pub mod config;
 pub mod dead_letter;
+pub mod deadline;
 pub mod delivery;
 pub mod dispatcher;
 pub mod durable;

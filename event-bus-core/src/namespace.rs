@@ -9,6 +9,7 @@
 //! |---|---|---|
 //! | Redis | channel `P:{topic}`, client name `eventbus:P:sub:{id}` | no `:` in `P`, so `P:b` + topic `c` never meets `P` + topic `b:c`; no spaces or non-ASCII characters, which `CLIENT SETNAME` refuses |
 //! | PostgreSQL | channels `P_{digest}`, `P_all`, `P_flush_{id}` | identifiers of at most 63 bytes |
+//! | NATS | subjects `P.{tokens}`, client name `eventbus:P:{id}` | no `.`, `*` or `>` in `P`, so it is one literal subject token |
 //!
 //! A configuration valid on one backend is therefore valid on every other.
 

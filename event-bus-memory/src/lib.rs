@@ -2,7 +2,7 @@
 //! into the shared dispatcher's subscription queues, with no serialization and no network.
 //!
 //! Use it in development, in tests, and for decoupling components of one process. Every
-//! guarantee of [`EventBus`](event_bus_core::EventBus) holds; events live only in this process's memory.
+//! guarantee of [`EventBus`] holds; events live only in this process's memory.
 //!
 //! ```
 //! use event_bus_memory::{MemoryConfig, MemoryEventBus};

@@ -8,7 +8,9 @@ use std::sync::{
 use async_trait::async_trait;
 use event_bus_core::{
     Dispatcher, Error, Event, EventBus, Health, MetricsSnapshot, Pattern, SubscribeOptions,
-    Subscriber, Subscription, SubscriptionId, Transport, flush::until_quiescent,
+    Subscriber, Subscription, SubscriptionId, Transport,
+    deadline::{Operation, within},
+    flush::until_quiescent,
 };
 use tokio_postgres::GenericClient;
 
@@ -339,18 +341,15 @@ impl Inner {
             self.listener.forget_flush(&token);
             return Err(Error::connection("flush", e));
         }
-        match tokio::time::timeout(after, arrived).await {
+        match within(Operation::Flush, after, arrived).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => Err(Error::connection(
                 "flush",
                 "the LISTEN connection was lost while flushing",
             )),
-            Err(_) => {
+            Err(timeout) => {
                 self.listener.forget_flush(&token);
-                Err(Error::Timeout {
-                    operation: "flush".into(),
-                    after,
-                })
+                Err(timeout)
             }
         }
     }

@@ -2,7 +2,10 @@
 
 use std::time::Duration;
 
-use event_bus_core::Error;
+use event_bus_core::{
+    Error,
+    deadline::{Operation, within},
+};
 use tokio_postgres::{Client, Connection, Socket, tls::MakeTlsConnect};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
@@ -74,16 +77,34 @@ impl Connector {
         }
         let attempt = config.connect(self.tls.clone());
         // connect_timeout bounds each address; this bounds the whole attempt.
-        match tokio::time::timeout(self.timeout * 2, attempt).await {
+        let context = || format!("connecting to PostgreSQL ({})", self.redacted);
+        match within(Operation::Connect, self.timeout * 2, attempt).await {
             Ok(Ok(pair)) => Ok(pair),
-            Ok(Err(e)) => Err(Error::connection(
-                format!("connecting to PostgreSQL ({})", self.redacted),
-                e,
-            )),
-            Err(_) => Err(Error::Timeout {
-                operation: format!("connecting to PostgreSQL ({})", self.redacted),
-                after: self.timeout * 2,
-            }),
+            Ok(Err(e)) => Err(Error::connection(context(), e)),
+            Err(timeout) => Err(Error::connection(context(), timeout)),
         }
     }
+}
+
+/// A connection opened by [`connect_raw`]; poll it (e.g. in a task) for the client to
+/// work and for notifications.
+pub type RawConnection = PgConnection;
+
+/// Opens one `tokio-postgres` connection to `url` with the TLS handling the bus uses
+/// (`sslmode` as in libpq: see the crate docs), for tools that talk to the server next
+/// to the bus on equal terms, such as the raw side of `eventbus bench` (which asks the
+/// server, in `pg_stat_ssl`, whether the session is encrypted). Not bounded by a
+/// timeout.
+///
+/// # Errors
+/// [`Error::Config`] naming `url` for a string that does not parse;
+/// [`Error::Connection`] when connecting fails.
+pub async fn connect_raw(url: &str) -> Result<(Client, RawConnection), Error> {
+    let (config, verify) = crate::redact::parse(url)?;
+    let tls = crate::tls::connector(verify)?;
+    let (client, connection) = config
+        .connect(tls)
+        .await
+        .map_err(|e| Error::connection("connect", e))?;
+    Ok((client, connection))
 }

@@ -74,6 +74,7 @@ mod tls;
 
 pub use bus::PostgresEventBus;
 pub use config::PostgresConfig;
+pub use connect::{RawConnection, connect_raw};
 pub use durable::{DeadLetterEntry, DeliveryMode, DurableConfig, DurableGroupStats, DurableHealth};
 pub use large::NOTIFY_PAYLOAD_LIMIT;
 /// The driver, re-exported so that [`PostgresEventBus::publish_in`] callers need no

@@ -23,6 +23,7 @@ use std::{
 
 use event_bus_core::{
     Error, SubscriptionId,
+    deadline::{self, Operation},
     reconnect::{Backoff, tcp_probe},
 };
 use futures_util::future::poll_fn;
@@ -208,15 +209,7 @@ impl Listener {
         &self,
         fut: impl Future<Output = Result<(), tokio_postgres::Error>>,
     ) -> Result<(), Error> {
-        let after = self.connector.timeout();
-        match tokio::time::timeout(after, fut).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(Error::connection("LISTEN", e)),
-            Err(_) => Err(Error::Timeout {
-                operation: "LISTEN".into(),
-                after,
-            }),
-        }
+        deadline::call(Operation::Subscribe, self.connector.timeout(), fut).await
     }
 
     /// Counts one more local subscription on `channel`; the first one LISTENs. Returns

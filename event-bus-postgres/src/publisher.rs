@@ -16,7 +16,10 @@ use std::{
     },
 };
 
-use event_bus_core::{BoxError, Error, PublishOutcome};
+use event_bus_core::{
+    BoxError, Error, PublishOutcome,
+    deadline::{self, Operation, within},
+};
 use tokio::sync::{Mutex, OnceCell};
 use tokio_postgres::{Client, Row, Statement, types::ToSql};
 
@@ -163,14 +166,7 @@ impl Pool {
                 client,
             })
         };
-        match tokio::time::timeout(self.connector.timeout(), prepare).await {
-            Ok(Ok(pc)) => Ok(pc),
-            Ok(Err(e)) => Err(Error::connection("preparing publish statements", e)),
-            Err(_) => Err(Error::Timeout {
-                operation: "preparing publish statements".into(),
-                after: self.connector.timeout(),
-            }),
-        }
+        deadline::call(Operation::Prepare, self.connector.timeout(), prepare).await
     }
 
     /// Runs `op` on a pooled connection within the statement timeout. A connection
@@ -196,25 +192,20 @@ impl Pool {
         Fut: Future<Output = Result<T, tokio_postgres::Error>>,
     {
         let (i, pc) = self.get().await.map_err(SendError::not_sent)?;
-        let after = self.connector.timeout();
         let outcome = {
             let _busy = InFlight::enter(&self.in_flight[i]);
-            tokio::time::timeout(after, op(pc.clone())).await
+            within(Operation::Publish, self.connector.timeout(), op(pc.clone())).await
         };
         match outcome {
             Ok(result) => result.map_err(SendError::from_statement),
-            Err(_) => {
+            Err(timeout) => {
                 let mut slot = self.slots[i].lock().await;
                 if slot.as_ref().is_some_and(|cur| Arc::ptr_eq(cur, &pc)) {
                     *slot = None;
                 }
                 Err(SendError {
                     outcome: PublishOutcome::Unknown,
-                    source: Error::Timeout {
-                        operation: what.to_owned(),
-                        after,
-                    }
-                    .into(),
+                    source: Error::connection(what, timeout).into(),
                 })
             }
         }

@@ -8,7 +8,9 @@ use std::sync::{
 use async_trait::async_trait;
 use event_bus_core::{
     Dispatcher, Error, Event, EventBus, Health, MetricsSnapshot, Pattern, PublishOutcome,
-    SubscribeOptions, Subscriber, Subscription, SubscriptionId, Transport, flush::until_quiescent,
+    SubscribeOptions, Subscriber, Subscription, SubscriptionId, Transport,
+    deadline::{self, Operation},
+    flush::until_quiescent,
     topic::validate_topic,
 };
 use redis::{ConnectionAddr, ProtocolVersion, io::tcp::TcpSettings};
@@ -293,16 +295,9 @@ impl RedisEventBus {
             tx,
             malformed_log: Default::default(),
         };
-        let conn = match tokio::time::timeout(timeout, listener.open(0)).await {
-            Ok(Ok(conn)) => conn,
-            Ok(Err(e)) => return Err(at(Error::connection("open pub/sub connection", e))),
-            Err(_) => {
-                return Err(at(Error::Timeout {
-                    operation: "open pub/sub connection".into(),
-                    after: timeout,
-                }));
-            }
-        };
+        let conn = deadline::call(Operation::Connect, timeout, listener.open(0))
+            .await
+            .map_err(at)?;
         inner.registry.attach(conn).await.map_err(at)?;
         inner.dispatcher.start();
         Ok(Started {

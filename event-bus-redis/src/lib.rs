@@ -22,7 +22,7 @@
 //!
 //! Redis pub/sub is **at-most-once**: an event published while a subscriber is
 //! disconnected is lost for that subscriber, and nothing is replayed. A publish that
-//! fails returns [`Error::Publish`](event_bus_core::Error::Publish) with the event and
+//! fails returns [`Error::Publish`] with the event and
 //! its [`PublishOutcome`](event_bus_core::PublishOutcome): `NotSent` (safe to retry)
 //! when the publishing connection was known to be down, the server refused the command
 //! or the event is larger than `max_message_bytes`; `Unknown` (it may have been
@@ -74,6 +74,7 @@ mod bus;
 mod channel;
 mod config;
 mod listener;
+mod pipeliner;
 mod publisher;
 mod registry;
 

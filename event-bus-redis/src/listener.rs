@@ -24,6 +24,7 @@ use std::{
 
 use event_bus_core::{
     Dispatcher, Error, Pattern,
+    deadline::{self, Operation},
     envelope::decode,
     log_limit::{Excerpt, LogLimiter},
     reconnect::{Backoff, tcp_probe},
@@ -314,13 +315,11 @@ impl Listener {
             }
             generation += 1;
             let attempt = backoff.attempts();
-            let result = match tokio::time::timeout(self.timeout, self.open(generation)).await {
-                Ok(Ok(conn)) => self.registry.attach(conn).await,
-                Ok(Err(e)) => Err(Error::connection("reconnect", e)),
-                Err(_) => Err(Error::Timeout {
-                    operation: "reconnect".into(),
-                    after: self.timeout,
-                }),
+            let opened =
+                deadline::call(Operation::Reconnect, self.timeout, self.open(generation)).await;
+            let result = match opened {
+                Ok(conn) => self.registry.attach(conn).await,
+                Err(e) => Err(e),
             };
             match result {
                 Ok(resubscribed) => {
@@ -414,14 +413,12 @@ impl Listener {
 
 /// `PING` on `conn`, bounded by `timeout`.
 pub(crate) async fn ping(conn: &mut MultiplexedConnection, timeout: Duration) -> Result<(), Error> {
-    match tokio::time::timeout(timeout, redis::cmd("PING").exec_async(conn)).await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(Error::connection("ping", e)),
-        Err(_) => Err(Error::Timeout {
-            operation: "ping".into(),
-            after: timeout,
-        }),
-    }
+    deadline::call(
+        Operation::Ping,
+        timeout,
+        redis::cmd("PING").exec_async(conn),
+    )
+    .await
 }
 
 async fn tick(interval: &mut Option<tokio::time::Interval>) {

@@ -1,9 +1,11 @@
 //! Publishing: `PUBLISH` on one multiplexed connection, replaced in the background
 //! when it is lost.
 //!
-//! Concurrent publishes share the connection and are pipelined on it (many commands
-//! in flight, answers matched in order), so publishing from many tasks needs no pool.
-//! A batch is one pipeline: one write, one round trip.
+//! Concurrent publishes are auto-pipelined ([`crate::pipeliner`]): those that arrive
+//! while one is in flight are sent together in one pipeline when it returns, each
+//! caller getting its own command's result; a lone publisher's command goes out at
+//! once. Publishing from many tasks needs no pool. A batch is one pipeline: one write,
+//! one round trip.
 //!
 //! # Failures
 //!
@@ -26,13 +28,17 @@ use std::{
 
 use event_bus_core::{
     Error, Event, PublishOutcome,
+    deadline::{self, Operation, within},
     envelope::encode,
     reconnect::{Backoff, tcp_probe},
 };
 use redis::{AsyncConnectionConfig, PushInfo, PushKind, aio::MultiplexedConnection};
 use tokio::{sync::mpsc, task::JoinHandle};
 
-use crate::channel::ChannelNames;
+use crate::{
+    channel::ChannelNames,
+    pipeliner::{Outcome, Pipeliner, Queued, Turn},
+};
 
 /// The publishing side of a bus. Dropping it stops the reconnect task.
 pub(crate) struct Publisher {
@@ -60,6 +66,8 @@ struct Shared {
     conn: RwLock<Result<Link, String>>,
     /// Tells the supervisor that the connection of a generation is lost.
     lost: mpsc::UnboundedSender<u64>,
+    /// Publishes waiting for the one in flight.
+    pipeliner: Pipeliner,
 }
 
 /// A connection and whether it is still up: the driver clears the flag the moment it
@@ -81,42 +89,35 @@ impl Publisher {
             config,
             conn: RwLock::new(Ok(conn)),
             lost: lost_tx.clone(),
+            pipeliner: Pipeliner::default(),
         });
         let supervisor = tokio::spawn(supervise(shared.clone(), lost_tx, lost_rx));
         Ok(Self { shared, supervisor })
     }
 
-    /// Sends one event.
+    /// Sends one event: at once if no other publish is in flight, otherwise in one
+    /// pipeline with the others that arrive meanwhile (see [`crate::pipeliner`]).
+    ///
+    /// Dropping the future after the command was queued or handed to the connection
+    /// does not take it back: it may still be published.
     pub(crate) async fn publish(&self, event: Event) -> Result<(), Error> {
         let payload = self.encode(&event)?;
-        let mut link = match self.connection() {
-            Ok(link) => link,
-            Err(down) => return Err(Error::publish(event, PublishOutcome::NotSent, down)),
+        let channel = self.shared.config.names.channel(&event.topic);
+        let sent = match self.shared.pipeliner.enter(channel, payload) {
+            Turn::Send(channel, payload) => {
+                // Gives the turn back (or hands the queue to a drain task) however this
+                // future ends, even if it is dropped mid-send.
+                let _turn = TurnGuard(&self.shared);
+                self.shared.send_one(channel, payload).await
+            }
+            Turn::Wait(result) => result.await.unwrap_or_else(|_| {
+                Outcome::Unknown("the publisher stopped before the answer arrived".into())
+            }),
         };
-        let mut cmd = redis::cmd("PUBLISH");
-        cmd.arg(self.shared.config.names.channel(&event.topic))
-            .arg(payload);
-        let timeout = self.shared.config.timeout;
-        match tokio::time::timeout(timeout, cmd.exec_async(&mut link.conn)).await {
-            Ok(Ok(())) => Ok(()),
-            // The server answered with an error: it did not publish.
-            Ok(Err(e))
-                if matches!(
-                    e.kind(),
-                    redis::ErrorKind::Server(_) | redis::ErrorKind::Extension
-                ) =>
-            {
-                Err(Error::publish(event, PublishOutcome::NotSent, e))
-            }
-            Ok(Err(e)) => Err(Error::publish(event, PublishOutcome::Unknown, e)),
-            Err(_) => {
-                self.replace(&link);
-                Err(Error::publish(
-                    event,
-                    PublishOutcome::Unknown,
-                    timed_out("publish", timeout),
-                ))
-            }
+        match sent {
+            Outcome::Done => Ok(()),
+            Outcome::NotSent(why) => Err(Error::publish(event, PublishOutcome::NotSent, why)),
+            Outcome::Unknown(why) => Err(Error::publish(event, PublishOutcome::Unknown, why)),
         }
     }
 
@@ -136,7 +137,7 @@ impl Publisher {
         let Some(first) = events.into_iter().next() else {
             return Ok(());
         };
-        let mut link = match self.connection() {
+        let mut link = match self.shared.connection() {
             Ok(link) => link,
             Err(down) => {
                 let why = format!("batch of {count} events, none sent: {down}");
@@ -144,14 +145,15 @@ impl Publisher {
             }
         };
         let timeout = self.shared.config.timeout;
-        let failure = match tokio::time::timeout(timeout, pipe.exec_async(&mut link.conn)).await {
-            Ok(Ok(())) => return Ok(()),
-            Ok(Err(e)) => e.to_string(),
-            Err(_) => {
-                self.replace(&link);
-                timed_out("publish", timeout).to_string()
-            }
-        };
+        let failure =
+            match within(Operation::Publish, timeout, pipe.exec_async(&mut link.conn)).await {
+                Ok(Ok(())) => return Ok(()),
+                Ok(Err(e)) => e.to_string(),
+                Err(timeout) => {
+                    self.shared.replace(&link);
+                    timeout.to_string()
+                }
+            };
         let why = format!("batch of {count} events (some may have been published): {failure}");
         Err(Error::publish(first, PublishOutcome::Unknown, why))
     }
@@ -171,11 +173,12 @@ impl Publisher {
         }
         Ok(payload)
     }
+}
 
+impl Shared {
     /// The live connection, or why there is none.
     fn connection(&self) -> Result<Link, String> {
         let link = self
-            .shared
             .conn
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -191,7 +194,126 @@ impl Publisher {
     fn replace(&self, link: &Link) {
         if link.up.swap(false, Ordering::AcqRel) {
             tracing::debug!("a publish timed out: replacing the publishing connection");
-            let _ = self.shared.lost.send(link.generation);
+            let _ = self.lost.send(link.generation);
+        }
+    }
+
+    /// Sends one `PUBLISH` on its own.
+    async fn send_one(&self, channel: String, payload: String) -> Outcome {
+        let mut link = match self.connection() {
+            Ok(link) => link,
+            Err(down) => return Outcome::NotSent(down.into()),
+        };
+        let mut cmd = redis::cmd("PUBLISH");
+        cmd.arg(channel).arg(payload);
+        let timeout = self.config.timeout;
+        match within(Operation::Publish, timeout, cmd.exec_async(&mut link.conn)).await {
+            Ok(Ok(())) => Outcome::Done,
+            Ok(Err(e)) => answered(e),
+            Err(timeout) => {
+                self.replace(&link);
+                Outcome::Unknown(timeout.into())
+            }
+        }
+    }
+
+    /// Sends queued publishes in one pipeline and answers each caller.
+    async fn send_queued(&self, batch: Vec<Queued>) {
+        let mut link = match self.connection() {
+            Ok(link) => link,
+            Err(down) => {
+                for queued in batch {
+                    let _ = queued.reply.send(Outcome::NotSent(down.clone().into()));
+                }
+                return;
+            }
+        };
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors();
+        for queued in &batch {
+            pipe.cmd("PUBLISH")
+                .arg(&queued.channel)
+                .arg(&queued.payload);
+        }
+        let timeout = self.config.timeout;
+        let query = pipe.query_async::<Vec<redis::RedisResult<redis::Value>>>(&mut link.conn);
+        let results = match within(Operation::Publish, timeout, query).await {
+            Ok(Ok(results)) => results,
+            Ok(Err(e)) => {
+                let e = Arc::new(e);
+                for queued in batch {
+                    let _ = queued.reply.send(Outcome::Unknown(Box::new(e.clone())));
+                }
+                return;
+            }
+            Err(timeout) => {
+                self.replace(&link);
+                let why = timeout.to_string();
+                for queued in batch {
+                    let _ = queued.reply.send(Outcome::Unknown(why.clone().into()));
+                }
+                return;
+            }
+        };
+        let mut results = results.into_iter();
+        for queued in batch {
+            let sent = match results.next() {
+                Some(Ok(_)) => Outcome::Done,
+                Some(Err(e)) => answered(e),
+                None => Outcome::Unknown("the server's answer to a pipeline was cut short".into()),
+            };
+            let _ = queued.reply.send(sent);
+        }
+    }
+}
+
+/// The outcome of a command the connection returned an error for: the server refused
+/// it (not published), or the connection failed before an answer (maybe published).
+fn answered(e: redis::RedisError) -> Outcome {
+    if matches!(
+        e.kind(),
+        redis::ErrorKind::Server(_) | redis::ErrorKind::Extension
+    ) {
+        Outcome::NotSent(e.into())
+    } else {
+        Outcome::Unknown(e.into())
+    }
+}
+
+/// Held by the publish that has the turn; when it ends (or is dropped) the publishes
+/// queued meanwhile are sent by a drain task, or the turn is given back.
+struct TurnGuard<'a>(&'a Arc<Shared>);
+
+impl Drop for TurnGuard<'_> {
+    fn drop(&mut self) {
+        let batch = self.0.pipeliner.next_batch();
+        if batch.is_empty() {
+            return;
+        }
+        let shared = self.0.clone();
+        let drain = async move {
+            let mut batch = batch;
+            loop {
+                shared.send_queued(batch).await;
+                batch = shared.pipeliner.take_queued();
+                if batch.is_empty() {
+                    // Let the callers just answered publish again (see crate::pipeliner).
+                    tokio::task::yield_now().await;
+                    batch = shared.pipeliner.next_batch();
+                    if batch.is_empty() {
+                        return;
+                    }
+                }
+            }
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(drain);
+            }
+            // No runtime (dropped outside one): nothing can be sent any more. Dropping
+            // the drain answers the queued callers with an unknown outcome, and the turn
+            // is never given back, so later publishes queue and fail the same way.
+            Err(_) => drop(drain),
         }
     }
 }
@@ -234,15 +356,12 @@ async fn open(
             .await?;
         Ok::<_, redis::RedisError>(conn)
     };
-    match tokio::time::timeout(config.timeout, named).await {
-        Ok(Ok(conn)) => Ok(Link {
-            conn,
-            up,
-            generation,
-        }),
-        Ok(Err(e)) => Err(Error::connection("connect publisher", e)),
-        Err(_) => Err(timed_out("connect publisher", config.timeout)),
-    }
+    let conn = deadline::call(Operation::Connect, config.timeout, named).await?;
+    Ok(Link {
+        conn,
+        up,
+        generation,
+    })
 }
 
 /// Replaces the connection each time it reports its loss.
@@ -300,11 +419,4 @@ fn set(shared: &Shared, conn: Result<Link, String>) {
         .conn
         .write()
         .unwrap_or_else(std::sync::PoisonError::into_inner) = conn;
-}
-
-fn timed_out(operation: &str, after: Duration) -> Error {
-    Error::Timeout {
-        operation: operation.to_owned(),
-        after,
-    }
 }

@@ -4,7 +4,10 @@
 
 use std::{collections::HashMap, time::Duration};
 
-use event_bus_core::{Error, Subscription, SubscriptionId};
+use event_bus_core::{
+    Error, Subscription, SubscriptionId,
+    deadline::{self, Operation},
+};
 use redis::aio::MultiplexedConnection;
 use tokio::{
     sync::{Mutex, watch},
@@ -70,7 +73,7 @@ impl Registry {
         let mut state = loop {
             let state = timeout_at(deadline, self.state.lock())
                 .await
-                .map_err(|_| self.timed_out("subscribe"))?;
+                .map_err(|_| self.timed_out(Operation::Subscribe))?;
             if state.conn.is_some() {
                 break state;
             }
@@ -78,7 +81,7 @@ impl Registry {
             let mut link = self.link.subscribe();
             timeout_at(deadline, link.wait_for(|l| l.connected))
                 .await
-                .map_err(|_| self.timed_out("subscribe (waiting for the connection)"))?
+                .map_err(|_| self.timed_out(Operation::Subscribe))?
                 .map_err(|e| Error::connection("subscribe", e))?;
         };
         if !state.targets.contains_key(&target) {
@@ -87,7 +90,7 @@ impl Registry {
             match result {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => return Err(Error::connection(format!("subscribe to {target:?}"), e)),
-                Err(_) => return Err(self.timed_out("subscribe")),
+                Err(_) => return Err(self.timed_out(Operation::Subscribe)),
             }
         }
         let subscription = match register() {
@@ -154,11 +157,7 @@ impl Registry {
             }
             Ok::<_, redis::RedisError>(())
         };
-        match tokio::time::timeout(self.timeout, resubscribe).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(Error::connection("resubscribe", e)),
-            Err(_) => return Err(self.timed_out("resubscribe")),
-        }
+        deadline::call(Operation::Resubscribe, self.timeout, resubscribe).await?;
         state.conn = Some(conn);
         self.link.send_replace(Link {
             connected: true,
@@ -214,11 +213,7 @@ impl Registry {
             }
             Ok::<_, redis::RedisError>(())
         };
-        match tokio::time::timeout(self.timeout, unsubscribe).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(Error::connection("unsubscribe", e)),
-            Err(_) => Err(self.timed_out("unsubscribe")),
-        }
+        deadline::call(Operation::Unsubscribe, self.timeout, unsubscribe).await
     }
 
     /// Records a failed reconnect attempt.
@@ -226,9 +221,10 @@ impl Registry {
         self.link.send_modify(|l| l.last_error = Some(error));
     }
 
-    fn timed_out(&self, operation: &str) -> Error {
+    /// The timeout of an operation bounded by the shared deadline of `subscribe`.
+    fn timed_out(&self, operation: Operation) -> Error {
         Error::Timeout {
-            operation: operation.to_owned(),
+            operation,
             after: self.timeout,
         }
     }

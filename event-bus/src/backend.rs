@@ -16,18 +16,21 @@ pub enum BackendName {
     Redis,
     /// PostgreSQL LISTEN/NOTIFY (feature `postgres`).
     Postgres,
+    /// Core NATS publish/subscribe (feature `nats`).
+    Nats,
 }
 
 impl BackendName {
     /// All backends.
-    pub const ALL: [Self; 3] = [Self::Memory, Self::Redis, Self::Postgres];
+    pub const ALL: [Self; 4] = [Self::Memory, Self::Redis, Self::Postgres, Self::Nats];
 
-    /// The name used in config files: `memory`, `redis`, `postgres`.
+    /// The name used in config files: `memory`, `redis`, `postgres`, `nats`.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Memory => "memory",
             Self::Redis => "redis",
             Self::Postgres => "postgres",
+            Self::Nats => "nats",
         }
     }
 
@@ -42,6 +45,7 @@ impl BackendName {
             Self::Memory => cfg!(feature = "memory"),
             Self::Redis => cfg!(feature = "redis"),
             Self::Postgres => cfg!(feature = "postgres"),
+            Self::Nats => cfg!(feature = "nats"),
         }
     }
 
@@ -69,7 +73,7 @@ impl FromStr for BackendName {
             .ok_or_else(|| {
                 Error::config(
                     "backend",
-                    format!("unknown backend {s:?}; available: memory, redis, postgres"),
+                    format!("unknown backend {s:?}; available: memory, redis, postgres, nats"),
                 )
             })
     }
@@ -102,6 +106,10 @@ pub enum Config {
     #[cfg(feature = "postgres")]
     #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
     Postgres(event_bus_postgres::PostgresConfig),
+    /// `{"backend": "nats", "url": "nats://...", ...}`.
+    #[cfg(feature = "nats")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "nats")))]
+    Nats(event_bus_nats::NatsConfig),
 }
 
 impl Config {
@@ -114,6 +122,8 @@ impl Config {
             Self::Redis(_) => BackendName::Redis,
             #[cfg(feature = "postgres")]
             Self::Postgres(_) => BackendName::Postgres,
+            #[cfg(feature = "nats")]
+            Self::Nats(_) => BackendName::Nats,
         }
     }
 
@@ -140,7 +150,7 @@ impl Config {
             None => {
                 return Err(Error::config(
                     "backend",
-                    "missing; one of memory, redis, postgres",
+                    "missing; one of memory, redis, postgres, nats",
                 ));
             }
         };
@@ -164,6 +174,12 @@ impl Config {
                 let config: event_bus_postgres::PostgresConfig = from_json_value(rest)?;
                 config.validate()?;
                 Ok(Self::Postgres(config))
+            }
+            #[cfg(feature = "nats")]
+            BackendName::Nats => {
+                let config: event_bus_nats::NatsConfig = from_json_value(rest)?;
+                config.validate()?;
+                Ok(Self::Nats(config))
             }
             #[allow(unreachable_patterns)]
             other => {
@@ -230,7 +246,7 @@ mod tests {
         let err = Config::from_json_str(r#"{"backend": "kafka"}"#).unwrap_err();
         assert!(
             err.to_string()
-                .contains("available: memory, redis, postgres"),
+                .contains("available: memory, redis, postgres, nats"),
             "{err}"
         );
         let err = Config::from_json_str(r#"{"backend": "memory", "colour": 1}"#).unwrap_err();

@@ -8,7 +8,7 @@ use crate::backend::{BackendName, Config};
 
 /// A config file, TOML or JSON (by extension), read with [`Config::from_file`].
 const CONFIG_VAR: &str = "EVENT_BUS_CONFIG";
-/// The backend name: `memory`, `redis` or `postgres`.
+/// The backend name: `memory`, `redis`, `postgres` or `nats`.
 const BACKEND_VAR: &str = "EVENT_BUS_BACKEND";
 /// The server location, the config key `url`.
 const URL_VAR: &str = "EVENT_BUS_URL";
@@ -19,8 +19,8 @@ impl Config {
     /// | variable | meaning |
     /// |---|---|
     /// | `EVENT_BUS_CONFIG` | path of a config file (`.json`, otherwise TOML) |
-    /// | `EVENT_BUS_BACKEND` | `memory`, `redis` or `postgres` |
-    /// | `EVENT_BUS_URL` | the server `url`; without `EVENT_BUS_BACKEND` its scheme picks the backend (`redis://`, `rediss://`, `postgres://`, `postgresql://`) |
+    /// | `EVENT_BUS_BACKEND` | `memory`, `redis`, `postgres` or `nats` |
+    /// | `EVENT_BUS_URL` | the server `url`; without `EVENT_BUS_BACKEND` its scheme picks the backend (`redis://`, `rediss://`, `postgres://`, `postgresql://`, `nats://`) |
     ///
     /// A file and the other two variables exclude each other. With none of them set
     /// (or all empty) the result is the memory backend with default settings, as with
@@ -171,6 +171,7 @@ mod tests {
             ("rediss://h:6380/1", BackendName::Redis),
             ("postgres://u@h/db", BackendName::Postgres),
             ("postgresql://u@h/db", BackendName::Postgres),
+            ("nats://h:4222", BackendName::Nats),
         ] {
             let value = backend_value(None, Some(url.to_owned())).unwrap();
             assert_eq!(value, json!({"backend": backend.as_str(), "url": url}));

@@ -29,5 +29,7 @@ pub fn create_event_bus(config: Config) -> Result<Arc<dyn EventBus>, Error> {
         Config::Redis(c) => Arc::new(event_bus_redis::RedisEventBus::new(c)?),
         #[cfg(feature = "postgres")]
         Config::Postgres(c) => Arc::new(event_bus_postgres::PostgresEventBus::new(c)?),
+        #[cfg(feature = "nats")]
+        Config::Nats(c) => Arc::new(event_bus_nats::NatsEventBus::new(c)?),
     })
 }

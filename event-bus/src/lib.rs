@@ -36,6 +36,9 @@ pub use factory::create_event_bus;
 #[cfg(feature = "memory")]
 #[cfg_attr(docsrs, doc(cfg(feature = "memory")))]
 pub use event_bus_memory::{MemoryConfig, MemoryEventBus};
+#[cfg(feature = "nats")]
+#[cfg_attr(docsrs, doc(cfg(feature = "nats")))]
+pub use event_bus_nats::{NatsConfig, NatsEventBus};
 /// The PostgreSQL backend crate, for what only it has (the durable mode's
 /// `DeliveryMode`, `DurableConfig`, dead letters and statistics).
 #[cfg(feature = "postgres")]

@@ -11,17 +11,20 @@ impl BackendName {
         ("rediss", BackendName::Redis),
         ("postgres", BackendName::Postgres),
         ("postgresql", BackendName::Postgres),
+        ("nats", BackendName::Nats),
     ];
 
     /// The backend a server URL is for, by its scheme (case-insensitive), from
     /// [`URL_SCHEMES`](Self::URL_SCHEMES): `redis://` and `rediss://` are Redis,
-    /// `postgres://` and `postgresql://` are PostgreSQL; `None` for anything else
-    /// (including libpq key/value strings).
+    /// `postgres://` and `postgresql://` are PostgreSQL, `nats://` is NATS; `None` for
+    /// anything else (including libpq key/value strings, and `tls://`, which a NATS
+    /// config may use but which names no backend by itself).
     ///
     /// ```
     /// use event_bus::BackendName;
     /// assert_eq!(BackendName::for_url("rediss://cache:6380"), Some(BackendName::Redis));
     /// assert_eq!(BackendName::for_url("postgresql://db/app"), Some(BackendName::Postgres));
+    /// assert_eq!(BackendName::for_url("nats://127.0.0.1:4222"), Some(BackendName::Nats));
     /// assert_eq!(BackendName::for_url("host=db user=app"), None);
     /// ```
     pub fn for_url(url: &str) -> Option<Self> {
@@ -33,7 +36,7 @@ impl BackendName {
     }
 
     /// The schemes of [`URL_SCHEMES`](Self::URL_SCHEMES) for messages:
-    /// `redis://, rediss://, postgres://, postgresql://`.
+    /// `redis://, rediss://, postgres://, postgresql://, nats://`.
     pub fn url_schemes_text() -> String {
         Self::URL_SCHEMES
             .iter()
@@ -58,7 +61,7 @@ mod tests {
         assert_eq!(BackendName::for_url("redis"), None);
         assert_eq!(
             BackendName::url_schemes_text(),
-            "redis://, rediss://, postgres://, postgresql://"
+            "redis://, rediss://, postgres://, postgresql://, nats://"
         );
     }
 }

@@ -67,3 +67,18 @@ pub fn redis(ns: String, dispatcher: DispatcherConfig) -> BoxFuture<'static, Arc
         Arc::new(bus) as Arc<dyn EventBus>
     })
 }
+
+/// NATS: channel prefix `ns` on the server [`nats_server`](crate::nats_server) finds.
+pub fn nats(ns: String, dispatcher: DispatcherConfig) -> BoxFuture<'static, Arc<dyn EventBus>> {
+    Box::pin(async move {
+        let config = event_bus::NatsConfig {
+            channel_prefix: ns,
+            dispatcher,
+            ..event_bus::NatsConfig::from_url(crate::nats_server::url().await)
+                .expect("valid NATS URL")
+        };
+        let bus = event_bus::NatsEventBus::new(config).expect("valid nats config");
+        bus.connect().await.expect("nats connect");
+        Arc::new(bus) as Arc<dyn EventBus>
+    })
+}

@@ -1,51 +1,150 @@
-//! Finding the PostgreSQL server the tests run against.
+//! The PostgreSQL server the tests run against.
 //!
-//! Order: `EVENT_BUS_POSTGRES_URL` if set; else `host=127.0.0.1 port=5432 user=postgres
-//! dbname=test` if a server answers there; else the test fails with a message saying
-//! how to provide one (no Docker/testcontainers fallback on this machine). A test never
-//! skips silently, with or without `CI=true`.
+//! Found as [`servers`] describes: `EVENT_BUS_POSTGRES_URL`, else
+//! `host=127.0.0.1 port=5432 user=postgres dbname=test` if a server accepts it, else a
+//! container of [`SERVER`]`.image` (override: `EVENT_BUS_TEST_POSTGRES_IMAGE`).
 
 use std::{net::SocketAddr, time::Duration};
 
-use tokio::{sync::OnceCell, time::Instant};
+use futures_util::FutureExt;
+use tokio::time::Instant;
 use tokio_postgres::{Client, NoTls};
 
-use crate::support::DEADLINE;
+use crate::{
+    servers::{self, Server},
+    support::DEADLINE,
+};
 
 /// The default local server.
 pub const LOCAL_DEFAULT: &str = "host=127.0.0.1 port=5432 user=postgres dbname=test";
 
-static URL: OnceCell<String> = OnceCell::const_new();
+/// How the tests find or start a PostgreSQL server: trust authentication, database
+/// `test`, and TLS on (with the image's self-signed certificate) for the TLS tests.
+pub static SERVER: Server = Server {
+    name: "PostgreSQL",
+    url_var: "EVENT_BUS_POSTGRES_URL",
+    local_url: LOCAL_DEFAULT,
+    image: "postgres:15.10",
+    image_var: "EVENT_BUS_TEST_POSTGRES_IMAGE",
+    container_port: 5432,
+    env: &[
+        ("POSTGRES_HOST_AUTH_METHOD", "trust"),
+        ("POSTGRES_DB", "test"),
+    ],
+    cmd: &[
+        "postgres",
+        "-c",
+        "ssl=on",
+        "-c",
+        "ssl_cert_file=/etc/ssl/certs/ssl-cert-snakeoil.pem",
+        "-c",
+        "ssl_key_file=/etc/ssl/private/ssl-cert-snakeoil.key",
+    ],
+    container_url: |port| format!("host=127.0.0.1 port={port} user=postgres dbname=test"),
+    probe: |url| connects(url).boxed(),
+};
 
 /// The connection string of the test server.
 ///
 /// # Panics
-/// If no server can be reached, with instructions.
+/// If no server can be found or started, saying how to provide one.
 pub async fn url() -> String {
-    URL.get_or_init(discover).await.clone()
+    servers::url(&SERVER)
 }
 
-async fn discover() -> String {
-    if let Ok(url) = std::env::var("EVENT_BUS_POSTGRES_URL") {
-        return url;
+/// The test server's connection string as a `postgres://` URL, the form the CLI's `--url`
+/// takes: the lookup may give `key=value` pairs (the local default, a container, or
+/// `EVENT_BUS_POSTGRES_URL`).
+///
+/// # Panics
+/// As [`url`] does, or if `key=value` pairs cannot be written as a URL.
+pub fn uri() -> String {
+    as_uri(&servers::url(&SERVER))
+}
+
+/// `conn` unchanged if it is a URL, else its hosts, ports, user, password and database as
+/// a `postgres://` URL.
+///
+/// # Panics
+/// If `conn` does not parse, or sets anything more (the URL would lose it).
+fn as_uri(conn: &str) -> String {
+    if conn.contains("://") {
+        return conn.to_owned();
     }
-    match tokio::time::timeout(
-        Duration::from_secs(5),
-        tokio_postgres::connect(LOCAL_DEFAULT, NoTls),
-    )
-    .await
-    {
-        Ok(Ok(_)) => LOCAL_DEFAULT.to_owned(),
-        outcome => panic!(
-            "no PostgreSQL server for the postgres tests: set EVENT_BUS_POSTGRES_URL \
-             (e.g. `postgres://postgres@127.0.0.1:5432/test`) or run a server accepting \
-             `{LOCAL_DEFAULT}` (trust auth); no Docker fallback is available. Error: {}",
-            match outcome {
-                Ok(Err(e)) => e.to_string(),
-                _ => "connect timed out".to_owned(),
+    let var = SERVER.url_var;
+    let config: tokio_postgres::Config = conn
+        .parse()
+        .unwrap_or_else(|e| panic!("{var}: not a connection string ({e})"));
+    let mut uri = "postgres://".to_owned();
+    if let Some(user) = config.get_user() {
+        uri.push_str(&percent_encode(user.as_bytes()));
+        if let Some(password) = config.get_password() {
+            uri.push(':');
+            uri.push_str(&percent_encode(password));
+        }
+        uri.push('@');
+    }
+    let ports = config.get_ports();
+    let hosts: Vec<String> = config
+        .get_hosts()
+        .iter()
+        .enumerate()
+        .map(|(i, host)| {
+            let host = match host {
+                tokio_postgres::config::Host::Tcp(name) => percent_encode(name.as_bytes()),
+                tokio_postgres::config::Host::Unix(dir) => {
+                    percent_encode(dir.as_os_str().as_encoded_bytes())
+                }
+            };
+            match ports.get(i).or(ports.first()) {
+                Some(port) => format!("{host}:{port}"),
+                None => host,
             }
-        ),
+        })
+        .collect();
+    uri.push_str(&hosts.join(","));
+    if let Some(dbname) = config.get_dbname() {
+        uri.push('/');
+        uri.push_str(&percent_encode(dbname.as_bytes()));
     }
+    // A URL gives every host a port: the default one where `conn` names none.
+    let mut expected = config.clone();
+    if ports.is_empty() {
+        for _ in &hosts {
+            expected.port(5432);
+        }
+    }
+    let same = uri
+        .parse::<tokio_postgres::Config>()
+        .is_ok_and(|c| c == expected);
+    assert!(
+        same,
+        "{var}: the CLI tests need a postgres:// URL for settings beyond host, port, user, \
+         password and dbname"
+    );
+    uri
+}
+
+/// `bytes` with everything but unreserved URL characters percent-encoded.
+fn percent_encode(bytes: &[u8]) -> String {
+    bytes
+        .iter()
+        .map(|&b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                char::from(b).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+async fn connects(url: String) -> Result<(), String> {
+    let (client, connection) = tokio_postgres::connect(&url, NoTls)
+        .await
+        .map_err(|e| e.to_string())?;
+    drop(client);
+    let _ = connection.await;
+    Ok(())
 }
 
 /// A plain connection to the test server, for setting up faults and raw NOTIFYs.
@@ -266,4 +365,31 @@ fn server_user() -> Option<(u32, u32)> {
     let line = passwd.lines().find(|l| l.starts_with("postgres:"))?;
     let fields: Vec<&str> = line.split(':').collect();
     Some((fields.get(2)?.parse().ok()?, fields.get(3)?.parse().ok()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::as_uri;
+
+    #[test]
+    fn key_value_pairs_become_a_url() {
+        assert_eq!(
+            as_uri("host=127.0.0.1 port=5432 user=postgres dbname=test"),
+            "postgres://postgres@127.0.0.1:5432/test"
+        );
+        assert_eq!(
+            as_uri("host=/run/postgresql user=app password='p@ss w' dbname=x"),
+            "postgres://app:p%40ss%20w@%2Frun%2Fpostgresql/x"
+        );
+        assert_eq!(
+            as_uri("postgres://postgres@127.0.0.1/test"),
+            "postgres://postgres@127.0.0.1/test"
+        );
+    }
+
+    #[test]
+    #[should_panic(expected = "need a postgres:// URL")]
+    fn settings_a_url_would_lose_are_refused() {
+        as_uri("host=127.0.0.1 user=postgres sslmode=require");
+    }
 }

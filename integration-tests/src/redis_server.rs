@@ -1,52 +1,63 @@
-//! Finding the Redis server the tests run against, and raw access to it.
+//! The Redis server the tests run against, and raw access to it.
 //!
-//! Order: `EVENT_BUS_REDIS_URL` if set; else `redis://127.0.0.1:6379` if a server
-//! answers `PING` there; else the test fails with a message saying how to provide one
-//! (no Docker/testcontainers fallback on this machine). A test never skips silently,
-//! with or without `CI=true`.
+//! Found as [`servers`] describes: `EVENT_BUS_REDIS_URL`, else
+//! `redis://127.0.0.1:6379` if a server answers `PING` there, else a container of
+//! [`SERVER`]`.image` (override: `EVENT_BUS_TEST_REDIS_IMAGE`).
 
 use std::{net::SocketAddr, time::Duration};
 
+use futures_util::FutureExt;
 use redis::aio::MultiplexedConnection;
-use tokio::{sync::OnceCell, time::Instant};
+use tokio::time::Instant;
 
-use crate::support::DEADLINE;
+use crate::{
+    servers::{self, Server},
+    support::DEADLINE,
+};
 
 /// The default local server.
 pub const LOCAL_DEFAULT: &str = "redis://127.0.0.1:6379";
 
-static URL: OnceCell<String> = OnceCell::const_new();
+/// How the tests find or start a Redis server.
+pub static SERVER: Server = Server {
+    name: "Redis",
+    url_var: "EVENT_BUS_REDIS_URL",
+    local_url: LOCAL_DEFAULT,
+    image: "redis:7.0.15",
+    image_var: "EVENT_BUS_TEST_REDIS_IMAGE",
+    container_port: 6379,
+    env: &[],
+    // The port is published on loopback only, so protected mode (which refuses clients
+    // from other hosts, as the published port's clients appear) is not needed.
+    cmd: &[
+        "redis-server",
+        "--protected-mode",
+        "no",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+    ],
+    container_url: |port| format!("redis://127.0.0.1:{port}"),
+    probe: |url| ping(url).boxed(),
+};
 
 /// The URL of the test server.
 ///
 /// # Panics
-/// If no server can be reached, with instructions.
+/// If no server can be found or started, saying how to provide one.
 pub async fn url() -> String {
-    URL.get_or_init(discover).await.clone()
+    servers::url(&SERVER)
 }
 
-async fn discover() -> String {
-    if let Ok(url) = std::env::var("EVENT_BUS_REDIS_URL") {
-        return url;
+async fn ping(url: String) -> Result<(), String> {
+    let answer: redis::RedisResult<()> = async {
+        let client = redis::Client::open(url)?;
+        let mut conn = client.get_multiplexed_async_connection().await?;
+        redis::cmd("PING").exec_async(&mut conn).await
     }
-    match tokio::time::timeout(Duration::from_secs(5), ping(LOCAL_DEFAULT)).await {
-        Ok(Ok(())) => LOCAL_DEFAULT.to_owned(),
-        outcome => panic!(
-            "no Redis server for the redis tests: set EVENT_BUS_REDIS_URL (e.g. \
-             `redis://127.0.0.1:6379`) or run a server answering at {LOCAL_DEFAULT}; \
-             no Docker fallback is available. Error: {}",
-            match outcome {
-                Ok(Err(e)) => e.to_string(),
-                _ => "connect timed out".to_owned(),
-            }
-        ),
-    }
-}
-
-async fn ping(url: &str) -> redis::RedisResult<()> {
-    let client = redis::Client::open(url)?;
-    let mut conn = client.get_multiplexed_async_connection().await?;
-    redis::cmd("PING").exec_async(&mut conn).await
+    .await;
+    answer.map_err(|e| e.to_string())
 }
 
 /// A plain connection to the test server, for raw `PUBLISH`es, ACL changes and kills.

@@ -49,6 +49,38 @@ pub async fn wait_until_async<F: Future<Output = bool>>(
     }
 }
 
+/// Checks a publish-under-faults run: every event `0..total` (numbered by its payload) was
+/// delivered to `recorder` exactly once, except those whose publish failed with an
+/// "outcome unknown" error (`unknown`), which may also be missing. Returns how often each
+/// payload was seen.
+///
+/// # Panics
+/// On a lost event or a duplicate.
+pub fn assert_once_unless_unknown(
+    recorder: &Recorder,
+    total: u64,
+    unknown: &std::collections::HashSet<u64>,
+) -> std::collections::HashMap<u64, usize> {
+    let mut seen = std::collections::HashMap::new();
+    for e in recorder.events() {
+        *seen
+            .entry(e.payload.as_u64().unwrap_or(u64::MAX))
+            .or_default() += 1;
+    }
+    for n in 0..total {
+        let count = seen.get(&n).copied().unwrap_or(0);
+        if unknown.contains(&n) {
+            assert!(count <= 1, "event {n} delivered {count} times");
+        } else {
+            assert_eq!(
+                count, 1,
+                "event {n} (never an unknown outcome) delivered {count} times"
+            );
+        }
+    }
+    seen
+}
+
 /// A handler that records every event it receives, in order.
 #[derive(Clone, Default)]
 pub struct Recorder {

@@ -5,6 +5,7 @@ use integration_tests::conformance_suite;
 conformance_suite!(memory, integration_tests::factories::memory);
 conformance_suite!(redis, integration_tests::factories::redis);
 conformance_suite!(postgres, integration_tests::factories::postgres);
+conformance_suite!(nats, integration_tests::factories::nats);
 
 /// The PostgreSQL durable mode runs every case except three that test pub/sub-only
 /// behaviour: a dead-letter *topic* (durable dead letters go to the group's
@@ -23,6 +24,7 @@ mod postgres_table {
         patterns::invalid_topics_and_patterns_are_rejected,
         lifecycle::cancel_stops_delivery,
         lifecycle::cancel_waits_for_a_running_handler,
+        lifecycle::cancel_from_a_handler_never_waits_for_a_slot,
         lifecycle::handler_can_cancel_its_own_subscription,
         lifecycle::dropping_a_subscription_keeps_it_alive,
         lifecycle::closed_bus_rejects_publish_and_subscribe,

@@ -11,6 +11,7 @@ use integration_tests::{
     conformance::{event, test_dispatcher},
     proxy::TcpProxy,
     redis_server::{self, OwnRedisServer, kill_pubsub_connections},
+    servers,
     support::{DEADLINE, Recorder, namespace, wait_until, wait_until_async},
 };
 use redis::AsyncCommands;
@@ -252,8 +253,7 @@ impl Drop for AclUser {
         let name = self.name.clone();
         // Synchronous, so cleanup happens even while a failed test unwinds.
         let cleanup = std::thread::spawn(move || {
-            let url = std::env::var("EVENT_BUS_REDIS_URL")
-                .unwrap_or_else(|_| redis_server::LOCAL_DEFAULT.to_owned());
+            let url = servers::url(&redis_server::SERVER);
             let mut conn = redis::Client::open(url)?.get_connection()?;
             redis::cmd("ACL").arg("DELUSER").arg(&name).exec(&mut conn)
         });

@@ -26,13 +26,14 @@ pub(crate) struct BackendArgs {
     #[arg(long, global = true, env = "EVENT_BUS_CONFIG", value_name = "FILE",
           help_heading = GLOBAL_OPTIONS)]
     config: Option<PathBuf>,
-    /// Backend: memory, redis or postgres. Without it, the scheme of `--url` names the
+    /// Backend: memory, redis, postgres or nats. Without it, the scheme of `--url` names the
     /// backend; without both, memory.
     #[arg(long, global = true, env = "EVENT_BUS_BACKEND", value_name = "NAME",
           help_heading = GLOBAL_OPTIONS)]
     backend: Option<String>,
     /// Server URL: `redis://` or `rediss://` for Redis, `postgres://` or `postgresql://`
-    /// for PostgreSQL (with `--backend postgres`, also a libpq `key=value` string).
+    /// for PostgreSQL (with `--backend postgres`, also a libpq `key=value` string),
+    /// `nats://` for NATS (with `--backend nats`, also `tls://`).
     #[arg(long, global = true, env = "EVENT_BUS_URL", value_name = "URL",
           help_heading = GLOBAL_OPTIONS)]
     url: Option<String>,
@@ -208,6 +209,8 @@ impl BackendArgs {
             (BackendName::Postgres, Some(url)) => {
                 json!({"backend": "postgres", "url": url})
             }
+            (BackendName::Nats, None) => json!({"backend": "nats"}),
+            (BackendName::Nats, Some(url)) => json!({"backend": "nats", "url": url}),
         })
     }
 }

@@ -46,14 +46,12 @@ async fn publish_all(
             })
             .await?;
     }
-    let prepared: Vec<_> = (0..w.publishers).map(|p| w.prepare(p)).collect();
     let start = tokio::time::Instant::now();
-    let publishers = prepared
-        .into_iter()
-        .map(|batches| {
-            let (bus, c) = (pub_bus.clone(), c.clone());
+    let publishers = (0..w.publishers)
+        .map(|p| {
+            let (bus, c, mut source) = (pub_bus.clone(), c.clone(), w.source(p));
             tokio::spawn(async move {
-                for (seqs, mut events) in batches {
+                while let Some((seqs, mut events)) = source.next().await {
                     c.stamp(seqs);
                     let result = if events.len() == 1 {
                         bus.publish(events.remove(0)).await

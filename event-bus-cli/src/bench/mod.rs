@@ -4,7 +4,8 @@
 //!
 //! Raw transports: memory — a `tokio::sync::broadcast` channel carrying the same `Event`
 //! values; redis — `PUBLISH` of the wire envelope to S `SUBSCRIBE` connections;
-//! postgres — `pg_notify` of the wire envelope to S `LISTEN` connections. Every run uses
+//! postgres — `pg_notify` of the wire envelope to S `LISTEN` connections; nats —
+//! `async-nats` publishes of the wire envelope to S subscribing connections. Every run uses
 //! a fresh channel prefix, so benchmarks never see each other's (or an app's) events.
 //!
 //! Each path first runs one unmeasured warm-up round (at most
@@ -15,20 +16,22 @@
 
 mod bus_path;
 mod collector;
+mod histogram;
 mod raw_memory;
+mod raw_nats;
 mod raw_postgres;
 mod raw_postgres_queue;
 mod raw_redis;
 mod report;
 mod rounds;
+mod source;
 
 use std::{sync::Arc, time::Duration};
 
-use event_bus::{Event, EventType};
 use serde_json::Value;
 use tokio::task::JoinHandle;
 
-use self::{collector::Collector, report::PathResult, rounds::Path};
+use self::{collector::Collector, report::PathResult, rounds::Path, source::Source};
 use crate::{
     backend::BackendArgs,
     failure::Failure,
@@ -67,6 +70,10 @@ pub(crate) struct BenchArgs {
     /// Give up on a round after this many seconds (what has not arrived counts as lost).
     #[arg(long, value_name = "SECS", default_value_t = 60)]
     timeout: u64,
+    /// Pace the publishers to this many events per second in all (paced latency); the
+    /// paths are first measured unpaced, which gives each one's saturation rate.
+    #[arg(long, value_name = "N", value_parser = parse_rate)]
+    rate: Option<f64>,
     /// Print the report as JSON (and no progress bar).
     #[arg(long)]
     json: bool,
@@ -84,6 +91,8 @@ pub(crate) struct Workload {
     pub(crate) min_time: Duration,
     /// Topic (bus) or channel (raw) unique to this run.
     pub(crate) topic: String,
+    /// Events per second over all publishers (`None`: as fast as possible).
+    pub(crate) rate: Option<f64>,
     pad: Arc<str>,
 }
 
@@ -99,24 +108,24 @@ impl Workload {
         (self.events * p as u64 / n)..(self.events * (p as u64 + 1) / n)
     }
 
-    /// The events of publisher `p` in batches of `batch`, built before the clock starts,
-    /// each batch with the sequence numbers it carries.
-    pub(crate) fn prepare(&self, p: usize) -> Vec<(std::ops::Range<u64>, Vec<Event>)> {
-        let range = self.share(p);
-        (range.start..range.end)
-            .step_by(self.batch)
-            .map(|s| {
-                let seqs = s..(s + self.batch as u64).min(range.end);
-                let events = seqs
-                    .clone()
-                    .map(|seq| {
-                        let payload = Collector::payload(seq, &self.pad);
-                        Event::new(EventType::Created, self.topic.as_str(), payload)
-                    })
-                    .collect();
-                (seqs, events)
-            })
-            .collect()
+    /// The events of publisher `p`, in batches of `batch`, built as they are sent and
+    /// paced to its share of the workload's rate.
+    pub(crate) fn source(&self, p: usize) -> Source {
+        let rate = self.rate.map(|rate| rate / self.publishers as f64);
+        Source::new(
+            self.share(p),
+            self.batch,
+            &self.topic,
+            self.pad.clone(),
+            rate,
+        )
+    }
+}
+
+fn parse_rate(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(rate) if (1.0..=1e9).contains(&rate) => Ok(rate),
+        _ => Err("expected events per second, from 1 to 1000000000".to_owned()),
     }
 }
 
@@ -150,6 +159,7 @@ pub(crate) async fn run(args: BenchArgs, backend: &BackendArgs) -> Result<(), Fa
         timeout: Duration::from_secs(args.timeout.max(1)),
         min_time: Duration::from_secs_f64(args.min_seconds),
         topic: "bench:events".into(),
+        rate: None,
         pad: "x".repeat(pad_len).into(),
     };
     let raw_workload = Workload {
@@ -162,12 +172,23 @@ pub(crate) async fn run(args: BenchArgs, backend: &BackendArgs) -> Result<(), Fa
         "redis" => Some(raw_redis::path(&config)?),
         "postgres" if durable => Some(raw_postgres_queue::path(&config)?),
         "postgres" => raw_postgres::path(&config, &raw_workload)?,
+        "nats" => Some(raw_nats::path(&config)),
         _ => None,
     };
     let mut paths = vec![(workload, bus_path)];
     paths.extend(raw_path.map(|path| (raw_workload, path)));
     let hidden = args.json || output::is_quiet();
-    let mut results = rounds::measure(paths, hidden).await?.into_iter();
+    let mut results = rounds::measure(&mut paths, hidden).await?;
+    if let Some(rate) = args.rate {
+        for (w, _) in &mut paths {
+            w.rate = Some(rate);
+        }
+        let saturated = std::mem::replace(&mut results, rounds::measure(&mut paths, hidden).await?);
+        for (paced, saturated) in results.iter_mut().zip(saturated) {
+            paced.set_saturation(saturated.events_per_s, rate);
+        }
+    }
+    let mut results = results.into_iter();
     let bus = results
         .next()
         .ok_or_else(|| Failure::runtime("the bus path gave no result"))?;
@@ -201,6 +222,7 @@ fn args_summary(args: &BenchArgs) -> report::Params {
         publishers: args.publishers.into(),
         batch: args.batch,
         min_seconds: args.min_seconds,
+        rate: args.rate,
     }
 }
 

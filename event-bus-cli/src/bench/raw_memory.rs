@@ -33,14 +33,12 @@ pub(crate) async fn run(w: Workload, c: Arc<Collector>) -> Result<(Duration, Str
             })
         })
         .collect();
-    let prepared: Vec<_> = (0..w.publishers).map(|p| w.prepare(p)).collect();
     let start = tokio::time::Instant::now();
-    let publishers = prepared
-        .into_iter()
-        .map(|batches| {
-            let (tx, c) = (tx.clone(), c.clone());
+    let publishers = (0..w.publishers)
+        .map(|p| {
+            let (tx, c, mut source) = (tx.clone(), c.clone(), w.source(p));
             tokio::spawn(async move {
-                for (seqs, events) in batches {
+                while let Some((seqs, events)) = source.next().await {
                     // The bus's default queue bound with its `block` policy: wait for room.
                     while tx.len() >= QUEUE_BOUND {
                         tokio::task::yield_now().await;

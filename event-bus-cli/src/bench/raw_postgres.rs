@@ -1,21 +1,23 @@
 //! The raw PostgreSQL transport: `pg_notify` of the wire envelope (encoded at send time,
 //! as the bus does) on one connection per publisher, one `LISTEN` connection per
-//! subscriber decoding every notification.
+//! subscriber decoding every notification. Connections are made like the bus's, with
+//! the same `sslmode` (TLS when the bus would use it), and the transport's name says
+//! which: `(TLS)` or `(plain)`.
 
 use std::{sync::Arc, time::Duration};
 
 use event_bus::envelope;
 use futures_util::StreamExt;
 use serde_json::Value;
-use tokio_postgres::{AsyncMessage, Client, NoTls};
+use tokio_postgres::{AsyncMessage, Client};
 
-use super::{Collector, Workload, finish, rounds::Path};
+use super::{Collector, Source, Workload, finish, rounds::Path};
 use crate::failure::{Failure, chain};
 
 /// NOTIFY payloads must be shorter than this many bytes.
 const NOTIFY_LIMIT: usize = 8000;
 
-/// The raw NOTIFY/LISTEN path against the server of `config` (without TLS), on a
+/// The raw NOTIFY/LISTEN path against the server of `config` (TLS as the bus), on a
 /// channel of its own; `None` (skipped) when the payloads of `w` exceed NOTIFY's size
 /// limit.
 ///
@@ -51,14 +53,14 @@ fn failed(what: &str) -> impl Fn(tokio_postgres::Error) -> Failure + '_ {
 }
 
 /// Opens a connection whose notifications are decoded and recorded for subscriber `sub`
-/// (`None`: a publishing connection).
-async fn connect(
+/// (`None`: a connection that only runs statements).
+pub(super) async fn connect(
     conninfo: &str,
     sub: Option<(usize, Arc<Collector>)>,
 ) -> Result<(Client, tokio::task::JoinHandle<()>), Failure> {
-    let (client, mut connection) = tokio_postgres::connect(conninfo, NoTls)
+    let (client, mut connection) = event_bus_postgres::connect_raw(conninfo)
         .await
-        .map_err(failed("connect"))?;
+        .map_err(|e| Failure::runtime(format!("raw postgres: {}", chain(&e))))?;
     let task = tokio::spawn(async move {
         let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
         while let Some(Ok(message)) = messages.next().await {
@@ -94,28 +96,44 @@ async fn run(
         tasks.push(task);
         publishers_clients.push(client);
     }
-    let prepared: Vec<_> = (0..w.publishers).map(|p| w.prepare(p)).collect();
     let start = tokio::time::Instant::now();
-    let publishers = prepared
+    let publishers = publishers_clients
         .into_iter()
-        .zip(publishers_clients)
-        .map(|(batches, client)| {
-            let (c, channel) = (c.clone(), w.topic.clone());
-            tokio::spawn(async move { publish(&client, &channel, batches, &c).await })
+        .enumerate()
+        .map(|(p, client)| {
+            let (c, channel, source) = (c.clone(), w.topic.clone(), w.source(p));
+            tokio::spawn(async move { publish(&client, &channel, source, &c).await })
         })
         .collect();
     let elapsed = finish(&c, publishers, start, w.timeout).await;
+    let tls = match clients.first() {
+        Some(client) => encrypted(client).await?,
+        None => false,
+    };
     drop(clients);
     for task in tasks {
         task.abort();
     }
-    Ok((elapsed?, "postgres pg_notify/LISTEN".to_owned()))
+    let mode = if tls { "TLS" } else { "plain" };
+    Ok((elapsed?, format!("postgres pg_notify/LISTEN ({mode})")))
+}
+
+/// Whether the session of `client` is encrypted, as the server reports it.
+pub(super) async fn encrypted(client: &Client) -> Result<bool, Failure> {
+    let row = client
+        .query_one(
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            &[],
+        )
+        .await
+        .map_err(failed("pg_stat_ssl"))?;
+    Ok(row.get(0))
 }
 
 async fn publish(
     client: &Client,
     channel: &str,
-    batches: Vec<(std::ops::Range<u64>, Vec<event_bus::Event>)>,
+    mut source: Source,
     c: &Collector,
 ) -> Result<(), String> {
     let one = client
@@ -128,7 +146,7 @@ async fn publish(
         )
         .await
         .map_err(|e| chain(&e))?;
-    for (seqs, events) in batches {
+    while let Some((seqs, events)) = source.next().await {
         c.stamp(seqs);
         let texts = events
             .iter()

@@ -2,26 +2,33 @@
 //! of (id, subscriber, envelope); publishers insert one row per subscriber per event
 //! (one statement per batch); each subscriber loops on a transaction that claims up to
 //! [`CLAIM`] of its rows with `FOR UPDATE SKIP LOCKED`, decodes them, and deletes them.
+//! Connections are made like the bus's (see [`raw_postgres`](super::raw_postgres)), and
+//! the transport's name says whether they use TLS.
 
 use std::{sync::Arc, time::Duration};
 
 use event_bus::envelope;
 use serde_json::Value;
-use tokio_postgres::{Client, NoTls};
+use tokio::task::JoinHandle;
+use tokio_postgres::Client;
 
-use super::{Collector, Workload, finish, rounds::Path};
+use super::{
+    Collector, Source, Workload, finish,
+    raw_postgres::{conninfo, encrypted},
+    rounds::Path,
+};
 use crate::failure::{Failure, chain};
 
 /// Rows one claim takes (the durable mode's default claim batch is 100).
 const CLAIM: i64 = 100;
 
-/// The raw queue path against the server of `config` (without TLS), on a table of
+/// The raw queue path against the server of `config` (TLS as the bus), on a table of
 /// its own (dropped at the end of each round).
 ///
 /// # Errors
 /// A usage failure if the config has no server URL.
 pub(crate) fn path(config: &Value) -> Result<Path, Failure> {
-    let conninfo = super::raw_postgres::conninfo(config)?;
+    let conninfo = conninfo(config)?;
     Ok(Box::new(move |w, c| Box::pin(run(conninfo.clone(), w, c))))
 }
 
@@ -29,11 +36,9 @@ fn failed(what: &str) -> impl Fn(tokio_postgres::Error) -> Failure + '_ {
     move |e| Failure::runtime(format!("raw postgres queue: {what}: {}", chain(&e)))
 }
 
-async fn connect(conninfo: &str) -> Result<Client, Failure> {
-    let (client, connection) = tokio_postgres::connect(conninfo, NoTls)
-        .await
-        .map_err(failed("connect"))?;
-    tokio::spawn(connection);
+async fn connect(conninfo: &str, tasks: &mut Vec<JoinHandle<()>>) -> Result<Client, Failure> {
+    let (client, task) = super::raw_postgres::connect(conninfo, None).await?;
+    tasks.push(task);
     Ok(client)
 }
 
@@ -43,47 +48,50 @@ async fn run(
     c: Arc<Collector>,
 ) -> Result<(Duration, String), Failure> {
     let table = format!("\"{}\"", w.topic);
-    let admin = connect(&conninfo).await?;
+    let mut tasks = Vec::new();
+    let admin = connect(&conninfo, &mut tasks).await?;
     admin
         .batch_execute(&format!(
             "DROP TABLE IF EXISTS {table}; CREATE TABLE {table} (id bigserial PRIMARY KEY, sub int NOT NULL, envelope text NOT NULL); CREATE INDEX ON {table} (sub, id)"
         ))
         .await
         .map_err(failed("create table"))?;
-    let mut consumers = Vec::new();
     for i in 0..w.subscribers {
-        let client = connect(&conninfo).await?;
+        let client = connect(&conninfo, &mut tasks).await?;
         let (c, table) = (c.clone(), table.clone());
-        consumers.push(tokio::spawn(
-            async move { consume(client, &table, i, &c).await },
-        ));
+        tasks.push(tokio::spawn(async move {
+            // An error ends this consumer; what it did not receive is reported as lost.
+            let _ = consume(client, &table, i, &c).await;
+        }));
     }
     let mut publishers_clients = Vec::new();
     for _ in 0..w.publishers {
-        publishers_clients.push(connect(&conninfo).await?);
+        publishers_clients.push(connect(&conninfo, &mut tasks).await?);
     }
-    let prepared: Vec<_> = (0..w.publishers).map(|p| w.prepare(p)).collect();
     let subs = i32::try_from(w.subscribers).unwrap_or(i32::MAX);
     let start = tokio::time::Instant::now();
-    let publishers = prepared
+    let publishers = publishers_clients
         .into_iter()
-        .zip(publishers_clients)
-        .map(|(batches, client)| {
-            let (c, table) = (c.clone(), table.clone());
-            tokio::spawn(async move { publish(&client, &table, subs, batches, &c).await })
+        .enumerate()
+        .map(|(p, client)| {
+            let (c, table, source) = (c.clone(), table.clone(), w.source(p));
+            tokio::spawn(async move { publish(&client, &table, subs, source, &c).await })
         })
         .collect();
     let elapsed = finish(&c, publishers, start, w.timeout).await;
-    for task in consumers {
-        task.abort();
-    }
+    let tls = encrypted(&admin).await?;
     admin
         .batch_execute(&format!("DROP TABLE IF EXISTS {table}"))
         .await
         .map_err(failed("drop table"))?;
+    drop(admin);
+    for task in tasks {
+        task.abort();
+    }
+    let mode = if tls { "TLS" } else { "plain" };
     Ok((
         elapsed?,
-        "postgres insert + SKIP LOCKED claim + delete".to_owned(),
+        format!("postgres insert + SKIP LOCKED claim + delete ({mode})"),
     ))
 }
 
@@ -91,7 +99,7 @@ async fn publish(
     client: &Client,
     table: &str,
     subs: i32,
-    batches: Vec<(std::ops::Range<u64>, Vec<event_bus::Event>)>,
+    mut source: Source,
     c: &Collector,
 ) -> Result<(), String> {
     let insert = client
@@ -100,7 +108,7 @@ async fn publish(
         ))
         .await
         .map_err(|e| chain(&e))?;
-    for (seqs, events) in batches {
+    while let Some((seqs, events)) = source.next().await {
         c.stamp(seqs);
         let texts = events
             .iter()
@@ -156,12 +164,15 @@ pub(crate) async fn drop_durable_tables(config: &Value) -> Result<(), Failure> {
     let Some(prefix) = config.get("channel_prefix").and_then(Value::as_str) else {
         return Ok(());
     };
-    let client = connect(&super::raw_postgres::conninfo(config)?).await?;
+    let (client, task) = super::raw_postgres::connect(&conninfo(config)?, None).await?;
     let tables = ["schema", "events", "groups", "deliveries", "dead_letters"]
         .map(|t| format!("\"{prefix}_{t}\""))
         .join(", ");
-    client
+    let dropped = client
         .batch_execute(&format!("DROP TABLE IF EXISTS {tables}"))
         .await
-        .map_err(failed("drop the durable tables"))
+        .map_err(failed("drop the durable tables"));
+    drop(client);
+    task.abort();
+    dropped
 }

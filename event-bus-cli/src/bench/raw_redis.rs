@@ -1,6 +1,7 @@
 //! The raw Redis transport: `PUBLISH` of the wire envelope (encoded at send time, as the
 //! bus does) on multiplexed connections, one `SUBSCRIBE` connection per subscriber
-//! decoding every message.
+//! decoding every message. The URL is the bus's, so TLS (`rediss://`) is used on both
+//! sides or neither; the transport's name says which.
 
 use std::{sync::Arc, time::Duration};
 
@@ -19,7 +20,15 @@ pub(crate) fn path(config: &Value) -> Result<Path, Failure> {
     let url = server_url(config);
     let client = redis::Client::open(url.as_str())
         .map_err(|e| Failure::usage(format!("raw redis: not a usable url ({:?})", e.kind())))?;
-    Ok(Box::new(move |w, c| Box::pin(run(client.clone(), w, c))))
+    let mode = if url.starts_with("rediss://") {
+        "TLS"
+    } else {
+        "plain"
+    };
+    let name = format!("redis PUBLISH/SUBSCRIBE ({mode})");
+    Ok(Box::new(move |w, c| {
+        Box::pin(run(client.clone(), name.clone(), w, c))
+    }))
 }
 
 /// The server URL of a redis config: its `url`, or one built from `host`, `port`,
@@ -52,6 +61,7 @@ fn failed(what: &str) -> impl Fn(redis::RedisError) -> Failure + '_ {
 
 async fn run(
     client: redis::Client,
+    name: String,
     w: Workload,
     c: Arc<Collector>,
 ) -> Result<(Duration, String), Failure> {
@@ -80,15 +90,14 @@ async fn run(
             .map_err(failed("connect"))?;
         connections.push(connection);
     }
-    let prepared: Vec<_> = (0..w.publishers).map(|p| w.prepare(p)).collect();
     let start = tokio::time::Instant::now();
-    let publishers = prepared
+    let publishers = connections
         .into_iter()
-        .zip(connections)
-        .map(|(batches, mut connection)| {
-            let (c, channel) = (c.clone(), w.topic.clone());
+        .enumerate()
+        .map(|(p, mut connection)| {
+            let (c, channel, mut source) = (c.clone(), w.topic.clone(), w.source(p));
             tokio::spawn(async move {
-                for (seqs, events) in batches {
+                while let Some((seqs, events)) = source.next().await {
                     c.stamp(seqs);
                     let mut pipe = redis::pipe();
                     for event in &events {
@@ -107,7 +116,7 @@ async fn run(
     for receiver in receivers {
         receiver.abort();
     }
-    Ok((elapsed?, "redis PUBLISH/SUBSCRIBE".to_owned()))
+    Ok((elapsed?, name))
 }
 
 #[cfg(test)]

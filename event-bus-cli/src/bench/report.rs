@@ -5,7 +5,7 @@ use std::{io::Write, time::Duration};
 
 use serde::Serialize;
 
-use super::{Collector, Workload};
+use super::{Collector, Workload, collector, histogram::Histogram};
 
 /// The parameters of a run.
 #[derive(Clone, Debug, Serialize)]
@@ -16,6 +16,8 @@ pub(crate) struct Params {
     pub(crate) publishers: u32,
     pub(crate) batch: u32,
     pub(crate) min_seconds: f64,
+    /// Paced rate in events/s (`--rate`), or `None`: as fast as possible.
+    pub(crate) rate: Option<f64>,
 }
 
 /// End-to-end latency percentiles, in microseconds.
@@ -46,6 +48,13 @@ pub(crate) struct PathResult {
     /// Handler calls per second.
     pub(crate) deliveries_per_s: f64,
     pub(crate) latency_us: Latency,
+    /// Resident memory of the whole process when a round's last delivery arrived, the
+    /// largest over this path's rounds, in MiB (the harness itself holds about 10 MiB).
+    pub(crate) rss_mib: f64,
+    /// With `--rate`: this path's events/s when publishing as fast as it can (measured
+    /// first, the same way), and the paced rate as a fraction of it.
+    pub(crate) saturation_events_per_s: Option<f64>,
+    pub(crate) load_fraction: Option<f64>,
 }
 
 /// The measured rounds of one path, summed.
@@ -56,7 +65,9 @@ pub(crate) struct Totals {
     pub(crate) delivered: u64,
     pub(crate) elapsed: Duration,
     /// Latencies in nanoseconds, of every round.
-    latencies: Vec<u64>,
+    latencies: Histogram,
+    /// Largest resident memory at the end of a round, in bytes.
+    rss: u64,
 }
 
 impl Totals {
@@ -66,19 +77,16 @@ impl Totals {
         self.expected += c.expected();
         self.delivered += c.delivered();
         self.elapsed += elapsed;
-        self.latencies.extend(c.sorted_latencies());
+        self.latencies.add(&c.latencies);
+        self.rss = self.rss.max(c.rss());
     }
 }
 
 impl PathResult {
     /// Summarises the measured rounds of a path.
-    pub(crate) fn new(transport: String, w: &Workload, mut totals: Totals) -> Self {
-        totals.latencies.sort_unstable();
-        let sorted = &totals.latencies;
-        let pick = |q: f64| {
-            let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len().max(1));
-            sorted.get(rank - 1).map_or(0.0, |&ns| ns as f64 / 1e3)
-        };
+    pub(crate) fn new(transport: String, w: &Workload, totals: &Totals) -> Self {
+        let h = &totals.latencies;
+        let pick = |q: f64| h.quantile(q) as f64 / 1e3;
         let secs = totals.elapsed.as_secs_f64().max(1e-9);
         let delivered = totals.delivered;
         Self {
@@ -94,9 +102,19 @@ impl PathResult {
                 p50: pick(0.5),
                 p90: pick(0.9),
                 p99: pick(0.99),
-                max: sorted.last().map_or(0.0, |&ns| ns as f64 / 1e3),
+                max: h.max() as f64 / 1e3,
             },
+            rss_mib: totals.rss as f64 / (1024.0 * 1024.0),
+            saturation_events_per_s: None,
+            load_fraction: None,
         }
+    }
+
+    /// Notes the path's saturation rate (`events_per_s` of an unpaced run) and the
+    /// paced `rate` as a fraction of it.
+    pub(crate) fn set_saturation(&mut self, saturation: f64, rate: f64) {
+        self.saturation_events_per_s = Some(saturation);
+        self.load_fraction = Some(div(rate, saturation));
     }
 }
 
@@ -117,6 +135,11 @@ pub(crate) struct Report {
     pub(crate) date: String,
     pub(crate) version: &'static str,
     pub(crate) cpus: usize,
+    /// Load average (1, 5, 15 minutes) when the report was made: other work on the
+    /// machine skews wall-clock figures.
+    pub(crate) load_average: Option<[f64; 3]>,
+    /// Peak resident memory of the process over the whole run, in MiB.
+    pub(crate) peak_rss_mib: f64,
     pub(crate) params: Params,
     pub(crate) bus: PathResult,
     pub(crate) raw: Option<PathResult>,
@@ -147,6 +170,8 @@ impl Report {
             date: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
             version: env!("CARGO_PKG_VERSION"),
             cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            load_average: load_average(),
+            peak_rss_mib: collector::memory().peak as f64 / (1024.0 * 1024.0),
             params: params.clone(),
             bus,
             raw,
@@ -169,7 +194,7 @@ impl Report {
         let p = &self.params;
         let mut out = format!(
             "backend {}: {} events x {} subscriber(s), ~{} B payload, {} publisher(s), batch {}\n\
-             each path: a warm-up round, then rounds (bus and raw in turn) for at least {} s\n\n",
+             each path: a warm-up round, then rounds (bus and raw in turn) for at least {} s\n",
             self.backend,
             p.events,
             p.subscribers,
@@ -178,6 +203,12 @@ impl Report {
             p.batch,
             p.min_seconds
         );
+        if let Some(rate) = p.rate {
+            out.push_str(&format!(
+                "paced at {rate:.0} events/s (after unpaced rounds that find each path's saturation rate)\n"
+            ));
+        }
+        out.push('\n');
         out.push_str(&format!(
             "{:<28} {:>12} {:>12} {:>9} {:>9} {:>9} {:>9} {:>7} {:>7}\n",
             "path", "events/s", "deliveries/s", "p50", "p90", "p99", "max", "lost", "rounds"
@@ -204,6 +235,22 @@ impl Report {
             )),
             None => out.push_str("(no raw transport measured)\n"),
         }
+        for r in std::iter::once(&self.bus).chain(&self.raw) {
+            if let (Some(sat), Some(load)) = (r.saturation_events_per_s, r.load_fraction) {
+                out.push_str(&format!(
+                    "{}: saturation {sat:.0} events/s, paced load {load:.2} of it\n",
+                    r.transport
+                ));
+            }
+        }
+        out.push_str(&format!(
+            "memory: bus path {:.0} MiB resident at the end of its rounds; process peak {:.0} MiB",
+            self.bus.rss_mib, self.peak_rss_mib
+        ));
+        if let Some([one, five, fifteen]) = self.load_average {
+            out.push_str(&format!("; load average {one:.2} {five:.2} {fifteen:.2}"));
+        }
+        out.push('\n');
         out
     }
 }
@@ -217,4 +264,11 @@ fn us(v: f64) -> String {
     } else {
         format!("{v:.0}us")
     }
+}
+
+/// The 1-, 5- and 15-minute load averages (`/proc/loadavg`), where available.
+fn load_average() -> Option<[f64; 3]> {
+    let text = std::fs::read_to_string("/proc/loadavg").ok()?;
+    let mut fields = text.split_whitespace().map(|f| f.parse::<f64>().ok());
+    Some([fields.next()??, fields.next()??, fields.next()??])
 }

@@ -35,10 +35,10 @@ pub(crate) type Path = Box<dyn FnMut(Workload, Arc<Collector>) -> Round>;
 /// turn until every path has its workload's `min_time` of measured time (a path that
 /// loses events stops there). Returns one result per path, in order.
 pub(crate) async fn measure(
-    mut paths: Vec<(Workload, Path)>,
+    paths: &mut [(Workload, Path)],
     hidden: bool,
 ) -> Result<Vec<PathResult>, Failure> {
-    for (w, path) in &mut paths {
+    for (w, path) in paths.iter_mut() {
         let warmup = Workload {
             events: w.events.min(WARMUP_EVENTS),
             ..w.clone()
@@ -57,13 +57,13 @@ pub(crate) async fn measure(
             }
         })
     };
-    let outcome = measured_rounds(&mut paths, &progress).await;
+    let outcome = measured_rounds(paths, &progress).await;
     ticker.abort();
     bar.finish_and_clear();
     Ok(outcome?
         .into_iter()
-        .zip(&paths)
-        .map(|((totals, transport), (w, _))| PathResult::new(transport, w, totals))
+        .zip(paths.iter())
+        .map(|((totals, transport), (w, _))| PathResult::new(transport, w, &totals))
         .collect())
 }
 

@@ -194,31 +194,3 @@ impl Drop for Running {
         }
     }
 }
-
-/// Fails, saying how to provide a server, unless one answers at `host:port`. Never
-/// skips: a backend test that cannot reach its server is a failure, in CI or not.
-pub fn require_server(addr: &str, var: &str) {
-    use std::net::{TcpStream, ToSocketAddrs};
-    let up = addr
-        .to_socket_addrs()
-        .ok()
-        .and_then(|mut a| a.next())
-        .is_some_and(|a| TcpStream::connect_timeout(&a, Duration::from_secs(2)).is_ok());
-    assert!(
-        up,
-        "no server at {addr}: start one there or set {var} to its URL"
-    );
-}
-
-/// `host:port` of a server URL such as `redis://:pw@127.0.0.1:6379/0` or
-/// `postgres://postgres@localhost/test`.
-pub fn host_port(url: &str, default_port: u16) -> String {
-    let rest = url.split_once("://").map_or(url, |(_, r)| r);
-    let rest = rest.rsplit_once('@').map_or(rest, |(_, r)| r);
-    let host = rest.split(['/', '?']).next().unwrap_or("127.0.0.1");
-    if host.contains(':') {
-        host.to_owned()
-    } else {
-        format!("{host}:{default_port}")
-    }
-}

@@ -379,19 +379,36 @@ impl Dispatcher {
                 return Err(Error::Closed);
             };
             self.metrics().add_received(1);
-            match targets.as_slice() {
-                [] => Ok(()),
-                targets => self.deliver(targets, event).await,
+            let targets = targets.as_slice();
+            if targets.is_empty() {
+                return Ok(());
+            }
+            match self.try_enqueue(targets, &event) {
+                Enqueue::Accepted => Ok(()),
+                // Boxed so that the common case above keeps this future small (it is
+                // moved into every publish future).
+                first => Box::pin(self.deliver(targets, event, first)).await,
             }
         }
     }
 
-    async fn deliver(&self, targets: &[Arc<SubEntry>], event: Event) -> Result<(), Error> {
+    /// Finishes a dispatch whose first attempt to queue (`first`) was not accepted.
+    async fn deliver(
+        &self,
+        targets: &[Arc<SubEntry>],
+        event: Event,
+        first: Enqueue,
+    ) -> Result<(), Error> {
+        let mut attempt = Some(first);
         loop {
             if self.is_closed() {
                 return Err(Error::Closed);
             }
-            match self.try_enqueue(targets, &event) {
+            let enqueued = match attempt.take() {
+                Some(enqueued) => enqueued,
+                None => self.try_enqueue(targets, &event),
+            };
+            match enqueued {
                 Enqueue::Accepted => return Ok(()),
                 Enqueue::Rejected => {
                     self.metrics().add_rejected(1);

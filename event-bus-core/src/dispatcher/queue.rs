@@ -1,6 +1,6 @@
 //! A priority queue that is FIFO among equal priorities.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 
 use tokio::time::Instant;
 
@@ -15,12 +15,14 @@ pub(crate) struct Entry {
     seq: u64,
 }
 
-/// One FIFO bucket per priority value in use; the most urgent non-empty bucket is
-/// served first. Buckets stay allocated once used (at most 256), so a queue that keeps
-/// emptying and refilling does not allocate.
+/// One FIFO bucket per priority value in use, kept sorted (most urgent first); the most
+/// urgent non-empty bucket is served first. Buckets stay allocated once used (at most
+/// 256), so a queue that keeps emptying and refilling does not allocate. Most
+/// subscriptions see one or a few priorities, so a short sorted list searched from the
+/// front costs less per event than a tree.
 #[derive(Default)]
 pub(crate) struct PriorityQueue {
-    buckets: BTreeMap<Priority, VecDeque<Entry>>,
+    buckets: Vec<(Priority, VecDeque<Entry>)>,
     len: usize,
     next_seq: u64,
 }
@@ -47,20 +49,25 @@ impl PriorityQueue {
         let seq = self.next_seq;
         self.next_seq += 1;
         self.len += 1;
-        self.buckets
-            .entry(event.priority)
-            .or_default()
-            .push_back(Entry {
-                event,
-                enqueued,
-                durable,
-                seq,
-            });
+        let priority = event.priority;
+        let entry = Entry {
+            event,
+            enqueued,
+            durable,
+            seq,
+        };
+        match self.buckets.iter().position(|(p, _)| *p >= priority) {
+            Some(i) if self.buckets[i].0 == priority => self.buckets[i].1.push_back(entry),
+            at => {
+                let at = at.unwrap_or(self.buckets.len());
+                self.buckets.insert(at, (priority, VecDeque::from([entry])));
+            }
+        }
     }
 
     /// The most urgent event, oldest first among equals.
     pub(crate) fn pop(&mut self) -> Option<Entry> {
-        let entry = self.buckets.values_mut().find_map(VecDeque::pop_front)?;
+        let entry = self.buckets.iter_mut().find_map(|(_, b)| b.pop_front())?;
         self.len -= 1;
         Some(entry)
     }
@@ -69,7 +76,8 @@ impl PriorityQueue {
     pub(crate) fn pop_oldest(&mut self) -> Option<Entry> {
         let bucket = self
             .buckets
-            .values_mut()
+            .iter_mut()
+            .map(|(_, b)| b)
             .filter(|b| !b.is_empty())
             .min_by_key(|b| b.front().map_or(u64::MAX, |e| e.seq))?;
         let entry = bucket.pop_front()?;
@@ -90,9 +98,9 @@ impl PriorityQueue {
     pub(crate) fn pop_least_urgent(&mut self) -> Option<Entry> {
         let entry = self
             .buckets
-            .values_mut()
+            .iter_mut()
             .rev()
-            .find_map(VecDeque::pop_back)?;
+            .find_map(|(_, b)| b.pop_back())?;
         self.len -= 1;
         Some(entry)
     }
@@ -100,7 +108,7 @@ impl PriorityQueue {
     /// Removes everything, returning how many events were removed.
     pub(crate) fn clear(&mut self) -> usize {
         let n = self.len;
-        self.buckets.values_mut().for_each(VecDeque::clear);
+        self.buckets.iter_mut().for_each(|(_, b)| b.clear());
         self.len = 0;
         n
     }

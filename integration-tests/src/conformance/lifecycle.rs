@@ -201,3 +201,43 @@ pub async fn idle_bus_counts_no_reconnects_or_errors(factory: Factory) {
     assert!(bus.health().await.is_healthy());
     bus.close().await.unwrap();
 }
+
+/// A handler holding the only concurrency slot can cancel another subscription whose
+/// worker is waiting for that slot: `cancel` returns at once and nothing times out.
+pub async fn cancel_from_a_handler_never_waits_for_a_slot(factory: Factory) {
+    let dispatcher = event_bus::DispatcherConfig {
+        max_concurrent_handlers: 1,
+        ..patient_dispatcher()
+    };
+    let (ns, bus) = bus_with(factory, dispatcher).await;
+    let topic = format!("{ns}:slot");
+    for round in 0..10 {
+        let victim: Arc<Mutex<Option<Subscription>>> = Arc::default();
+        let v = victim.clone();
+        let canceller = bus
+            .subscribe(&topic, move |_e: Event| {
+                let v = v.clone();
+                async move {
+                    // Give the other worker time to take the event and wait for our slot.
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    let b = v.lock().unwrap().take();
+                    if let Some(b) = b {
+                        b.cancel().await;
+                    }
+                    Ok::<(), std::io::Error>(())
+                }
+            })
+            .await
+            .unwrap();
+        let seen = Recorder::new();
+        *victim.lock().unwrap() = Some(bus.subscribe(&topic, seen.handler()).await.unwrap());
+        bus.publish(event(&topic, round)).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(5), bus.flush())
+            .await
+            .expect("flush returned: the cancel did not hang")
+            .unwrap();
+        assert_eq!(bus.metrics().timed_out, 0, "round {round}");
+        canceller.cancel().await;
+    }
+    bus.close().await.unwrap();
+}

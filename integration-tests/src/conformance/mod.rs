@@ -99,6 +99,7 @@ macro_rules! conformance_suite {
                 patterns::invalid_topics_and_patterns_are_rejected,
                 lifecycle::cancel_stops_delivery,
                 lifecycle::cancel_waits_for_a_running_handler,
+                lifecycle::cancel_from_a_handler_never_waits_for_a_slot,
                 lifecycle::handler_can_cancel_its_own_subscription,
                 lifecycle::dropping_a_subscription_keeps_it_alive,
                 lifecycle::closed_bus_rejects_publish_and_subscribe,

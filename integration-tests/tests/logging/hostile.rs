@@ -3,12 +3,13 @@
 //! number of bounded lines.
 
 use event_bus::{
-    EventBus, EventBusExt, PostgresConfig, PostgresEventBus, RedisConfig, RedisEventBus,
+    EventBus, EventBusExt, NatsConfig, NatsEventBus, PostgresConfig, PostgresEventBus, RedisConfig,
+    RedisEventBus,
 };
 use integration_tests::{
     conformance::{event, test_dispatcher},
     log_capture::{Captured, capture},
-    postgres_server, redis_server,
+    nats_server, postgres_server, redis_server,
     support::{DEADLINE, Recorder, namespace, wait_until},
 };
 
@@ -144,4 +145,37 @@ async fn postgres_survives_a_flood_of_malformed_notifications_with_bounded_logs(
     assert_eq!(r.len(), 1);
     bus.close().await.unwrap();
     assert_bounded(&log, "postgres");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_survives_a_flood_of_malformed_messages_with_bounded_logs() {
+    let (log, _serial) = capture().await;
+    let ns = namespace();
+    let bus = NatsEventBus::new(NatsConfig {
+        channel_prefix: ns.clone(),
+        max_message_bytes: 4096,
+        dispatcher: test_dispatcher(),
+        ..NatsConfig::from_url(nats_server::url().await).unwrap()
+    })
+    .unwrap();
+    bus.connect().await.unwrap();
+    let r = Recorder::new();
+    bus.subscribe(&format!("{ns}:*"), r.handler())
+        .await
+        .unwrap();
+    let topic = format!("{ns}:t");
+    let subject = bus.subject_for(&topic);
+    let raw = async_nats::connect(nats_server::url().await).await.unwrap();
+    for i in 0..MESSAGES {
+        raw.publish(subject.clone(), hostile(i, &topic, 8000, false).into())
+            .await
+            .unwrap();
+    }
+    raw.flush().await.unwrap();
+    bus.publish(event(&topic, 1)).await.unwrap();
+    r.wait_for(1, DEADLINE).await;
+    assert_counted(&bus).await;
+    assert_eq!(r.len(), 1);
+    bus.close().await.unwrap();
+    assert_bounded(&log, "nats");
 }

@@ -2,7 +2,7 @@
 //! of a private server.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::HashSet,
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -13,7 +13,7 @@ use std::{
 use event_bus::{EventBus, EventBusExt, PublishOutcome};
 use integration_tests::{
     postgres_server::{self, OwnPostgresServer},
-    support::{DEADLINE, Recorder, namespace, wait_until},
+    support::{DEADLINE, Recorder, assert_once_unless_unknown, namespace, wait_until},
 };
 use serde_json::json;
 use tokio::time::Instant;
@@ -88,21 +88,7 @@ async fn terminated_publishing_sessions_tell_retryable_errors_apart() {
         .await
     );
     subscriber.flush().await.unwrap();
-    let mut seen: HashMap<u64, usize> = HashMap::new();
-    for e in r.events() {
-        *seen.entry(e.payload.as_u64().unwrap()).or_default() += 1;
-    }
-    for n in 0..total {
-        let count = seen.get(&n).copied().unwrap_or(0);
-        if unknown.contains(&n) {
-            assert!(count <= 1, "event {n} delivered {count} times");
-        } else {
-            assert_eq!(
-                count, 1,
-                "event {n} (never an unknown outcome) delivered {count} times"
-            );
-        }
-    }
+    assert_once_unless_unknown(&r, total, &unknown);
     let kills = kills.load(Ordering::SeqCst);
     eprintln!(
         "postgres: publishing sessions terminated {kills} times: {not_sent} not-sent errors \
