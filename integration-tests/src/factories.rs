@@ -36,7 +36,7 @@ pub fn postgres(ns: String, dispatcher: DispatcherConfig) -> BoxFuture<'static, 
 
 /// PostgreSQL in the durable mode (`delivery = "table"`): tables under prefix `ns`,
 /// polling every 200 ms (NOTIFY wakes claimers sooner). Each test's tables stay in
-/// the test database under its own prefix.
+/// the test database under its own prefix; `.ci/run` drops those of earlier runs.
 pub fn postgres_table(
     ns: String,
     dispatcher: DispatcherConfig,
