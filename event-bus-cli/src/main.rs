@@ -5,7 +5,7 @@
 //! eventbus demo
 //! eventbus --url redis://127.0.0.1 sub 'orders:*'
 //! eventbus --url redis://127.0.0.1 sub --group billing 'orders:*'
-//! eventbus --url redis://127.0.0.1 dlq list billing
+//! eventbus --url redis://127.0.0.1 dlq list --group billing
 //! eventbus --url redis://127.0.0.1 pub orders:eu '{"id": 42}'
 //! eventbus --url postgres://postgres@127.0.0.1/postgres ping
 //! eventbus --url postgres://postgres@127.0.0.1/postgres bench
@@ -66,7 +66,7 @@ enum Command {
     Ping(ping::PingArgs),
     /// Measure throughput and latency of the bus next to its raw transport.
     Bench(bench::BenchArgs),
-    /// List or redrive the dead letters of a consumer group (Redis durable mode).
+    /// List or redrive the dead letters of a consumer group (durable modes).
     Dlq(dlq::DlqArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish or powershell).
     Completions(CompletionsArgs),

@@ -51,8 +51,9 @@ pub(crate) struct PubArgs {
     /// other line is a payload, published on TOPIC with the flags above.
     #[arg(long, conflicts_with = "payload")]
     lines: bool,
-    /// Redis: publish to the durable stream (`delivery = "streams"`), which
-    /// `sub --group` reads, instead of pub/sub.
+    /// Publish in the backend's durable mode, which `sub --group` reads: Redis
+    /// `delivery = "streams"` (instead of pub/sub), PostgreSQL `delivery = "table"`
+    /// (also chosen by a config file that sets it).
     #[arg(long)]
     durable: bool,
 }
@@ -120,7 +121,7 @@ pub(crate) async fn run(args: PubArgs, backend: &BackendArgs) -> Result<(), Fail
     };
     let mut selection = backend.select()?;
     if args.durable {
-        crate::dlq::durable(&mut selection, "--durable")?;
+        crate::dlq::durable(&mut selection, "--durable", true)?;
     }
     let total = (!args.lines).then_some(args.repeat);
     let mut stop = StopSignals::listen()?;

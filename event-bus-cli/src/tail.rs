@@ -19,14 +19,16 @@ pub(crate) struct SubArgs {
     /// Print each event as its wire envelope, one JSON object per line (for `jq`).
     #[arg(long)]
     json: bool,
+    /// Consume as a member of this consumer group. On Redis and PostgreSQL this is a
+    /// durable tail (their durable mode, `delivery = "streams"` or `"table"`): the group
+    /// receives every matching event, shared among its members, keeps what is published
+    /// while none runs, and each event is acknowledged once printed, so what was not
+    /// printed is delivered again.
+    #[arg(long, value_name = "NAME")]
+    group: Option<String>,
     /// Exit after printing this many events (at least 1).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     count: Option<u64>,
-    /// Durable tail (Redis): read as a member of consumer group NAME with
-    /// `delivery = "streams"`; each event is acknowledged once it is printed, so what
-    /// was not printed is delivered again.
-    #[arg(long, value_name = "NAME")]
-    group: Option<String>,
 }
 
 /// A received event, and for a durable tail the acknowledgement to give once printed.
@@ -39,9 +41,7 @@ const SEEN_WINDOW: usize = 4096;
 /// Runs `eventbus sub`.
 pub(crate) async fn run(args: SubArgs, backend: &BackendArgs) -> Result<(), Failure> {
     let mut selection = backend.select()?;
-    if args.group.is_some() {
-        crate::dlq::durable(&mut selection, "--group")?;
-    }
+    let durable = args.group.is_some() && crate::dlq::durable(&mut selection, "--group", false)?;
     let mut stop = StopSignals::listen()?;
     let Ok(bus) = stop.or_stop(selection.connect()).await else {
         return Ok(()); // stopped while connecting: nothing to undo
@@ -50,7 +50,6 @@ pub(crate) async fn run(args: SubArgs, backend: &BackendArgs) -> Result<(), Fail
     selection.notice_if_memory("nothing published elsewhere arrives here");
     let (tx, mut rx) = mpsc::channel::<Received>(1024);
     let mut subscriptions = Vec::new();
-    let durable = args.group.is_some();
     let options = match &args.group {
         Some(group) => SubscribeOptions::new().group(group.clone()),
         None => SubscribeOptions::new(),

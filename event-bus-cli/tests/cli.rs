@@ -81,7 +81,7 @@ fn usage_and_config_errors_exit_2_naming_the_key() {
         r#"{"backend": "memory", "dispatcher": {"queue_maxsize": "big"}}"#,
     );
     let unknown = temp_file("unknown.toml", "backend = \"memory\"\ncolour = 1\n");
-    let cases: [(Vec<&str>, &str); 4] = [
+    let cases: [(Vec<&str>, &str); 7] = [
         (
             vec!["--config", bad.to_str().unwrap(), "pub", "a", "1"],
             "dispatcher.queue_maxsize",
@@ -92,6 +92,28 @@ fn usage_and_config_errors_exit_2_naming_the_key() {
         ),
         (vec!["pub", "a", "{not json"], "PAYLOAD is not valid JSON"),
         (vec!["pub", "a", "1", "--priority", "urgent"], "priority"),
+        (
+            vec!["dlq", "list", "--group", "g"],
+            "dlq: the memory backend has no durable mode",
+        ),
+        (
+            vec!["pub", "--durable", "a", "1"],
+            "--durable: the memory backend has no durable mode",
+        ),
+        // Checked before any server is contacted (nothing listens on port 1).
+        (
+            vec![
+                "--url",
+                "redis://127.0.0.1:1",
+                "dlq",
+                "redrive",
+                "--group",
+                "g",
+                "--id",
+                "1-0",
+            ],
+            "--id: the Redis durable mode redrives all",
+        ),
     ];
     for (args, needle) in cases {
         let out = eventbus().args(&args).output().expect("run eventbus");

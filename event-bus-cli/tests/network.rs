@@ -325,12 +325,56 @@ fn redis_durable_tail_keeps_what_came_while_away() {
     let second: serde_json::Value = serde_json::from_str(&sub.next_stdout()).expect("JSON line");
     assert_eq!(second["payload"], 2);
     assert!(sub.wait_exit().success());
-    let out = run_ok(eventbus().args(["--config", config, "dlq", "list", "audit"]));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("0 dead letter(s) in group audit"));
+    let out = run_ok(eventbus().args(["--config", config, "dlq", "list", "--group", "audit"]));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("0 dead letter(s) of group audit"));
     let client = redis::Client::open(url.as_str()).expect("url");
     let mut conn = client.get_connection().expect("connect");
     let _: i64 = redis::cmd("DEL")
         .arg(format!("{{{ns}}}:stream"))
         .query(&mut conn)
         .expect("DEL");
+}
+
+/// A config file for the PostgreSQL durable mode under a fresh channel prefix.
+fn postgres_table() -> std::path::PathBuf {
+    let toml = format!(
+        "backend = \"postgres\"\nurl = \"{}\"\nchannel_prefix = \"{}\"\ndelivery = \"table\"\n",
+        postgres_url(),
+        namespace()
+    );
+    temp_file("config.toml", &toml)
+}
+
+#[test]
+fn postgres_table_bench_reports_bus_and_raw_queue() {
+    bench_runs(
+        &postgres_table(),
+        "postgres insert + SKIP LOCKED claim + delete (TLS)",
+    );
+}
+
+#[test]
+fn postgres_table_sub_in_a_group_receives_pub_and_dlq_lists_nothing() {
+    let config = postgres_table();
+    let config = config.to_str().expect("utf-8");
+    let mut cmd = eventbus();
+    cmd.args([
+        "--config", config, "sub", "orders:*", "--group", "billing", "--json", "--count", "2",
+    ]);
+    let mut sub = Running::spawn(cmd);
+    sub.wait_stderr("subscribed to orders:*");
+    publish(config, &["orders:eu", "1"]);
+    publish(config, &["orders:us", "2"]);
+    let mut topics = Vec::new();
+    for _ in 0..2 {
+        let line: serde_json::Value = serde_json::from_str(&sub.next_stdout()).expect("JSON line");
+        topics.push(line["topic"].as_str().unwrap().to_owned());
+    }
+    topics.sort();
+    assert_eq!(topics, ["orders:eu", "orders:us"]);
+    assert!(sub.wait_exit().success());
+    let out = run_ok(eventbus().args(["--config", config, "dlq", "list", "--group", "billing"]));
+    assert!(out.stdout.is_empty(), "no dead letters");
+    let out = run_ok(eventbus().args(["--config", config, "dlq", "redrive", "--group", "billing"]));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("0 dead letter(s)"));
 }

@@ -18,6 +18,7 @@ use crate::{
     channel::Channels,
     config::PostgresConfig,
     connect::Connector,
+    durable::{DeadLetterEntry, DeliveryMode, Durable, DurableGroupStats, DurableHealth},
     large::LargeStore,
     listener::Listener,
     outgoing::{Outgoing, publish_error},
@@ -41,6 +42,8 @@ struct Inner {
     pool: Arc<Pool>,
     store: Arc<LargeStore>,
     listener: Arc<Listener>,
+    /// The durable mode (`delivery = "table"`), if chosen.
+    durable: Option<Arc<Durable>>,
     closed: AtomicBool,
 }
 
@@ -70,9 +73,25 @@ impl PostgresEventBus {
         let listener = Arc::new(Listener::new(connector.clone(), channels.clone()));
         let dispatcher = Dispatcher::new(config.dispatcher.clone())?;
         let ttl = config.large_payload_ttl();
+        let pool = Arc::new(Pool::new(connector.clone(), config.pool_size));
+        let durable = (config.delivery == DeliveryMode::Table).then(|| {
+            Arc::new(Durable::new(
+                pool.clone(),
+                Arc::new(Pool::with_role(
+                    connector,
+                    config.pool_size,
+                    "claim",
+                    Some(crate::durable::CLAIM_SESSION),
+                )),
+                &config.channel_prefix,
+                config.durable.clone(),
+                config.max_message_bytes,
+            ))
+        });
         let inner = Arc::new(Inner {
             dispatcher,
-            pool: Arc::new(Pool::new(connector, config.pool_size)),
+            pool,
+            durable,
             store: Arc::new(LargeStore::new(&config.channel_prefix, ttl)),
             channels,
             listener,
@@ -132,6 +151,19 @@ impl PostgresEventBus {
     ) -> Result<(), Error> {
         let inner = &self.inner;
         inner.check_open()?;
+        if let Some(durable) = &inner.durable {
+            let columns = crate::durable::columns(
+                std::slice::from_ref(&event),
+                inner.config.max_message_bytes,
+            )
+            .map_err(|e| inner.count_failed(e, 1))?;
+            durable
+                .publish_in(client, &columns)
+                .await
+                .map_err(|e| inner.count_failed(publish_error(event, e), 1))?;
+            inner.dispatcher.metrics().add_published(1);
+            return Ok(());
+        }
         let events = [event];
         let out = Outgoing::new(&inner.channels, &events, inner.config.max_message_bytes)
             .map_err(|(_, e)| inner.count_failed(e, 1))?;
@@ -144,6 +176,52 @@ impl PostgresEventBus {
     }
 }
 
+/// The durable mode's operations (`delivery = "table"`); each fails with
+/// [`Error::Config`] naming `delivery` in the default mode.
+impl PostgresEventBus {
+    /// Up to `limit` dead letters of consumer group `group`, oldest event first.
+    ///
+    /// # Errors
+    /// [`Error::Config`] outside the durable mode; [`Error::Connection`].
+    pub async fn dead_letters(
+        &self,
+        group: &str,
+        limit: usize,
+    ) -> Result<Vec<DeadLetterEntry>, Error> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.inner.durable()?.dead_letters(group, limit).await
+    }
+
+    /// Puts dead letters of `group` back into its live deliveries, attempts reset:
+    /// those with the given event ids, or all with `None`. Returns how many moved.
+    ///
+    /// # Errors
+    /// [`Error::Config`] outside the durable mode; [`Error::Connection`].
+    pub async fn redrive(&self, group: &str, event_ids: Option<&[i64]>) -> Result<u64, Error> {
+        self.inner.durable()?.redrive(group, event_ids).await
+    }
+
+    /// Acked, retried, reclaimed and dead-lettered counts of this bus, and the lag
+    /// (unacknowledged deliveries) of every group, per group.
+    ///
+    /// # Errors
+    /// [`Error::Config`] outside the durable mode; [`Error::Connection`].
+    pub async fn durable_stats(&self) -> Result<Vec<DurableGroupStats>, Error> {
+        let durable = self.inner.durable()?;
+        durable.ensure_schema().await?;
+        durable.stats().await
+    }
+
+    /// Dead tuples of the delivery table and the age of the oldest unacknowledged
+    /// delivery.
+    ///
+    /// # Errors
+    /// [`Error::Config`] outside the durable mode; [`Error::Connection`].
+    pub async fn durable_health(&self) -> Result<DurableHealth, Error> {
+        self.inner.durable()?.health().await
+    }
+}
+
 /// The dispatcher publishes dead letters through the bus and releases the LISTEN
 /// reference of subscriptions that end.
 #[async_trait]
@@ -153,11 +231,71 @@ impl Transport for Inner {
     }
 
     async fn release(&self, id: SubscriptionId) {
+        if let Some(durable) = &self.durable {
+            durable.release(id).await;
+        }
         self.listener.release_sub(id).await;
     }
 }
 
 impl Inner {
+    /// A subscription of the durable mode: LISTEN for wake-ups (unless NOTIFY is off),
+    /// subscribe locally, register the group and start its claimer.
+    async fn add_durable(
+        &self,
+        durable: &Arc<Durable>,
+        pattern: Pattern,
+        options: SubscribeOptions,
+        subscriber: Subscriber,
+    ) -> Result<Subscription, Error> {
+        let resolved = options.resolve(self.dispatcher.config())?;
+        durable.ensure_schema().await?;
+        let channel = durable.channel().to_owned();
+        let wake = self.config.durable.notify;
+        if wake {
+            self.start_listener().await?;
+            self.listener.acquire(&channel).await?;
+        }
+        let subscription = match self
+            .dispatcher
+            .subscribe(pattern.clone(), &options, subscriber)
+        {
+            Ok(subscription) => subscription,
+            Err(e) => {
+                if wake {
+                    self.listener.release(&channel).await;
+                }
+                return Err(e);
+            }
+        };
+        if wake {
+            self.listener.register(subscription.id(), channel);
+        }
+        let started = durable
+            .start(
+                &self.dispatcher,
+                subscription.id(),
+                &pattern,
+                resolved.group.as_deref(),
+                resolved.retry.max_attempts,
+            )
+            .await;
+        if let Err(e) = started {
+            subscription.cancel().await;
+            return Err(e);
+        }
+        Ok(subscription)
+    }
+
+    fn durable(&self) -> Result<&Arc<Durable>, Error> {
+        self.durable.as_ref().ok_or_else(|| {
+            Error::config(
+                "delivery",
+                "this needs the durable mode: delivery = \"table\"",
+            )
+        })
+    }
+
     fn check_open(&self) -> Result<(), Error> {
         if self.closed.load(Ordering::Acquire) || self.dispatcher.is_closed() {
             return Err(Error::Closed);
@@ -181,6 +319,7 @@ impl Inner {
             store: self.store.clone(),
             max_bytes: self.config.max_message_bytes,
             wire_warnings: Default::default(),
+            durable: self.durable.clone(),
         };
         self.listener.start(ctx).await
     }
@@ -220,6 +359,16 @@ impl Inner {
         let max = self.config.max_message_bytes;
         // Validate and encode everything first: an invalid topic publishes nothing.
         let count = events.len() as u64;
+        if let Some(durable) = &self.durable {
+            let columns =
+                crate::durable::columns(&events, max).map_err(|e| self.count_failed(e, count))?;
+            if let Err(failure) = durable.publish(&columns).await {
+                let mut events = events;
+                return Err(self.count_failed(publish_error(events.swap_remove(0), failure), count));
+            }
+            self.dispatcher.metrics().add_published(count);
+            return Ok(());
+        }
         let out = Outgoing::new(&self.channels, &events, max)
             .map_err(|(_, e)| self.count_failed(e, count))?;
         let sent = out.send(&self.pool, &self.store).await;
@@ -283,6 +432,11 @@ impl EventBus for PostgresEventBus {
         let inner = &self.inner;
         inner.check_open()?;
         let pattern = Pattern::parse(pattern)?;
+        if let Some(durable) = &inner.durable {
+            return inner
+                .add_durable(durable, pattern, options, subscriber)
+                .await;
+        }
         let channel = match pattern.literal() {
             Some(topic) => inner.channels.topic(topic)?,
             None => inner.channels.all().to_owned(),
@@ -309,6 +463,17 @@ impl EventBus for PostgresEventBus {
     async fn flush(&self) -> Result<(), Error> {
         let inner = &self.inner;
         inner.check_open()?;
+        if let Some(durable) = &inner.durable {
+            // A failed attempt goes back to the server as a scheduled retry: go round
+            // again until a round schedules none.
+            loop {
+                let retried = durable.retries_scheduled();
+                until_quiescent(&inner.dispatcher, || durable.round_trip()).await?;
+                if durable.retries_scheduled() == retried {
+                    return Ok(());
+                }
+            }
+        }
         inner.start_listener().await?;
         let after = inner.config.command_timeout() * 6;
         until_quiescent(&inner.dispatcher, || inner.round_trip(after)).await
@@ -349,7 +514,11 @@ impl EventBus for PostgresEventBus {
             return Ok(());
         }
         let deadline = tokio::time::Instant::now() + inner.dispatcher.config().shutdown_timeout();
-        if inner.listener.is_started().await {
+        if let Some(durable) = &inner.durable {
+            // Claimed events not yet queued are claimed again after their lease.
+            durable.stop_all();
+        }
+        if inner.durable.is_none() && inner.listener.is_started().await {
             let within = deadline.saturating_duration_since(tokio::time::Instant::now());
             match tokio::time::timeout_at(deadline, inner.round_trip(within)).await {
                 Ok(Ok(())) => {}
@@ -359,6 +528,9 @@ impl EventBus for PostgresEventBus {
         }
         inner.listener.shutdown(deadline).await;
         inner.dispatcher.close().await;
+        if let Some(durable) = &inner.durable {
+            durable.close().await;
+        }
         inner.pool.close().await;
         Ok(())
     }

@@ -5,7 +5,10 @@ use std::{fmt, time::Duration};
 use event_bus_core::{DispatcherConfig, Error, Secret, config::check_seconds};
 use serde::{Deserialize, Serialize};
 
-use crate::channel::validate_prefix;
+use crate::{
+    channel::validate_prefix,
+    durable::{DeliveryMode, DurableConfig},
+};
 
 /// Configuration of [`PostgresEventBus`](crate::PostgresEventBus)
 /// (config `{"backend": "postgres", "url": "postgres://...", ...}`).
@@ -68,6 +71,14 @@ pub struct PostgresConfig {
         deserialize_with = "event_bus_core::seconds::deserialize"
     )]
     pub command_timeout_seconds: f64,
+    /// How events are delivered: `"notify"` (LISTEN/NOTIFY pub/sub, at-most-once) or
+    /// `"table"` (durable, at-least-once per consumer group through the delivery
+    /// table; see the crate docs). Default: `"notify"`.
+    #[serde(default)]
+    pub delivery: DeliveryMode,
+    /// Settings of the `"table"` delivery mode. Default: see [`DurableConfig`].
+    #[serde(default)]
+    pub durable: DurableConfig,
     /// Dispatcher settings. Default: see [`DispatcherConfig`].
     #[serde(default)]
     pub dispatcher: DispatcherConfig,
@@ -100,8 +111,16 @@ impl PostgresConfig {
             max_message_bytes: default_max_message_bytes(),
             large_payload_ttl_seconds: default_ttl(),
             command_timeout_seconds: default_timeout(),
+            delivery: DeliveryMode::default(),
+            durable: DurableConfig::default(),
             dispatcher: DispatcherConfig::default(),
         }
+    }
+
+    /// Sets `delivery`.
+    pub fn with_delivery(mut self, delivery: DeliveryMode) -> Self {
+        self.delivery = delivery;
+        self
     }
 
     /// Sets `channel_prefix`.
@@ -144,6 +163,7 @@ impl PostgresConfig {
             self.command_timeout_seconds,
             false,
         )?;
+        self.durable.validate()?;
         self.dispatcher.validate()?;
         let (mut pg, verify) = crate::redact::parse(self.url.expose())?;
         if pg.get_connect_timeout().is_none() {
@@ -192,6 +212,8 @@ impl fmt::Debug for PostgresConfig {
             .field("max_message_bytes", &self.max_message_bytes)
             .field("large_payload_ttl_seconds", &self.large_payload_ttl_seconds)
             .field("command_timeout_seconds", &self.command_timeout_seconds)
+            .field("delivery", &self.delivery)
+            .field("durable", &self.durable)
             .field("dispatcher", &self.dispatcher)
             .finish()
     }
@@ -207,7 +229,17 @@ mod tests {
         let c: PostgresConfig = from_json_str(r#"{"url": "host=x"}"#).unwrap();
         assert_eq!(c, PostgresConfig::new("host=x"));
         assert_eq!(c.channel_prefix, "events");
+        assert_eq!(c.delivery, DeliveryMode::Notify);
         c.validate().unwrap();
+        let c: PostgresConfig = from_json_str(
+            r#"{"url": "host=x", "delivery": "table", "durable": {"lease_seconds": "2s"}}"#,
+        )
+        .unwrap();
+        assert_eq!(c.delivery, DeliveryMode::Table);
+        assert_eq!(c.durable.lease(), Duration::from_secs(2));
+        let err =
+            from_json_str::<PostgresConfig>(r#"{"url": "x", "delivery": "queue"}"#).unwrap_err();
+        assert!(err.to_string().contains("queue"), "{err}");
         let err = from_json_str::<PostgresConfig>("{}").unwrap_err();
         assert!(err.to_string().contains("`url`"), "{err}");
         let err = from_json_str::<PostgresConfig>(r#"{"url": "x", "colour": 1}"#).unwrap_err();
@@ -233,6 +265,11 @@ mod tests {
             "large_payload_ttl_seconds",
         );
         bad(|c| c.max_message_bytes = 10, "max_message_bytes");
+        bad(
+            |c| c.durable.claim_batch_size = 0,
+            "durable.claim_batch_size",
+        );
+        bad(|c| c.durable.lease_seconds = 0.0, "durable.lease_seconds");
         bad(|c| c.url = "port=notanumber".into(), "`url`");
         bad(
             |c| c.dispatcher.queue_maxsize = 0,

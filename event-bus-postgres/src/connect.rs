@@ -67,7 +67,7 @@ impl Connector {
             .collect()
     }
 
-    /// Opens a connection for `role` (`listen` or `publish`). Unless the connection
+    /// Opens a connection for `role` (`listen`, `publish` or `claim`). Unless the connection
     /// string sets one, the session's `application_name` is
     /// `eventbus-{role}-{channel_prefix}`, so operators can find it in `pg_stat_activity`.
     pub(crate) async fn connect(&self, role: &str) -> Result<(Client, PgConnection), Error> {

@@ -21,12 +21,16 @@
 //! * **TLS** with rustls, following libpq's `sslmode`: `prefer` (default) and `require`
 //!   encrypt without verifying the certificate, `verify-ca`/`verify-full` verify it
 //!   against the Mozilla roots, `disable` never encrypts.
+//! * **Durable delivery** (`delivery = "table"`, see [`durable`]): at-least-once per
+//!   consumer group through a delivery table woken by NOTIFY, with server-side attempt
+//!   counts, leases, retries, dead letters ([`PostgresEventBus::dead_letters`],
+//!   [`PostgresEventBus::redrive`]) and transactional publish.
 //! * **Reconnect**: a lost LISTEN connection is reopened with backoff and every channel
 //!   is LISTENed again; the reconnect is counted and logged.
 //!
 //! # Guarantees
 //!
-//! At-most-once: an event published while a bus's LISTEN connection is down is lost
+//! In the default `delivery = "notify"` mode, at-most-once: an event published while a bus's LISTEN connection is down is lost
 //! for that bus. Events from one publishing task arrive in publish order (PostgreSQL
 //! delivers notifications in commit order). Malformed notifications are counted in
 //! `malformed`, skipped, and logged within a rate limit
@@ -59,6 +63,7 @@ mod bus;
 pub mod channel;
 mod config;
 mod connect;
+pub mod durable;
 mod large;
 mod listener;
 mod outgoing;
@@ -70,6 +75,7 @@ mod tls;
 pub use bus::PostgresEventBus;
 pub use config::PostgresConfig;
 pub use connect::{RawConnection, connect_raw};
+pub use durable::{DeadLetterEntry, DeliveryMode, DurableConfig, DurableGroupStats, DurableHealth};
 pub use large::NOTIFY_PAYLOAD_LIMIT;
 /// The driver, re-exported so that [`PostgresEventBus::publish_in`] callers need no
 /// separate dependency.

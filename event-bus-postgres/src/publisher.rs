@@ -8,6 +8,7 @@
 //! one while the pool is healthy.
 
 use std::{
+    collections::HashMap,
     future::Future,
     sync::{
         Arc,
@@ -20,7 +21,7 @@ use event_bus_core::{
     deadline::{self, Operation, within},
 };
 use tokio::sync::{Mutex, OnceCell};
-use tokio_postgres::{Client, Statement};
+use tokio_postgres::{Client, Row, Statement, types::ToSql};
 
 use crate::connect::Connector;
 
@@ -39,11 +40,34 @@ pub(crate) struct PooledClient {
     one: Statement,
     many: Statement,
     large: OnceCell<Statement>,
+    /// Statements of the durable mode, prepared on first use on this connection.
+    prepared: std::sync::Mutex<HashMap<String, Statement>>,
+}
+
+impl PooledClient {
+    /// `sql` prepared on this connection (once).
+    async fn prepared(&self, sql: &str) -> Result<Statement, tokio_postgres::Error> {
+        let cached = lock(&self.prepared).get(sql).cloned();
+        if let Some(stmt) = cached {
+            return Ok(stmt);
+        }
+        let stmt = self.client.prepare(sql).await?;
+        lock(&self.prepared).insert(sql.to_owned(), stmt.clone());
+        Ok(stmt)
+    }
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// The publishing connections.
 pub(crate) struct Pool {
     connector: Arc<Connector>,
+    /// The `application_name` role of its connections (`publish`, `claim`).
+    role: &'static str,
+    /// Settings applied to each new connection (`SET ...`).
+    session: Option<&'static str>,
     slots: Vec<Mutex<Option<Arc<PooledClient>>>>,
     in_flight: Vec<AtomicUsize>,
     next: AtomicUsize,
@@ -53,8 +77,20 @@ pub(crate) struct Pool {
 impl Pool {
     /// A pool of `size` connections, none opened yet.
     pub(crate) fn new(connector: Arc<Connector>, size: usize) -> Self {
+        Self::with_role(connector, size, "publish", None)
+    }
+
+    /// A pool of `size` connections named for `role`, each set up with `session`.
+    pub(crate) fn with_role(
+        connector: Arc<Connector>,
+        size: usize,
+        role: &'static str,
+        session: Option<&'static str>,
+    ) -> Self {
         Self {
             connector,
+            role,
+            session,
             slots: (0..size).map(|_| Mutex::new(None)).collect(),
             in_flight: (0..size).map(|_| AtomicUsize::new(0)).collect(),
             next: AtomicUsize::new(0),
@@ -110,18 +146,23 @@ impl Pool {
     }
 
     async fn open(&self) -> Result<PooledClient, Error> {
-        let (client, connection) = self.connector.connect("publish").await?;
+        let (client, connection) = self.connector.connect(self.role).await?;
         tokio::spawn(async move {
             if let Err(e) = connection.await {
                 tracing::debug!(error = %e, "publish connection closed");
             }
         });
+        let session = self.session;
         let prepare = async {
+            if let Some(sql) = session {
+                client.batch_execute(sql).await?;
+            }
             Ok::<_, tokio_postgres::Error>(PooledClient {
                 pair: client.prepare(NOTIFY_PAIR).await?,
                 one: client.prepare(NOTIFY_ONE).await?,
                 many: client.prepare(NOTIFY_MANY).await?,
                 large: OnceCell::new(),
+                prepared: Default::default(),
                 client,
             })
         };
@@ -238,6 +279,35 @@ impl Pool {
             rows.iter()
                 .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
                 .collect()
+        })
+        .await
+    }
+
+    /// Runs `sql`, prepared once per connection, with `params`, returning its rows.
+    pub(crate) async fn query_prepared(
+        &self,
+        what: &str,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<Row>, SendError> {
+        self.send(what, |pc| async move {
+            let stmt = pc.prepared(sql).await?;
+            pc.client.query(&stmt, params).await
+        })
+        .await
+    }
+
+    /// Runs `sql`, prepared once per connection, with `params`, returning the number
+    /// of rows it changed.
+    pub(crate) async fn execute_prepared(
+        &self,
+        what: &str,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<u64, SendError> {
+        self.send(what, |pc| async move {
+            let stmt = pc.prepared(sql).await?;
+            pc.client.execute(&stmt, params).await
         })
         .await
     }

@@ -24,6 +24,7 @@ use tokio::sync::mpsc;
 use tokio_postgres::Notification;
 
 use crate::{
+    durable::Durable,
     large::{LargeRef, LargeStore},
     listener::{Incoming, Listener, StopSignal, drain_deadline_passed},
     publisher::Pool,
@@ -40,6 +41,8 @@ pub(crate) struct ReceiveCtx {
     /// Bounds the warnings that received notifications cause, malformed ones and
     /// failed large-payload lookups together (see [`event_bus_core::log_limit`]).
     pub(crate) wire_warnings: LogLimiter,
+    /// The durable mode, woken by notifications on its channel.
+    pub(crate) durable: Option<Arc<Durable>>,
 }
 
 /// Why [`pump`] returned.
@@ -62,6 +65,7 @@ enum Item {
     Event(Event, Route),
     Ref(LargeRef, Route),
     Flush(String),
+    Wake(String),
     Skip,
 }
 
@@ -104,6 +108,11 @@ pub(crate) async fn pump(
                     }
                 }
                 Item::Flush(token) => listener.flush_arrived(&token),
+                Item::Wake(groups) => {
+                    if let Some(durable) = &ctx.durable {
+                        durable.wake(&groups);
+                    }
+                }
                 Item::Ref(..) | Item::Skip => {}
             }
         }
@@ -157,6 +166,9 @@ fn classify(listener: &Listener, ctx: &ReceiveCtx, n: &Notification) -> Item {
     let channel = n.channel();
     if channel == channels.flush() {
         return Item::Flush(n.payload().to_owned());
+    }
+    if ctx.durable.as_ref().is_some_and(|d| d.channel() == channel) {
+        return Item::Wake(n.payload().to_owned());
     }
     let route = if channel == channels.all() {
         Route::Pattern

@@ -39,6 +39,11 @@ pub use event_bus_memory::{MemoryConfig, MemoryEventBus};
 #[cfg(feature = "nats")]
 #[cfg_attr(docsrs, doc(cfg(feature = "nats")))]
 pub use event_bus_nats::{NatsConfig, NatsEventBus};
+/// The PostgreSQL backend crate, for what only it has (the durable mode's
+/// `DeliveryMode`, `DurableConfig`, dead letters and statistics).
+#[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
+pub use event_bus_postgres as postgres;
 #[cfg(feature = "postgres")]
 #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
 pub use event_bus_postgres::{PostgresConfig, PostgresEventBus};

@@ -34,6 +34,25 @@ pub fn postgres(ns: String, dispatcher: DispatcherConfig) -> BoxFuture<'static, 
     })
 }
 
+/// PostgreSQL in the durable mode (`delivery = "table"`): tables under prefix `ns`,
+/// polling every 200 ms (NOTIFY wakes claimers sooner). Each test's tables stay in
+/// the test database under its own prefix; `.ci/run` drops those of earlier runs.
+pub fn postgres_table(
+    ns: String,
+    dispatcher: DispatcherConfig,
+) -> BoxFuture<'static, Arc<dyn EventBus>> {
+    Box::pin(async move {
+        let mut config = event_bus::PostgresConfig::new(crate::postgres_server::url().await)
+            .with_channel_prefix(ns)
+            .with_delivery(event_bus_postgres::DeliveryMode::Table)
+            .with_dispatcher(dispatcher);
+        config.durable.poll_interval_seconds = 0.2;
+        let bus = event_bus::PostgresEventBus::new(config).expect("valid postgres config");
+        bus.connect().await.expect("postgres connect");
+        Arc::new(bus) as Arc<dyn EventBus>
+    })
+}
+
 /// Redis: channel prefix `ns` on the server [`redis_server`](crate::redis_server) finds.
 pub fn redis(ns: String, dispatcher: DispatcherConfig) -> BoxFuture<'static, Arc<dyn EventBus>> {
     Box::pin(async move {

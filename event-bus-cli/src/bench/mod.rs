@@ -22,6 +22,7 @@ mod histogram;
 mod raw_memory;
 mod raw_nats;
 mod raw_postgres;
+mod raw_postgres_queue;
 mod raw_redis;
 mod raw_streams;
 mod report;
@@ -79,8 +80,9 @@ pub(crate) struct BenchArgs {
     /// Print the report as JSON (and no progress bar).
     #[arg(long)]
     json: bool,
-    /// Redis: measure the durable mode (`delivery = "streams"`, also chosen by a config
-    /// file that sets it) next to raw `XADD`/`XREADGROUP`/`XACK`.
+    /// Measure the backend's durable mode (also chosen by a config file that sets it):
+    /// Redis `delivery = "streams"` next to raw `XADD`/`XREADGROUP`/`XACK`, PostgreSQL
+    /// `delivery = "table"` next to a raw queue table.
     #[arg(long)]
     durable: bool,
 }
@@ -152,17 +154,17 @@ pub(crate) async fn run(args: BenchArgs, backend: &BackendArgs) -> Result<(), Fa
         && let Value::Object(map) = &mut selection.value
     {
         map.insert("channel_prefix".into(), prefix.clone().into());
-        if args.durable {
-            if name != "redis" {
-                return Err(Failure::usage(
-                    "--durable: only the redis backend has a durable mode",
-                ));
-            }
-            map.insert("delivery".into(), "streams".into());
-        }
     }
-    let durable = selection.value.get("delivery").and_then(Value::as_str) == Some("streams");
+    if args.durable {
+        crate::dlq::durable(&mut selection, "--durable", true)?;
+    }
     let config = selection.value.clone();
+    // A durable mode is compared with its raw queue: Redis `delivery = "streams"` with
+    // XADD/XREADGROUP/XACK, PostgreSQL `delivery = "table"` with a raw queue table.
+    let durable = matches!(
+        config.get("delivery").and_then(Value::as_str),
+        Some("streams" | "table")
+    );
     let pad_len = args.payload_bytes.saturating_sub(20);
     let workload = Workload {
         events: args.events,
@@ -184,6 +186,7 @@ pub(crate) async fn run(args: BenchArgs, backend: &BackendArgs) -> Result<(), Fa
         "memory" => Some(Box::new(|w, c| Box::pin(raw_memory::run(w, c)))),
         "redis" if durable => Some(raw_streams::path(&config)?),
         "redis" => Some(raw_redis::path(&config)?),
+        "postgres" if durable => Some(raw_postgres_queue::path(&config)?),
         "postgres" => raw_postgres::path(&config, &raw_workload)?,
         "nats" => Some(raw_nats::path(&config)),
         _ => None,
@@ -210,7 +213,7 @@ pub(crate) async fn run(args: BenchArgs, backend: &BackendArgs) -> Result<(), Fa
         }
         (measured, _) => measured,
     };
-    if durable {
+    if durable && name == "redis" {
         // Streams keep their entries: delete what the run added.
         raw_streams::cleanup(&config, &prefix, &raw_workload).await?;
     }
@@ -222,6 +225,9 @@ pub(crate) async fn run(args: BenchArgs, backend: &BackendArgs) -> Result<(), Fa
     warn_if_short(&bus, raw.as_ref());
     let report = report::Report::new(&name, &args_summary(&args), bus, raw);
     report.print(args.json);
+    if durable && name == "postgres" {
+        raw_postgres_queue::drop_durable_tables(&config).await?;
+    }
     Ok(())
 }
 

@@ -24,22 +24,28 @@ const NOTIFY_LIMIT: usize = 8000;
 /// # Errors
 /// A usage failure if the config has no server URL.
 pub(crate) fn path(config: &Value, w: &Workload) -> Result<Option<Path>, Failure> {
-    let conninfo = ["url", "connection_string"]
-        .into_iter()
-        .find_map(|key| config.get(key).and_then(Value::as_str));
-    let Some(conninfo) = conninfo else {
-        return Err(Failure::usage("raw postgres: the server URL is missing"));
-    };
+    let conninfo = conninfo(config)?;
     if w.pad_len() + 400 >= NOTIFY_LIMIT {
         crate::output::notice(format!(
             "raw postgres skipped: payloads do not fit in one NOTIFY ({NOTIFY_LIMIT} bytes)"
         ));
         return Ok(None);
     }
-    let conninfo = conninfo.to_owned();
     Ok(Some(Box::new(move |w, c| {
         Box::pin(run(conninfo.clone(), w, c))
     })))
+}
+
+/// The server URL of a postgres config.
+///
+/// # Errors
+/// A usage failure if it is missing.
+pub(crate) fn conninfo(config: &Value) -> Result<String, Failure> {
+    ["url", "connection_string"]
+        .into_iter()
+        .find_map(|key| config.get(key).and_then(Value::as_str))
+        .map(str::to_owned)
+        .ok_or_else(|| Failure::usage("raw postgres: the server URL is missing"))
 }
 
 fn failed(what: &str) -> impl Fn(tokio_postgres::Error) -> Failure + '_ {
@@ -47,8 +53,8 @@ fn failed(what: &str) -> impl Fn(tokio_postgres::Error) -> Failure + '_ {
 }
 
 /// Opens a connection whose notifications are decoded and recorded for subscriber `sub`
-/// (`None`: a publishing connection).
-async fn connect(
+/// (`None`: a connection that only runs statements).
+pub(super) async fn connect(
     conninfo: &str,
     sub: Option<(usize, Arc<Collector>)>,
 ) -> Result<(Client, tokio::task::JoinHandle<()>), Failure> {
@@ -113,7 +119,7 @@ async fn run(
 }
 
 /// Whether the session of `client` is encrypted, as the server reports it.
-async fn encrypted(client: &Client) -> Result<bool, Failure> {
+pub(super) async fn encrypted(client: &Client) -> Result<bool, Failure> {
     let row = client
         .query_one(
             "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
