@@ -158,6 +158,12 @@ impl RedisConfig {
         )?;
         check_seconds("ping_interval_seconds", self.ping_interval_seconds, true)?;
         self.streams.validate()?;
+        if self.delivery == DeliveryMode::Streams {
+            self.streams.check_retry(
+                &self.dispatcher.retry,
+                "dispatcher.retry.max_backoff_seconds",
+            )?;
+        }
         self.connection_info().map(|_| ())
     }
 

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use event_bus_core::{Error, config::check_seconds, options::validate_group};
+use event_bus_core::{Error, RetryPolicy, config::check_seconds, options::validate_group};
 use serde::{Deserialize, Serialize};
 
 /// How the Redis backend carries events (config key `delivery`).
@@ -121,6 +121,26 @@ impl StreamsConfig {
         Ok(())
     }
 
+    /// Checks that `retry` fits this mode: a retry waits on the server for at most one
+    /// lease (the entry becomes claimable again when its lease runs out), so a backoff
+    /// longer than `lease_seconds` cannot be honoured and is refused rather than cut short.
+    ///
+    /// # Errors
+    /// [`Error::Config`] naming `key` (where the retry policy was set).
+    pub fn check_retry(&self, retry: &RetryPolicy, key: &str) -> Result<(), Error> {
+        if retry.max_attempts > 1 && retry.max_backoff_seconds > self.lease_seconds {
+            return Err(Error::config(
+                key,
+                format!(
+                    "{} s is longer than streams.lease_seconds ({} s): in streams mode a retry \
+                     waits at most one lease; raise the lease or lower the backoff",
+                    retry.max_backoff_seconds, self.lease_seconds
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// `lease_seconds` as a duration.
     pub fn lease(&self) -> Duration {
         Duration::from_secs_f64(self.lease_seconds)
@@ -135,5 +155,35 @@ impl StreamsConfig {
     pub fn consumer_idle(&self) -> Option<Duration> {
         (self.consumer_idle_seconds > 0.0)
             .then(|| Duration::from_secs_f64(self.consumer_idle_seconds))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn a_backoff_longer_than_the_lease_is_refused_naming_the_key() {
+        let streams = StreamsConfig::default();
+        let fits = RetryPolicy::exponential(5, Duration::from_millis(100), Duration::from_secs(30));
+        streams.check_retry(&fits, "k").unwrap();
+        let long = RetryPolicy::exponential(5, Duration::from_millis(100), Duration::from_secs(60));
+        let err = streams
+            .check_retry(&long, "options.retry.max_backoff_seconds")
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("`options.retry.max_backoff_seconds`"),
+            "{err}"
+        );
+        assert!(err.to_string().contains("streams.lease_seconds"), "{err}");
+        // Without retries there is no backoff to honour.
+        let once = RetryPolicy {
+            max_attempts: 1,
+            ..long
+        };
+        streams.check_retry(&once, "k").unwrap();
     }
 }

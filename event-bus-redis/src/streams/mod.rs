@@ -140,6 +140,8 @@ impl Streams {
         subscriber: Subscriber,
     ) -> Result<Subscription, Error> {
         let resolved = options.resolve(self.dispatcher.config())?;
+        self.config
+            .check_retry(&resolved.retry, "options.retry.max_backoff_seconds")?;
         let group = match resolved.group {
             Some(group) => group,
             None => self.implicit_group(&pattern),

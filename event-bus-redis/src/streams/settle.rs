@@ -55,7 +55,7 @@ impl Settle for StreamSettle {
     /// Makes the entry claimable after `delay`: `XCLAIM ... IDLE <lease - delay> JUSTID`
     /// (the delivery count is not bumped), so whichever member claims expired entries
     /// first after `delay` (this consumer included: it claims at that time) delivers it
-    /// again. A delay longer than the lease is cut to the lease.
+    /// again. Delays never exceed the lease: longer backoffs are refused at subscribe.
     async fn retry(self: Box<Self>, delay: Duration, _error: &str) -> Result<(), Error> {
         let Some(streams) = self.ctx.streams.upgrade() else {
             return Err(Error::Closed);
