@@ -11,7 +11,7 @@ use std::{
     time::Duration,
 };
 
-use event_bus::{
+use multibus::{
     Config, Event, EventBus, EventBusExt, EventType, MetricsSnapshot, Priority, create_event_bus,
 };
 use serde_json::json;
@@ -91,7 +91,7 @@ pub(crate) async fn run(_args: DemoArgs, backend: &BackendArgs) -> Result<(), Fa
 }
 
 /// The normal, failing and slow handlers on `market:*`; returns the failing one.
-async fn subscribe_market_handlers(bus: &dyn EventBus) -> Result<event_bus::Subscription, Failure> {
+async fn subscribe_market_handlers(bus: &dyn EventBus) -> Result<multibus::Subscription, Failure> {
     bus.subscribe("market:*", |e: Event| async move {
         say(format!("   [normal]  {} {}", e.topic, e.payload));
         Ok::<(), std::io::Error>(())

@@ -5,7 +5,7 @@
 
 use std::io::Write;
 
-use event_bus::{Config, DeadLetterInfo, EventBus, envelope};
+use multibus::{Config, DeadLetterInfo, EventBus, envelope};
 use serde_json::Value;
 
 use crate::{
@@ -88,8 +88,8 @@ pub(crate) fn durable(
 
 /// A backend's dead-letter store.
 enum Store {
-    Redis(event_bus::RedisEventBus),
-    Postgres(event_bus::PostgresEventBus),
+    Redis(multibus::RedisEventBus),
+    Postgres(multibus::PostgresEventBus),
 }
 
 /// One dead letter, as printed.
@@ -105,8 +105,8 @@ impl Store {
     fn open(mut selection: Selection) -> Result<Self, Failure> {
         durable(&mut selection, "dlq", true)?;
         match selection.parse()? {
-            Config::Redis(c) => Ok(Self::Redis(event_bus::RedisEventBus::new(c)?)),
-            Config::Postgres(c) => Ok(Self::Postgres(event_bus::PostgresEventBus::new(c)?)),
+            Config::Redis(c) => Ok(Self::Redis(multibus::RedisEventBus::new(c)?)),
+            Config::Postgres(c) => Ok(Self::Postgres(multibus::PostgresEventBus::new(c)?)),
             _ => Err(Failure::usage(
                 "dlq: dead letters are kept by the durable modes of redis and postgres only",
             )),

@@ -2,7 +2,7 @@
 
 use std::{error::Error as StdError, fmt, process::ExitCode};
 
-use event_bus::Error;
+use multibus::Error;
 
 /// Why the command failed, and with which exit status.
 #[derive(Debug)]

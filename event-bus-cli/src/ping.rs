@@ -6,7 +6,7 @@
 
 use std::{io::Write, time::Instant};
 
-use event_bus::{Config, EventBus};
+use multibus::{Config, EventBus};
 
 use crate::{backend::BackendArgs, failure::Failure};
 
@@ -32,7 +32,7 @@ pub(crate) async fn run(_args: PingArgs, backend: &BackendArgs) -> Result<(), Fa
         say("server: none (the memory backend lives in this process)");
         return Ok(());
     };
-    let bus = event_bus::create_event_bus(config)?;
+    let bus = multibus::create_event_bus(config)?;
     let result = round_trip(bus.as_ref()).await;
     let _ = bus.close().await;
     let (connect_ms, trip_ms) =

@@ -3,7 +3,7 @@
 
 use std::io::{IsTerminal, Read};
 
-use event_bus::{Event, EventBus, EventType, Priority, envelope};
+use multibus::{Event, EventBus, EventType, Priority, envelope};
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
@@ -79,7 +79,7 @@ impl Template {
             })
             .collect::<Result<_, _>>()?;
         if let Some(topic) = &args.topic {
-            event_bus::topic::validate_topic(topic)?;
+            multibus::topic::validate_topic(topic)?;
         }
         let Ok(event_type) = args.event_type.parse();
         Ok(Self {

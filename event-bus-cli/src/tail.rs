@@ -5,7 +5,7 @@ use std::{
     io::Write,
 };
 
-use event_bus::{Event, EventBusExt, SubscribeOptions, envelope};
+use multibus::{Event, EventBusExt, SubscribeOptions, envelope};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::{backend::BackendArgs, failure::Failure, output::notice, signal::StopSignals};
@@ -177,7 +177,7 @@ pub(crate) fn human_line(event: &Event) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use event_bus::{EventType, Priority};
+    use multibus::{EventType, Priority};
 
     #[test]
     fn human_line_shows_every_field_that_is_set() {

@@ -47,7 +47,7 @@ pub enum Error {
 
     /// The configuration names a backend whose Cargo feature is not enabled.
     #[error(
-        "backend `{backend}` is not compiled in: enable the `{feature}` feature of the `event-bus` crate"
+        "backend `{backend}` is not compiled in: enable the `{feature}` feature of the `multibus` crate"
     )]
     BackendDisabled {
         /// The backend that was asked for.

@@ -1,9 +1,9 @@
-//! Core of the `event-bus` crate family: the [`EventBus`] trait, [`Event`] and its
+//! Core of the `multibus` crate family: the [`EventBus`] trait, [`Event`] and its
 //! parts, topic and [pattern] rules, handlers, [`Subscription`], configuration, the
 //! shared [`Dispatcher`] every backend delivers through, metrics and the wire
 //! [envelope].
 //!
-//! Applications depend on the `event-bus` facade crate, which re-exports all of this
+//! Applications depend on the `multibus` facade crate, which re-exports all of this
 //! and picks a backend from configuration. Backend authors depend on this crate.
 //!
 //! ```

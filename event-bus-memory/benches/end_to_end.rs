@@ -54,7 +54,7 @@ fn bench_bus(c: &mut Criterion, rt: &Runtime, subscribers: usize) {
     let event = sample_event();
     let mut group = c.benchmark_group("publish_to_handler");
     group.throughput(Throughput::Elements(BATCH));
-    group.bench_function(BenchmarkId::new("event-bus", subscribers), |b| {
+    group.bench_function(BenchmarkId::new("multibus", subscribers), |b| {
         b.iter_custom(|iters| time_batches(rt, &bus, &event, iters))
     });
     group.finish();

@@ -1,4 +1,4 @@
-//! In-process backend of the `event-bus` crate family: publish puts the event straight
+//! In-process backend of the `multibus` crate family: publish puts the event straight
 //! into the shared dispatcher's subscription queues, with no serialization and no network.
 //!
 //! Use it in development, in tests, and for decoupling components of one process. Every

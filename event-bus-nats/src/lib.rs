@@ -1,4 +1,4 @@
-//! Core NATS backend of the `event-bus` crate family.
+//! Core NATS backend of the `multibus` crate family.
 //!
 //! [`NatsEventBus`] publishes each event as a versioned JSON envelope
 //! (`docs/wire-format.md`) on one client connection, which also receives; every

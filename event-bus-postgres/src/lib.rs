@@ -1,4 +1,4 @@
-//! PostgreSQL LISTEN/NOTIFY backend of the `event-bus` crate family: a service that
+//! PostgreSQL LISTEN/NOTIFY backend of the `multibus` crate family: a service that
 //! already runs PostgreSQL gets an event bus with no new infrastructure.
 //!
 //! * **Publishing** sends `SELECT pg_notify($1, $3), pg_notify($2, $3)` (bind

@@ -1,4 +1,4 @@
-//! Redis pub/sub backend of the `event-bus` crate family.
+//! Redis pub/sub backend of the `multibus` crate family.
 //!
 //! [`RedisEventBus`] publishes each event as a versioned JSON envelope
 //! (`docs/wire-format.md`) with `PUBLISH` on one multiplexed connection, and receives on

@@ -34,7 +34,7 @@ impl BackendName {
         }
     }
 
-    /// The Cargo feature of the `event-bus` crate that compiles this backend in.
+    /// The Cargo feature of the `multibus` crate that compiles this backend in.
     pub fn feature(self) -> &'static str {
         self.as_str()
     }
@@ -83,13 +83,13 @@ impl FromStr for BackendName {
 /// picks the variant, the other keys belong to that backend's config type.
 ///
 /// ```
-/// use event_bus::Config;
+/// use multibus::Config;
 /// let config = Config::from_json_str(r#"{"backend": "memory", "dispatcher": {"handler_timeout_seconds": 2}}"#)?;
 /// assert_eq!(config.backend().as_str(), "memory");
 /// let config = Config::from_toml_str("backend = \"memory\"\n[dispatcher]\nqueue_maxsize = 10\n")?;
 /// let err = Config::from_json_str(r#"{"backend": "memory", "dispatcher": {"queue_maxsize": "ten"}}"#).unwrap_err();
 /// assert!(err.to_string().contains("dispatcher.queue_maxsize"));
-/// # Ok::<(), event_bus::Error>(())
+/// # Ok::<(), multibus::Error>(())
 /// ```
 #[derive(Clone, Debug)]
 #[non_exhaustive]

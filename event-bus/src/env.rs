@@ -32,7 +32,7 @@ impl Config {
     /// file or the URL, the key at fault; [`Error::BackendDisabled`] naming the feature.
     ///
     /// ```no_run
-    /// use event_bus::prelude::*;
+    /// use multibus::prelude::*;
     /// # async fn run() -> Result<(), Error> {
     /// // EVENT_BUS_URL=redis://127.0.0.1:6379 ./my-service
     /// let bus = create_event_bus(Config::from_env()?)?;
@@ -50,13 +50,13 @@ impl Config {
     /// As [`from_env`](Self::from_env).
     ///
     /// ```
-    /// use event_bus::{BackendName, Config};
+    /// use multibus::{BackendName, Config};
     /// let config = Config::from_env_with(|name| match name {
     ///     "EVENT_BUS_BACKEND" => Some("memory".to_owned()),
     ///     _ => None,
     /// })?;
     /// assert_eq!(config.backend(), BackendName::Memory);
-    /// # Ok::<(), event_bus::Error>(())
+    /// # Ok::<(), multibus::Error>(())
     /// ```
     pub fn from_env_with(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, Error> {
         let var = |name: &str| lookup(name).filter(|value| !value.is_empty());

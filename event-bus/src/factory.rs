@@ -13,7 +13,7 @@ use crate::backend::Config;
 /// [`Error::Config`] for bad settings (naming the key).
 ///
 /// ```
-/// use event_bus::prelude::*;
+/// use multibus::prelude::*;
 /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Error> {
 /// let bus = create_event_bus(Config::from_json_str(r#"{"backend": "memory"}"#)?)?;
 /// bus.connect().await?;

@@ -54,7 +54,7 @@ pub use event_bus_redis::{
     StreamsConfig,
 };
 
-/// The names most programs need: `use event_bus::prelude::*;`.
+/// The names most programs need: `use multibus::prelude::*;`.
 pub mod prelude {
     pub use crate::{
         Config, Delivery, Error, Event, EventBus, EventBusExt, EventStream, EventType,

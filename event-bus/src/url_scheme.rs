@@ -21,7 +21,7 @@ impl BackendName {
     /// config may use but which names no backend by itself).
     ///
     /// ```
-    /// use event_bus::BackendName;
+    /// use multibus::BackendName;
     /// assert_eq!(BackendName::for_url("rediss://cache:6380"), Some(BackendName::Redis));
     /// assert_eq!(BackendName::for_url("postgresql://db/app"), Some(BackendName::Postgres));
     /// assert_eq!(BackendName::for_url("nats://127.0.0.1:4222"), Some(BackendName::Nats));

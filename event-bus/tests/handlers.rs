@@ -5,7 +5,7 @@ use std::sync::{
     atomic::{AtomicU64, Ordering},
 };
 
-use event_bus::prelude::*;
+use multibus::prelude::*;
 use serde::Deserialize;
 use serde_json::json;
 

@@ -104,9 +104,9 @@ log "EVENT_BUS_TEST_SERVERS=containers cargo test $*"
 EVENT_BUS_TEST_SERVERS=containers cargo test "$@"
 
 # Each test binary's reaper removes its containers as the binary exits.
-no_test_containers() { [ -z "$(docker ps -aq --filter label=event-bus.test-server)" ]; }
+no_test_containers() { [ -z "$(docker ps -aq --filter label=multibus.test-server)" ]; }
 if ! wait_for "the removal of the test containers" no_test_containers; then
-  docker ps -a --filter label=event-bus.test-server >&2
+  docker ps -a --filter label=multibus.test-server >&2
   exit 1
 fi
 log "all test containers were removed"

@@ -2,8 +2,8 @@
 
 use std::sync::Arc;
 
-use event_bus::{DispatcherConfig, EventBus};
 use futures_util::future::BoxFuture;
+use multibus::{DispatcherConfig, EventBus};
 
 /// Builds a connected bus for namespace `ns` (channel prefix for network backends) with
 /// the given dispatcher settings. Two calls with the same `ns` on a network backend give
@@ -14,7 +14,7 @@ pub type Factory =
 /// The in-process backend (the namespace is irrelevant: each bus is its own world).
 pub fn memory(_ns: String, dispatcher: DispatcherConfig) -> BoxFuture<'static, Arc<dyn EventBus>> {
     Box::pin(async move {
-        let bus = event_bus::MemoryEventBus::new(event_bus::MemoryConfig { dispatcher })
+        let bus = multibus::MemoryEventBus::new(multibus::MemoryConfig { dispatcher })
             .expect("valid memory config");
         bus.connect().await.expect("memory connect");
         Arc::new(bus) as Arc<dyn EventBus>
@@ -25,10 +25,10 @@ pub fn memory(_ns: String, dispatcher: DispatcherConfig) -> BoxFuture<'static, A
 /// finds.
 pub fn postgres(ns: String, dispatcher: DispatcherConfig) -> BoxFuture<'static, Arc<dyn EventBus>> {
     Box::pin(async move {
-        let config = event_bus::PostgresConfig::new(crate::postgres_server::url().await)
+        let config = multibus::PostgresConfig::new(crate::postgres_server::url().await)
             .with_channel_prefix(ns)
             .with_dispatcher(dispatcher);
-        let bus = event_bus::PostgresEventBus::new(config).expect("valid postgres config");
+        let bus = multibus::PostgresEventBus::new(config).expect("valid postgres config");
         bus.connect().await.expect("postgres connect");
         Arc::new(bus) as Arc<dyn EventBus>
     })
@@ -42,12 +42,12 @@ pub fn postgres_table(
     dispatcher: DispatcherConfig,
 ) -> BoxFuture<'static, Arc<dyn EventBus>> {
     Box::pin(async move {
-        let mut config = event_bus::PostgresConfig::new(crate::postgres_server::url().await)
+        let mut config = multibus::PostgresConfig::new(crate::postgres_server::url().await)
             .with_channel_prefix(ns)
             .with_delivery(event_bus_postgres::DeliveryMode::Table)
             .with_dispatcher(dispatcher);
         config.durable.poll_interval_seconds = 0.2;
-        let bus = event_bus::PostgresEventBus::new(config).expect("valid postgres config");
+        let bus = multibus::PostgresEventBus::new(config).expect("valid postgres config");
         bus.connect().await.expect("postgres connect");
         Arc::new(bus) as Arc<dyn EventBus>
     })
@@ -56,13 +56,13 @@ pub fn postgres_table(
 /// Redis: channel prefix `ns` on the server [`redis_server`](crate::redis_server) finds.
 pub fn redis(ns: String, dispatcher: DispatcherConfig) -> BoxFuture<'static, Arc<dyn EventBus>> {
     Box::pin(async move {
-        let config = event_bus::RedisConfig {
+        let config = multibus::RedisConfig {
             channel_prefix: ns,
             dispatcher,
-            ..event_bus::RedisConfig::from_url(crate::redis_server::url().await)
+            ..multibus::RedisConfig::from_url(crate::redis_server::url().await)
                 .expect("valid Redis URL")
         };
-        let bus = event_bus::RedisEventBus::new(config).expect("valid redis config");
+        let bus = multibus::RedisEventBus::new(config).expect("valid redis config");
         bus.connect().await.expect("redis connect");
         Arc::new(bus) as Arc<dyn EventBus>
     })
@@ -75,15 +75,15 @@ pub fn redis_streams(
     dispatcher: DispatcherConfig,
 ) -> BoxFuture<'static, Arc<dyn EventBus>> {
     Box::pin(async move {
-        let mut config = event_bus::RedisConfig {
+        let mut config = multibus::RedisConfig {
             channel_prefix: ns,
             dispatcher,
-            delivery: event_bus::DeliveryMode::Streams,
-            ..event_bus::RedisConfig::from_url(crate::redis_server::url().await)
+            delivery: multibus::DeliveryMode::Streams,
+            ..multibus::RedisConfig::from_url(crate::redis_server::url().await)
                 .expect("valid Redis URL")
         };
         config.streams.lease_seconds = 1.0;
-        let bus = event_bus::RedisEventBus::new(config).expect("valid redis config");
+        let bus = multibus::RedisEventBus::new(config).expect("valid redis config");
         bus.connect().await.expect("redis connect");
         Arc::new(bus) as Arc<dyn EventBus>
     })
@@ -92,13 +92,13 @@ pub fn redis_streams(
 /// NATS: channel prefix `ns` on the server [`nats_server`](crate::nats_server) finds.
 pub fn nats(ns: String, dispatcher: DispatcherConfig) -> BoxFuture<'static, Arc<dyn EventBus>> {
     Box::pin(async move {
-        let config = event_bus::NatsConfig {
+        let config = multibus::NatsConfig {
             channel_prefix: ns,
             dispatcher,
-            ..event_bus::NatsConfig::from_url(crate::nats_server::url().await)
+            ..multibus::NatsConfig::from_url(crate::nats_server::url().await)
                 .expect("valid NATS URL")
         };
-        let bus = event_bus::NatsEventBus::new(config).expect("valid nats config");
+        let bus = multibus::NatsEventBus::new(config).expect("valid nats config");
         bus.connect().await.expect("nats connect");
         Arc::new(bus) as Arc<dyn EventBus>
     })

@@ -106,7 +106,7 @@ pub async fn kill_pubsub_connections(name_part: &str) -> usize {
 }
 
 /// Kills the server's connections of any type whose client name contains `name_part`
-/// (e.g. a bus's [publishing connection](event_bus::RedisEventBus::publish_client_name)),
+/// (e.g. a bus's [publishing connection](multibus::RedisEventBus::publish_client_name)),
 /// returning how many it killed.
 ///
 /// # Panics

@@ -5,7 +5,7 @@ use std::{
     time::Duration,
 };
 
-use event_bus::{Event, Handler};
+use multibus::{Event, Handler};
 use tokio::{sync::Notify, time::Instant};
 
 /// Default deadline for waiting on a condition.

@@ -6,13 +6,13 @@
 
 use std::time::Duration;
 
-use event_bus::{DispatcherConfig, EventBusExt};
 use integration_tests::{
     conformance::test_dispatcher,
     factories::{self, Factory},
     log_capture::capture,
     support::{Recorder, namespace},
 };
+use multibus::{DispatcherConfig, EventBusExt};
 
 /// A subscribed, idle bus writes nothing at warn or error.
 async fn idle_bus_logs_no_warnings(factory: Factory) {

@@ -15,8 +15,8 @@ mod security;
 
 use std::sync::{Arc, Mutex};
 
-use event_bus::{Event, EventBus, EventType, Handler, NatsConfig, NatsEventBus};
 use integration_tests::nats_server;
+use multibus::{Event, EventBus, EventType, Handler, NatsConfig, NatsEventBus};
 
 /// A config for prefix `ns` on the test server.
 async fn config(ns: &str) -> NatsConfig {

@@ -19,8 +19,8 @@ mod wire;
 
 use std::sync::Arc;
 
-use event_bus::{DispatcherConfig, Event, EventBus, EventType, PostgresConfig, PostgresEventBus};
 use integration_tests::{conformance::test_dispatcher, postgres_server};
+use multibus::{DispatcherConfig, Event, EventBus, EventType, PostgresConfig, PostgresEventBus};
 use serde_json::json;
 
 /// A config for prefix `ns` on the test server, with short timeouts.

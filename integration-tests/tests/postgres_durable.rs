@@ -16,9 +16,9 @@ mod settle;
 
 use std::sync::Arc;
 
-use event_bus::{DispatcherConfig, Event, EventBus, EventType, PostgresConfig, PostgresEventBus};
 use event_bus_postgres::DeliveryMode;
 use integration_tests::{conformance::test_dispatcher, postgres_server};
+use multibus::{DispatcherConfig, Event, EventBus, EventType, PostgresConfig, PostgresEventBus};
 use serde_json::json;
 
 /// A table-mode config for prefix `ns` on the test server: short poll, short timeouts.

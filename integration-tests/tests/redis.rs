@@ -3,16 +3,16 @@
 
 use std::time::{Duration, Instant};
 
-use event_bus::{
-    Config, Error, Event, EventBus, EventBusExt, EventType, Priority, PublishOutcome, RedisConfig,
-    RedisEventBus, create_event_bus,
-};
 use integration_tests::{
     conformance::{event, test_dispatcher},
     proxy::TcpProxy,
     redis_server::{self, OwnRedisServer, kill_pubsub_connections},
     servers,
     support::{DEADLINE, Recorder, namespace, wait_until, wait_until_async},
+};
+use multibus::{
+    Config, Error, Event, EventBus, EventBusExt, EventType, Priority, PublishOutcome, RedisConfig,
+    RedisEventBus, create_event_bus,
 };
 use redis::AsyncCommands;
 use serde_json::json;
@@ -422,7 +422,7 @@ async fn dropping_a_stream_or_a_set_unsubscribes_on_the_server() {
         wait_until_async(DEADLINE, || async { numsub(&channel).await == 0 }).await,
         "PUBSUB NUMSUB still counts the dropped stream"
     );
-    let mut set = event_bus::SubscriptionSet::new();
+    let mut set = multibus::SubscriptionSet::new();
     set.insert(
         bus.subscribe(&format!("{ns}:*"), Recorder::new().handler())
             .await
@@ -472,7 +472,7 @@ async fn patterns_where_redis_globs_differ_deliver_exactly_once() {
     }
     bus.flush().await.unwrap();
     for (p, r) in patterns.iter().zip(&recorders) {
-        let pattern = event_bus::Pattern::parse(&format!("{ns}:{p}")).unwrap();
+        let pattern = multibus::Pattern::parse(&format!("{ns}:{p}")).unwrap();
         let expected: Vec<String> = topics
             .iter()
             .map(|t| format!("{ns}:{t}"))

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use clap::{ArgMatches, parser::ValueSource};
-use event_bus::{BackendName, Error};
+use multibus::{BackendName, Error};
 use serde_json::{Value, json};
 
 use self::selection::Origin;
@@ -235,9 +235,9 @@ fn read_config_file(path: &Path) -> Result<Value, Error> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| Error::config("(file)", format!("cannot read it: {e}")))?;
     if path.extension().is_some_and(|e| e == "json") {
-        event_bus::backend_api::config::from_json_str(&text)
+        multibus::backend_api::config::from_json_str(&text)
     } else {
-        event_bus::backend_api::config::from_toml_str(&text)
+        multibus::backend_api::config::from_toml_str(&text)
     }
 }
 

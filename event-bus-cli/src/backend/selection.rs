@@ -3,7 +3,7 @@
 
 use std::{path::PathBuf, sync::Arc};
 
-use event_bus::{BackendName, Config, Error, EventBus, create_event_bus};
+use multibus::{BackendName, Config, Error, EventBus, create_event_bus};
 use serde_json::Value;
 
 use crate::{failure::Failure, output};
@@ -11,7 +11,7 @@ use crate::{failure::Failure, output};
 /// The bus the options chose, and where the choice came from.
 #[derive(Clone, Debug)]
 pub(crate) struct Selection {
-    /// The configuration as a JSON object (the schema of `event_bus::Config`).
+    /// The configuration as a JSON object (the schema of `multibus::Config`).
     pub(crate) value: Value,
     pub(super) origin: Origin,
 }

@@ -3,7 +3,7 @@
 
 use std::{convert::Infallible, future::ready, sync::Arc, time::Duration};
 
-use event_bus::{Event, EventBus, EventBusExt};
+use multibus::{Event, EventBus, EventBusExt};
 
 use super::{Collector, Workload, finish};
 use crate::{
@@ -28,7 +28,7 @@ pub(crate) async fn run(
     let closed_pub = pub_bus.close().await;
     sub_bus.close().await?;
     closed_pub?;
-    Ok((result?, format!("event-bus ({name})")))
+    Ok((result?, format!("multibus ({name})")))
 }
 
 async fn publish_all(

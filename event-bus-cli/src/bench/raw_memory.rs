@@ -3,7 +3,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use event_bus::Event;
+use multibus::Event;
 use tokio::sync::broadcast::{self, error::RecvError};
 
 use super::{Collector, Workload, finish};

@@ -6,8 +6,8 @@
 
 use std::{sync::Arc, time::Duration};
 
-use event_bus::envelope;
 use futures_util::StreamExt;
+use multibus::envelope;
 use serde_json::Value;
 use tokio_postgres::{AsyncMessage, Client};
 

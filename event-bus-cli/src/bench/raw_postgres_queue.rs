@@ -7,7 +7,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use event_bus::envelope;
+use multibus::envelope;
 use serde_json::Value;
 use tokio::task::JoinHandle;
 use tokio_postgres::Client;

@@ -5,8 +5,8 @@
 
 use std::{sync::Arc, time::Duration};
 
-use event_bus::envelope;
 use futures_util::StreamExt;
+use multibus::envelope;
 use serde_json::Value;
 
 use super::{Collector, Workload, finish, rounds::Path};

@@ -5,7 +5,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use event_bus::envelope;
+use multibus::envelope;
 use redis::{AsyncConnectionConfig, Value as RedisValue};
 use serde_json::Value;
 

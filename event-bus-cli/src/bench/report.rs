@@ -32,7 +32,7 @@ pub(crate) struct Latency {
 /// What one path (bus or raw transport) achieved.
 #[derive(Clone, Debug, Serialize)]
 pub(crate) struct PathResult {
-    /// What carried the events, e.g. `event-bus (memory)`, `tokio::sync::broadcast`.
+    /// What carried the events, e.g. `multibus (memory)`, `tokio::sync::broadcast`.
     pub(crate) transport: String,
     /// Measured rounds of the whole workload (after the warm-up round).
     pub(crate) rounds: u32,

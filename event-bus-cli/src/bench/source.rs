@@ -8,7 +8,7 @@
 
 use std::{ops::Range, sync::Arc, time::Duration};
 
-use event_bus::{Event, EventType};
+use multibus::{Event, EventType};
 use tokio::time::Instant;
 
 use super::Collector;

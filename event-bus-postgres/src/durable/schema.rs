@@ -204,7 +204,7 @@ DELETE FROM {d} dl USING gone WHERE dl.group_name = gone.name"
 
 /// The advisory lock serializing table creation for `prefix`.
 fn lock_key(prefix: &str) -> i64 {
-    let digest = Sha256::digest(format!("event-bus durable {prefix}").as_bytes());
+    let digest = Sha256::digest(format!("multibus durable {prefix}").as_bytes());
     let mut bytes = [0_u8; 8];
     bytes.copy_from_slice(&digest[..8]);
     i64::from_be_bytes(bytes)

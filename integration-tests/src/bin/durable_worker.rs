@@ -8,7 +8,7 @@
 
 use std::{io::Write, time::Duration};
 
-use event_bus::{
+use multibus::{
     DeliveryMode, Event, EventBus, EventBusExt, RedisConfig, RedisEventBus, SubscribeOptions,
 };
 

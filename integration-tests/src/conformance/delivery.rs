@@ -2,7 +2,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use event_bus::{Event, EventBusExt};
+use multibus::{Event, EventBusExt};
 use tokio::sync::Semaphore;
 
 use super::{bus, bus_with, event, patient_dispatcher};

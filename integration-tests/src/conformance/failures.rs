@@ -8,7 +8,7 @@ use std::{
     time::Duration,
 };
 
-use event_bus::{Event, EventBusExt};
+use multibus::{Event, EventBusExt};
 
 use super::{bus, event};
 use crate::{
@@ -87,8 +87,8 @@ pub async fn success_resets_the_failure_count(factory: Factory) {
         .await
         .unwrap();
     for p in ["fail", "fail", "ok", "fail", "fail"] {
-        bus.publish(event_bus::Event::new(
-            event_bus::EventType::Updated,
+        bus.publish(multibus::Event::new(
+            multibus::EventType::Updated,
             &topic,
             p.into(),
         ))

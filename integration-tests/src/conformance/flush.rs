@@ -8,7 +8,7 @@ use std::{
 
 use super::{bus, event};
 use crate::{factories::Factory, support::Recorder};
-use event_bus::{Event, EventBusExt};
+use multibus::{Event, EventBusExt};
 
 /// How long each handler below takes: long enough that a follow-up it publishes is
 /// still on its way (through the server, for network backends) when it returns.

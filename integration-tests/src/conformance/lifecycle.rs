@@ -13,7 +13,7 @@ use crate::{
     factories::Factory,
     support::{DEADLINE, Recorder, wait_until},
 };
-use event_bus::{Error, Event, EventBus, EventBusExt, Subscription};
+use multibus::{Error, Event, EventBus, EventBusExt, Subscription};
 
 /// After `cancel` returns, the handler gets nothing more.
 pub async fn cancel_stops_delivery(factory: Factory) {
@@ -205,7 +205,7 @@ pub async fn idle_bus_counts_no_reconnects_or_errors(factory: Factory) {
 /// A handler holding the only concurrency slot can cancel another subscription whose
 /// worker is waiting for that slot: `cancel` returns at once and nothing times out.
 pub async fn cancel_from_a_handler_never_waits_for_a_slot(factory: Factory) {
-    let dispatcher = event_bus::DispatcherConfig {
+    let dispatcher = multibus::DispatcherConfig {
         max_concurrent_handlers: 1,
         ..patient_dispatcher()
     };

@@ -14,7 +14,7 @@ pub mod wire;
 
 use std::sync::Arc;
 
-use event_bus::{DispatcherConfig, Event, EventBus, EventBusExt, EventType};
+use multibus::{DispatcherConfig, Event, EventBus, EventBusExt, EventType};
 use serde_json::json;
 
 use tokio::sync::Semaphore;
@@ -65,13 +65,13 @@ pub fn event(topic: impl Into<String>, n: u64) -> Event {
 }
 
 /// Subscribes a recorder behind a gate that lets one call through per permit.
-pub async fn gated(bus: &dyn event_bus::EventBus, pattern: &str) -> (Recorder, Arc<Semaphore>) {
+pub async fn gated(bus: &dyn multibus::EventBus, pattern: &str) -> (Recorder, Arc<Semaphore>) {
     let gate = Arc::new(Semaphore::new(0));
     let r = Recorder::new();
     let (g, inner) = (gate.clone(), r.handler());
     bus.subscribe(pattern, move |e: Event| {
         let g = g.clone();
-        let fut = event_bus::Handler::call(&inner, e);
+        let fut = multibus::Handler::call(&inner, e);
         async move {
             let _ = g.acquire().await.map(|p| p.forget());
             fut.await

@@ -1,6 +1,6 @@
 //! Priority and FIFO order under backlog.
 
-use event_bus::Priority;
+use multibus::Priority;
 
 use super::{bus_with, event, gated, patient_dispatcher};
 use crate::{

@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use event_bus::{Error, EventBusExt, Pattern};
+use multibus::{Error, EventBusExt, Pattern};
 
 use super::{bus, event};
 use crate::{factories::Factory, support::Recorder};

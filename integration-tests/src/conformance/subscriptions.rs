@@ -6,11 +6,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use event_bus::{
+use futures_util::StreamExt;
+use multibus::{
     DeadLetter, DeadLetterInfo, Delivery, EndReason, Event, EventBusExt, OverflowPolicy,
     RetryPolicy, SubscribeOptions,
 };
-use futures_util::StreamExt;
 
 use super::{bus, bus_with, event, patient_dispatcher};
 use crate::{
@@ -23,7 +23,7 @@ type Calls = Arc<Mutex<Vec<(uuid::Uuid, u64, u32, Instant)>>>;
 
 /// A handler that records each call and fails the first `fail_first` attempts of every
 /// event with an odd payload (even payloads succeed at once).
-fn flaky(fail_first: u32) -> (impl event_bus::Handler, Calls) {
+fn flaky(fail_first: u32) -> (impl multibus::Handler, Calls) {
     let calls: Calls = Arc::default();
     let seen = calls.clone();
     let handler = move |e: Event| {
@@ -313,7 +313,7 @@ pub async fn per_subscription_options_override_the_bus(factory: Factory) {
             .overflow(OverflowPolicy::DropOldest),
         move |e: Event| {
             let g = g.clone();
-            let done = event_bus::Handler::call(&record, e);
+            let done = multibus::Handler::call(&record, e);
             async move {
                 let _ = g.acquire().await.map(|p| p.forget());
                 done.await

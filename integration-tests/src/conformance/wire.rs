@@ -1,6 +1,6 @@
 //! Events arrive whole.
 
-use event_bus::{Event, EventBusExt, EventType, Priority};
+use multibus::{Event, EventBusExt, EventType, Priority};
 use serde_json::json;
 
 use super::bus;

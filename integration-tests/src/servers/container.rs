@@ -19,8 +19,8 @@ use tokio::time::Instant;
 use super::Server;
 
 /// The label on every test-server container (value: the server's name), for finding
-/// leftovers: `docker ps --filter label=event-bus.test-server`.
-pub(super) const LABEL: &str = "event-bus.test-server";
+/// leftovers: `docker ps --filter label=multibus.test-server`.
+pub(super) const LABEL: &str = "multibus.test-server";
 
 /// How long a started container's server has to serve requests.
 const READY_TIMEOUT: Duration = Duration::from_secs(120);

@@ -2,15 +2,15 @@
 //! client. The consumer stays alive, counts every one exactly, and logs a bounded
 //! number of bounded lines.
 
-use event_bus::{
-    EventBus, EventBusExt, NatsConfig, NatsEventBus, PostgresConfig, PostgresEventBus, RedisConfig,
-    RedisEventBus,
-};
 use integration_tests::{
     conformance::{event, test_dispatcher},
     log_capture::{Captured, capture},
     nats_server, postgres_server, redis_server,
     support::{DEADLINE, Recorder, namespace, wait_until},
+};
+use multibus::{
+    EventBus, EventBusExt, NatsConfig, NatsEventBus, PostgresConfig, PostgresEventBus, RedisConfig,
+    RedisEventBus,
 };
 
 const MESSAGES: usize = 10_000;
@@ -45,7 +45,7 @@ fn hostile(i: usize, topic: &str, oversized: usize, with_refs: bool) -> String {
 #[allow(clippy::print_stdout)] // a test-side figure, shown with --nocapture
 fn assert_bounded(log: &Captured, backend: &str) {
     let text = log.take();
-    let ours: Vec<&str> = text.lines().filter(|l| l.contains("event_bus")).collect();
+    let ours: Vec<&str> = text.lines().filter(|l| l.contains("multibus")).collect();
     let bytes: usize = ours.iter().map(|l| l.len() + 1).sum();
     println!(
         "{backend}: {} lines, {bytes} bytes logged for {MESSAGES} hostile messages",

@@ -4,15 +4,15 @@
 
 use std::{net::SocketAddr, time::Duration};
 
-use event_bus::{
-    Config, DispatcherConfig, Event, EventBus, EventBusExt, PostgresConfig, PostgresEventBus,
-};
 use integration_tests::{
     conformance::{event, test_dispatcher},
     log_capture::capture,
     postgres_server,
     proxy::TcpProxy,
     support::{DEADLINE, namespace, wait_until},
+};
+use multibus::{
+    Config, DispatcherConfig, Event, EventBus, EventBusExt, PostgresConfig, PostgresEventBus,
 };
 
 /// A small xorshift generator; its seed is shown with every failure.
@@ -238,11 +238,11 @@ impl Case {
     /// Connects (it is expected to fail) and checks every error and `health`.
     async fn check_failing_bus(&self) {
         let bus = PostgresEventBus::new(self.config()).unwrap();
-        let show = |e: event_bus::Error| format!("{e} | {e:?}");
+        let show = |e: multibus::Error| format!("{e} | {e:?}");
         let err = bus.connect().await.unwrap_err();
         self.assert_hidden("connect error", &show(err));
         let err = bus.publish(event("t:a", 1)).await.unwrap_err();
-        assert!(matches!(err, event_bus::Error::Publish { .. }), "{err}");
+        assert!(matches!(err, multibus::Error::Publish { .. }), "{err}");
         self.assert_hidden("publish error", &show(err));
         let err = bus
             .subscribe("t:a", |_: Event| async { Ok::<(), std::io::Error>(()) })

@@ -9,10 +9,10 @@ use std::{
     time::Duration,
 };
 
-use event_bus::{
+use integration_tests::nats_server::{PrivateServer, free_port};
+use multibus::{
     DispatcherConfig, Event, EventBus, EventBusExt, EventType, NatsConfig, NatsEventBus,
 };
-use integration_tests::nats_server::{PrivateServer, free_port};
 use tokio::time::Instant;
 
 /// Events published in the run; one every millisecond or so.
@@ -63,7 +63,7 @@ async fn bus(url: String, ns: &str) -> NatsEventBus {
 struct Seen(Arc<Mutex<Vec<u64>>>);
 
 impl Seen {
-    fn handler(&self) -> impl event_bus::Handler + use<> {
+    fn handler(&self) -> impl multibus::Handler + use<> {
         let seen = self.clone();
         move |event: Event| {
             let seen = seen.clone();

@@ -9,11 +9,11 @@ use std::{
     time::Duration,
 };
 
-use event_bus::{DispatcherConfig, Event, EventBus, EventBusExt, EventType, NatsConfig};
 use integration_tests::{
     nats_server,
     support::{DEADLINE, namespace, wait_until},
 };
+use multibus::{DispatcherConfig, Event, EventBus, EventBusExt, EventType, NatsConfig};
 
 use super::{Seen, bus, config, event};
 
@@ -89,7 +89,7 @@ async fn malformed_messages_are_counted_and_skipped() {
         .await
         .unwrap();
     // A valid envelope on the subject of another topic.
-    let misplaced = event_bus::envelope::encode(&event("x:z", 1)).unwrap();
+    let misplaced = multibus::envelope::encode(&event("x:z", 1)).unwrap();
     raw.publish(format!("{ns}.x.y"), misplaced.into())
         .await
         .unwrap();
@@ -199,7 +199,7 @@ async fn events_above_the_server_max_payload_travel_in_parts() {
 
 #[tokio::test]
 async fn dead_letters_travel_through_the_server_to_other_buses() {
-    use event_bus::{DeadLetter, RetryPolicy, SubscribeOptions};
+    use multibus::{DeadLetter, RetryPolicy, SubscribeOptions};
     let ns = namespace();
     let failing = bus(config(&ns).await).await;
     let watcher = bus(config(&ns).await).await;

@@ -3,11 +3,11 @@
 
 use std::{collections::HashSet, sync::Arc, time::Duration};
 
-use event_bus::{DispatcherConfig, Event, EventBus, EventBusExt, NatsConfig, OverflowPolicy};
 use integration_tests::{
     nats_server, proxy,
     support::{DEADLINE, namespace, wait_until},
 };
+use multibus::{DispatcherConfig, Event, EventBus, EventBusExt, NatsConfig, OverflowPolicy};
 use tokio::time::Instant;
 
 use super::{Seen, bus, config, event};
@@ -78,7 +78,7 @@ async fn slow_consumers_are_counted_not_silent() {
         .await
         .unwrap();
     let raw = async_nats::connect(nats_server::url().await).await.unwrap();
-    let payload = event_bus::envelope::encode(&event("s:t", 0)).unwrap();
+    let payload = multibus::envelope::encode(&event("s:t", 0)).unwrap();
     for _ in 0..200 {
         raw.publish(format!("{ns}.s.t"), payload.clone().into())
             .await
@@ -113,7 +113,7 @@ async fn a_black_holed_connection_is_noticed_and_replaced() {
     let _sub = bus.subscribe("h:*", seen.handler()).await.unwrap();
     proxy.stall(true);
     let err = bus.flush().await.unwrap_err();
-    assert!(matches!(err, event_bus::Error::Timeout { .. }), "{err}");
+    assert!(matches!(err, multibus::Error::Timeout { .. }), "{err}");
     let mut health = bus.health().await;
     let deadline = Instant::now() + DEADLINE;
     while health.connected && Instant::now() < deadline {

@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use event_bus::{EventBus, EventBusExt, NatsConfig, NatsEventBus, Secret};
 use integration_tests::{nats_server::PrivateServer, support::namespace};
+use multibus::{EventBus, EventBusExt, NatsConfig, NatsEventBus, Secret};
 use tokio::time::Instant;
 
 use super::{Seen, bus, event};

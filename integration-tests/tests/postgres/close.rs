@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use event_bus::{DispatcherConfig, Event, EventBus, EventBusExt, OverflowPolicy};
 use integration_tests::{conformance::test_dispatcher, support::namespace};
+use multibus::{DispatcherConfig, Event, EventBus, EventBusExt, OverflowPolicy};
 
 use super::{bus, config, connected, event};
 

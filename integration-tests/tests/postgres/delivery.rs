@@ -1,8 +1,8 @@
 //! Channel layout: cross-instance delivery, prefix isolation, hostile and case-differing
 //! topics.
 
-use event_bus::{EventBus, EventBusExt};
 use integration_tests::support::{DEADLINE, Recorder, namespace, wait_until_async};
+use multibus::{EventBus, EventBusExt};
 
 use super::{bus, event};
 
@@ -143,7 +143,7 @@ async fn dropping_a_stream_or_a_set_unlistens_on_the_server() {
         .await,
         "still listening after the stream was dropped"
     );
-    let mut set = event_bus::SubscriptionSet::new();
+    let mut set = multibus::SubscriptionSet::new();
     set.insert(
         bus.subscribe(&format!("{ns}:*"), Recorder::new().handler())
             .await

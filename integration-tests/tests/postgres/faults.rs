@@ -3,12 +3,12 @@
 
 use std::time::{Duration, Instant};
 
-use event_bus::{Error, EventBus, EventBusExt};
 use integration_tests::{
     postgres_server,
     proxy::TcpProxy,
     support::{DEADLINE, Recorder, namespace, wait_until},
 };
+use multibus::{Error, EventBus, EventBusExt};
 
 use super::{bus, config_for, connected, event};
 

@@ -1,10 +1,10 @@
 //! Events at and beyond NOTIFY's 8000-byte payload limit.
 
-use event_bus::{Event, EventBus, EventBusExt, EventType, envelope::encode};
 use integration_tests::{
     postgres_server,
     support::{DEADLINE, Recorder, namespace},
 };
+use multibus::{Event, EventBus, EventBusExt, EventType, envelope::encode};
 use serde_json::json;
 
 use super::{bus, drop_large_table, event};

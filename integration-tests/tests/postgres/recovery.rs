@@ -10,11 +10,11 @@ use std::{
     time::Duration,
 };
 
-use event_bus::{EventBus, EventBusExt, PublishOutcome};
 use integration_tests::{
     postgres_server::{self, OwnPostgresServer},
     support::{DEADLINE, Recorder, assert_once_unless_unknown, namespace, wait_until},
 };
+use multibus::{EventBus, EventBusExt, PublishOutcome};
 use serde_json::json;
 use tokio::time::Instant;
 

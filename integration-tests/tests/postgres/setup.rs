@@ -1,12 +1,10 @@
 //! Configuration: hostile prefixes, TLS modes, secrets, the facade.
 
-use event_bus::{
-    Config, EventBus, EventBusExt, PostgresConfig, PostgresEventBus, create_event_bus,
-};
 use integration_tests::{
     postgres_server,
     support::{DEADLINE, Recorder, namespace},
 };
+use multibus::{Config, EventBus, EventBusExt, PostgresConfig, PostgresEventBus, create_event_bus};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::{config_for, event};

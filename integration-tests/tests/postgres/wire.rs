@@ -1,11 +1,11 @@
 //! What arrives over the wire from elsewhere: raw pg_notify calls, malformed messages,
 //! and events published inside a caller's transaction.
 
-use event_bus::{EventBus, EventBusExt, EventType};
 use integration_tests::{
     postgres_server,
     support::{DEADLINE, Recorder, namespace, wait_until},
 };
+use multibus::{EventBus, EventBusExt, EventType};
 
 use super::{bus, drop_large_table, event};
 
@@ -119,7 +119,7 @@ async fn publish_in_a_transaction_delivers_on_commit_only() {
     bus.subscribe(&format!("{ns}:*"), r.handler())
         .await
         .unwrap();
-    let big = event_bus::Event::new(
+    let big = multibus::Event::new(
         EventType::Created,
         &topic,
         serde_json::json!("x".repeat(20_000)),

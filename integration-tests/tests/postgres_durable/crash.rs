@@ -10,8 +10,8 @@ use std::{
     time::Duration,
 };
 
-use event_bus::{Event, EventBus, EventBusExt, SubscribeOptions};
 use integration_tests::support::{DEADLINE, namespace, wait_until_async};
+use multibus::{Event, EventBus, EventBusExt, SubscribeOptions};
 
 use super::{bus, config, connected, count_rows, drop_tables, event, number};
 

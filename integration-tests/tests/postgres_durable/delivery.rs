@@ -3,12 +3,12 @@
 
 use std::collections::BTreeSet;
 
-use event_bus::{Error, EventBus, EventBusExt, SubscribeOptions};
 use event_bus_postgres::PostgresEventBus;
 use integration_tests::{
     postgres_server,
     support::{DEADLINE, Recorder, namespace},
 };
+use multibus::{Error, EventBus, EventBusExt, SubscribeOptions};
 
 use super::{bus, config, count_rows, drop_tables, event, number};
 

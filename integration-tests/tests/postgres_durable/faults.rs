@@ -7,11 +7,11 @@ use std::{
     time::Duration,
 };
 
-use event_bus::{Event, EventBus, EventBusExt, SubscribeOptions};
 use integration_tests::{
     postgres_server,
     support::{DEADLINE, namespace, wait_until, wait_until_async},
 };
+use multibus::{Event, EventBus, EventBusExt, SubscribeOptions};
 
 use super::{config, connected, count_rows, drop_tables, event, number};
 

@@ -3,9 +3,9 @@
 
 use std::collections::BTreeSet;
 
-use event_bus::Pattern;
 use event_bus_postgres::durable::regex::pattern_regex;
 use integration_tests::postgres_server;
+use multibus::Pattern;
 
 /// A small deterministic generator (xorshift64*), so a failure can be replayed.
 struct Rng(u64);
@@ -90,13 +90,13 @@ async fn generated_patterns_match_on_the_server_as_in_the_core() {
     let mut topics: BTreeSet<String> = BTreeSet::new();
     while topics.len() < 400 {
         let t = topic(&mut rng);
-        if event_bus::topic::validate_topic(&t).is_ok() {
+        if multibus::topic::validate_topic(&t).is_ok() {
             topics.insert(t);
         }
     }
     // Also every pattern's own literal text as a topic, so literal matches are covered.
     for p in &patterns {
-        if event_bus::topic::validate_topic(p.as_str()).is_ok() {
+        if multibus::topic::validate_topic(p.as_str()).is_ok() {
             topics.insert(p.as_str().to_owned());
         }
         if let Some(l) = p.literal() {

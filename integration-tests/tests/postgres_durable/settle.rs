@@ -9,11 +9,11 @@ use std::{
     time::Duration,
 };
 
-use event_bus::{Event, EventBus, EventBusExt, RetryPolicy, SubscribeOptions, dead_letter};
 use integration_tests::{
     postgres_server,
     support::{DEADLINE, namespace, wait_until, wait_until_async},
 };
+use multibus::{Event, EventBus, EventBusExt, RetryPolicy, SubscribeOptions, dead_letter};
 use tokio::sync::Semaphore;
 
 use super::{bus, count_rows, drop_tables, event, number};
@@ -38,7 +38,7 @@ async fn retries_then_dead_letters_with_attempt_counts_then_redrive() {
     let fail_poison = move |e: Event| {
         let seen = seen.clone();
         async move {
-            let attempt = event_bus::Delivery::current().map_or(0, |d| d.attempt());
+            let attempt = multibus::Delivery::current().map_or(0, |d| d.attempt());
             seen.lock().unwrap().push((number(&e), attempt));
             if e.topic.ends_with(":poison") {
                 return Err(std::io::Error::other("poisoned"));

@@ -7,14 +7,14 @@ use std::{
     time::Duration,
 };
 
-use event_bus::{
-    DeadLetterInfo, Delivery, DeliveryMode, Event, EventBus, EventBusExt, RedisConfig,
-    RedisEventBus, RetryPolicy, StartPosition, SubscribeOptions,
-};
 use integration_tests::{
     conformance::event,
     redis_server::{self, kill_connections},
     support::{DEADLINE, namespace, wait_until, wait_until_async},
+};
+use multibus::{
+    DeadLetterInfo, Delivery, DeliveryMode, Event, EventBus, EventBusExt, RedisConfig,
+    RedisEventBus, RetryPolicy, StartPosition, SubscribeOptions,
 };
 
 use super::config;
@@ -51,7 +51,7 @@ pub(crate) async fn cleanup(bus: &RedisEventBus, groups: &[&str]) {
 struct Seen(Arc<Mutex<Vec<u64>>>);
 
 impl Seen {
-    fn handler(&self) -> impl event_bus::Handler + use<> {
+    fn handler(&self) -> impl multibus::Handler + use<> {
         let seen = self.0.clone();
         move |e: Event| {
             let seen = seen.clone();

@@ -9,12 +9,12 @@ use std::{
     time::Duration,
 };
 
-use event_bus::{Event, EventBus, EventBusExt, RedisEventBus, SubscribeOptions};
 use integration_tests::{
     conformance::event,
     redis_server::{self, OwnRedisServer},
     support::{namespace, wait_until, wait_until_async},
 };
+use multibus::{Event, EventBus, EventBusExt, RedisEventBus, SubscribeOptions};
 use tokio::sync::Semaphore;
 
 use super::durable::{cleanup, durable, durable_config};

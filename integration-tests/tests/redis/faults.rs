@@ -12,14 +12,14 @@ use std::{
     time::Duration,
 };
 
-use event_bus::{
-    Config, Error, Event, EventBus, EventBusExt, EventType, PostgresConfig, PublishOutcome,
-    RedisConfig, RedisEventBus, create_event_bus,
-};
 use integration_tests::{
     conformance::{event, gated},
     redis_server::{OwnRedisServer, kill_connections},
     support::{DEADLINE, Recorder, assert_once_unless_unknown, namespace, wait_until},
+};
+use multibus::{
+    Config, Error, Event, EventBus, EventBusExt, EventType, PostgresConfig, PublishOutcome,
+    RedisConfig, RedisEventBus, create_event_bus,
 };
 use serde_json::json;
 
