@@ -122,19 +122,24 @@ impl StreamsConfig {
     }
 
     /// Checks that `retry` fits this mode: a retry waits on the server for at most one
-    /// lease (the entry becomes claimable again when its lease runs out), so a backoff
-    /// longer than `lease_seconds` cannot be honoured and is refused rather than cut short.
+    /// lease (the entry becomes claimable again when its lease runs out), so a policy whose
+    /// longest delay (the bound before its last attempt) exceeds `lease_seconds` cannot be
+    /// honoured and is refused rather than cut short.
     ///
     /// # Errors
     /// [`Error::Config`] naming `key` (where the retry policy was set).
     pub fn check_retry(&self, retry: &RetryPolicy, key: &str) -> Result<(), Error> {
-        if retry.max_attempts > 1 && retry.max_backoff_seconds > self.lease_seconds {
+        // The longest delay the policy can ask for: the bound before its last attempt.
+        let longest = retry.backoff_cap(retry.max_attempts.saturating_sub(1));
+        if retry.max_attempts > 1 && longest > self.lease() {
             return Err(Error::config(
                 key,
                 format!(
-                    "{} s is longer than streams.lease_seconds ({} s): in streams mode a retry \
-                     waits at most one lease; raise the lease or lower the backoff",
-                    retry.max_backoff_seconds, self.lease_seconds
+                    "the retry policy can wait {} s, longer than streams.lease_seconds ({} s): \
+                     in streams mode a retry waits at most one lease; raise the lease or lower \
+                     the backoff",
+                    longest.as_secs_f64(),
+                    self.lease_seconds
                 ),
             ));
         }

@@ -45,7 +45,7 @@ fn hostile(i: usize, topic: &str, oversized: usize, with_refs: bool) -> String {
 #[allow(clippy::print_stdout)] // a test-side figure, shown with --nocapture
 fn assert_bounded(log: &Captured, backend: &str) {
     let text = log.take();
-    let ours: Vec<&str> = text.lines().filter(|l| l.contains("multibus")).collect();
+    let ours: Vec<&str> = text.lines().filter(|l| l.contains("event_bus")).collect();
     let bytes: usize = ours.iter().map(|l| l.len() + 1).sum();
     println!(
         "{backend}: {} lines, {bytes} bytes logged for {MESSAGES} hostile messages",
