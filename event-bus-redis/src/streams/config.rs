@@ -174,7 +174,11 @@ mod tests {
         let streams = StreamsConfig::default();
         let fits = RetryPolicy::exponential(5, Duration::from_millis(100), Duration::from_secs(30));
         streams.check_retry(&fits, "k").unwrap();
-        let long = RetryPolicy::exponential(5, Duration::from_millis(100), Duration::from_secs(60));
+        // Its cap is above the lease, but its 5 attempts never wait longer than 0.8 s.
+        let capped_high =
+            RetryPolicy::exponential(5, Duration::from_millis(100), Duration::from_secs(60));
+        streams.check_retry(&capped_high, "k").unwrap();
+        let long = RetryPolicy::exponential(5, Duration::from_secs(20), Duration::from_secs(60));
         let err = streams
             .check_retry(&long, "options.retry.max_backoff_seconds")
             .unwrap_err();
