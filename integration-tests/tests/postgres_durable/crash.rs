@@ -55,8 +55,13 @@ async fn child_consumer() {
     std::future::pending::<()>().await;
 }
 
-fn spawn_child(ns: &str, out: &Path) -> Child {
+/// Starts the child consumer on the server this process uses (passed by URL, so that
+/// under `EVENT_BUS_TEST_SERVERS=containers` it does not start a container of its own).
+async fn spawn_child(ns: &str, out: &Path) -> Child {
+    let url = integration_tests::postgres_server::url().await;
     Command::new(std::env::current_exe().unwrap())
+        .env("EVENT_BUS_POSTGRES_URL", url)
+        .env_remove("EVENT_BUS_TEST_SERVERS")
         .args([
             "--exact",
             "crash::child_consumer",
@@ -95,7 +100,7 @@ async fn group_registered(ns: &str) -> bool {
 async fn sigkilled_consumer_loses_nothing_and_a_restart_takes_over() {
     let ns = namespace();
     let out: PathBuf = std::env::temp_dir().join(format!("{ns}-handled.txt"));
-    let mut first = spawn_child(&ns, &out);
+    let mut first = spawn_child(&ns, &out).await;
     assert!(
         wait_until_async(DEADLINE * 3, || group_registered(&ns)).await,
         "child subscribed"
@@ -120,7 +125,7 @@ async fn sigkilled_consumer_loses_nothing_and_a_restart_takes_over() {
         at_kill < n as usize,
         "killed mid-stream ({at_kill} handled)"
     );
-    let mut second = spawn_child(&ns, &out);
+    let mut second = spawn_child(&ns, &out).await;
     let done = wait_until_async(DEADLINE * 6, || async { handled(&out).len() == n as usize }).await;
     let counts = handled(&out);
     let drained = wait_until_async(DEADLINE, || async {
