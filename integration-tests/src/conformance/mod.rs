@@ -82,60 +82,25 @@ pub async fn gated(bus: &dyn multibus::EventBus, pattern: &str) -> (Recorder, Ar
     (r, gate)
 }
 
-/// Instantiates every conformance case for one backend as `#[tokio::test]`s in a module
-/// named after it: `conformance_suite!(memory, integration_tests::factories::memory);`;
-/// `conformance_suite!(redis_streams, integration_tests::factories::redis_streams, durable);`
-/// instantiates the cases that apply to a durable mode.
+/// Instantiates the conformance cases for one backend as `#[tokio::test]`s in a module
+/// named after it: `conformance_suite!(memory, integration_tests::factories::memory);`
+/// runs every case; `conformance_suite!(name, factory, also: [module::case, ...])` runs the
+/// cases every mode shares plus the listed ones (durable modes).
 #[macro_export]
 macro_rules! conformance_suite {
+    // Every case: the pub/sub backends.
     ($backend:ident, $factory:path) => {
-        mod $backend {
-            $crate::conformance_suite!(@cases $factory;
-                delivery::delivers_to_every_matching_subscription_and_no_other,
-                delivery::overlapping_subscriptions_each_get_one_delivery,
-                delivery::subscription_is_live_when_subscribe_returns,
-                delivery::no_replay_of_earlier_events,
-                delivery::publish_batch_delivers_in_order,
-                delivery::publish_does_not_wait_for_handlers,
-                patterns::pattern_table_matches_like_the_core,
-                patterns::invalid_topics_and_patterns_are_rejected,
-                lifecycle::cancel_stops_delivery,
-                lifecycle::cancel_waits_for_a_running_handler,
-                lifecycle::cancel_from_a_handler_never_waits_for_a_slot,
-                lifecycle::handler_can_cancel_its_own_subscription,
-                lifecycle::dropping_a_subscription_keeps_it_alive,
-                lifecycle::closed_bus_rejects_publish_and_subscribe,
-                lifecycle::handler_can_close_the_bus,
-                lifecycle::close_drains_accepted_events,
-                lifecycle::idle_bus_counts_no_reconnects_or_errors,
-                flush::flush_waits_for_a_follow_up_event,
-                flush::flush_waits_for_a_chain_of_follow_ups,
-                ordering::more_urgent_first_under_backlog,
-                ordering::fifo_at_equal_priority,
-                failures::slow_handler_times_out_and_counts,
-                failures::auto_unsubscribe_after_consecutive_failures,
-                failures::success_resets_the_failure_count,
-                failures::panicking_handler_is_isolated,
-                failures::slow_subscription_does_not_delay_others,
-                wire::every_field_round_trips_with_unicode,
-                wire::one_mebibyte_payload_is_delivered,
-                subscriptions::retry_succeeds_on_attempt_n_after_its_backoff,
-                subscriptions::panics_and_timeouts_are_retried,
-                subscriptions::dead_letters_receive_exactly_the_poison_events,
-                subscriptions::removal_after_consecutive_final_failures,
-                subscriptions::pause_then_resume,
-                subscriptions::stream_receives_in_order,
-                subscriptions::dropping_a_stream_unsubscribes,
-                subscriptions::group_members_share_the_events,
-                subscriptions::per_subscription_options_override_the_bus,
-            );
-        }
+        $crate::conformance_suite!($backend, $factory, also: [
+            lifecycle::cancel_from_a_handler_never_waits_for_a_slot,
+            ordering::fifo_at_equal_priority,
+            subscriptions::dead_letters_receive_exactly_the_poison_events,
+            subscriptions::group_members_share_the_events,
+            subscriptions::per_subscription_options_override_the_bus,
+        ]);
     };
-    // The durable mode of a backend: every case except those about what only a
-    // memory queue does (overflow policies: a durable subscription leaves what its
-    // queue cannot take on the server; round-robin shares: durable members share by
-    // whoever reads first).
-    ($backend:ident, $factory:path, durable) => {
+    // The cases every mode runs, and `also` these. Durable modes leave out what only a
+    // bus-side queue does; the call site says which and why.
+    ($backend:ident, $factory:path, also: [$($module:ident :: $case:ident),* $(,)?]) => {
         mod $backend {
             $crate::conformance_suite!(@cases $factory;
                 delivery::delivers_to_every_matching_subscription_and_no_other,
@@ -157,7 +122,6 @@ macro_rules! conformance_suite {
                 flush::flush_waits_for_a_follow_up_event,
                 flush::flush_waits_for_a_chain_of_follow_ups,
                 ordering::more_urgent_first_under_backlog,
-                ordering::fifo_at_equal_priority,
                 failures::slow_handler_times_out_and_counts,
                 failures::auto_unsubscribe_after_consecutive_failures,
                 failures::success_resets_the_failure_count,
@@ -167,11 +131,11 @@ macro_rules! conformance_suite {
                 wire::one_mebibyte_payload_is_delivered,
                 subscriptions::retry_succeeds_on_attempt_n_after_its_backoff,
                 subscriptions::panics_and_timeouts_are_retried,
-                subscriptions::dead_letters_receive_exactly_the_poison_events,
                 subscriptions::removal_after_consecutive_final_failures,
                 subscriptions::pause_then_resume,
                 subscriptions::stream_receives_in_order,
                 subscriptions::dropping_a_stream_unsubscribes,
+                $($module :: $case,)*
             );
         }
     };
