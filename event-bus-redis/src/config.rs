@@ -6,7 +6,6 @@ use event_bus_core::{
     DispatcherConfig, Error, Secret,
     config::{check_seconds, from_json_str},
     namespace::validate_prefix,
-    secret::redact_connection_string,
 };
 use redis::{ConnectionAddr, ConnectionInfo, IntoConnectionInfo, RedisConnectionInfo};
 use serde::{Deserialize, Serialize};
@@ -186,14 +185,13 @@ impl RedisConfig {
         }
     }
 
-    /// The server address with any password redacted, for logs.
+    /// The server address for logs, errors and `Debug`: rebuilt from the parsed
+    /// connection settings (scheme, user, host, port, database) with any password shown
+    /// as `***`. A URL that does not parse is shown as `<unusable url>`, never as text.
     pub fn redacted_address(&self) -> String {
-        match &self.url {
-            Some(url) => redact_connection_string(url),
-            None => {
-                let scheme = if self.ssl { "rediss" } else { "redis" };
-                format!("{scheme}://{}:{}/{}", self.host, self.port, self.db)
-            }
+        match self.connection_info() {
+            Ok(info) => describe(&info),
+            Err(_) => "<unusable url>".to_owned(),
         }
     }
 
@@ -204,8 +202,8 @@ impl RedisConfig {
                 return Err(Error::config(
                     "url",
                     format!(
-                        "must start with redis:// or rediss://, got {:?}",
-                        redact_connection_string(url)
+                        "must start with redis:// or rediss://, got {}",
+                        scheme_of(url)
                     ),
                 ));
             }
@@ -238,6 +236,42 @@ impl RedisConfig {
     }
 }
 
+/// `scheme://[user[:***]@]host:port/db` of parsed connection settings.
+fn describe(info: &ConnectionInfo) -> String {
+    let redis = info.redis_settings();
+    let (scheme, place) = match info.addr() {
+        ConnectionAddr::Tcp(host, port) => ("redis", format!("{host}:{port}")),
+        ConnectionAddr::TcpTls { host, port, .. } => ("rediss", format!("{host}:{port}")),
+        ConnectionAddr::Unix(path) => ("redis+unix", path.display().to_string()),
+        _ => ("redis", "<address>".to_owned()),
+    };
+    let auth = match (redis.username(), redis.password()) {
+        (Some(user), Some(_)) => format!("{user}:***@"),
+        (None, Some(_)) => ":***@".to_owned(),
+        (Some(user), None) => format!("{user}@"),
+        (None, None) => String::new(),
+    };
+    format!("{scheme}://{auth}{place}/{}", redis.db())
+}
+
+/// How an error names the scheme of a URL it refuses: the scheme when it looks like one
+/// (at most 16 letters, digits, `+`, `-`, `.`), never other text of the URL, which may
+/// hold a password.
+fn scheme_of(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, _))
+            if !scheme.is_empty()
+                && scheme.len() <= 16
+                && scheme
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.')) =>
+        {
+            format!("scheme {scheme:?}")
+        }
+        _ => "no URL scheme".to_owned(),
+    }
+}
+
 impl fmt::Debug for RedisConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisConfig")
@@ -247,7 +281,7 @@ impl fmt::Debug for RedisConfig {
             .field("username", &self.username)
             .field("password", &self.password)
             .field("db", &self.db)
-            .field("url", &self.url.as_deref().map(redact_connection_string))
+            .field("url", &self.url.as_ref().map(|_| self.redacted_address()))
             .field("channel_prefix", &self.channel_prefix)
             .field("max_message_bytes", &self.max_message_bytes)
             .field("receive_buffer_bytes", &self.receive_buffer_bytes)
@@ -289,6 +323,37 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("redis://app:***@h:1/3"), "{text}");
+    }
+
+    #[test]
+    fn passwords_never_shown_whatever_the_url() {
+        let secret = "Pw0rd";
+        for url in [
+            "redis://app:Pw0rd@h:1/3",
+            "redis://:Pw0rd@h",
+            "rediss://app:Pw0rd@h:6380/0",
+            "redis://app:Pw0rd%40x@h/1",
+            "redis://app:Pw0rd:more@h/1",
+            "redis://app:a%2FPw0rd@h",
+            "redis://h/2?password=Pw0rd",
+            "redis://app@h/2?password=Pw0rd&protocol=resp3",
+            "redis+unix:///tmp/r.sock?pass=Pw0rd",
+            "http://app:Pw0rd@h",
+            "app:Pw0rd@h://x",
+            "redis://app:Pw0rd@",
+            "redis://app:Pw0rd@[::1",
+        ] {
+            let shown = match RedisConfig::from_url(url) {
+                Ok(c) => format!("{c:?} {}", c.redacted_address()),
+                Err(e) => format!("{e} {e:?}"),
+            };
+            assert!(!shown.contains(secret), "{url}: {shown}");
+        }
+        let c = RedisConfig::from_url("redis://h/2?password=Pw0rd").unwrap();
+        // The driver takes no password from the query: the address shows what it uses.
+        assert_eq!(c.redacted_address(), "redis://h:6379/2");
+        let err = RedisConfig::from_url("http://x").unwrap_err().to_string();
+        assert!(err.contains("scheme \"http\""), "{err}");
     }
 
     #[test]

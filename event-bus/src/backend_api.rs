@@ -11,5 +11,5 @@
 
 pub use event_bus_core::{
     Dispatcher, Metrics, Subscriber, Transport, config, dispatcher, flush, log_limit, metrics,
-    reconnect, seconds, secret::redact_connection_string,
+    reconnect, seconds,
 };
