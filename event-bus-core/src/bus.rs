@@ -1,13 +1,13 @@
 //! The `EventBus` trait every backend implements.
 
-use std::{future::Future, pin::Pin, sync::Arc};
+use std::{future::Future, pin::Pin};
 
 use async_trait::async_trait;
 use serde::Serialize;
 
 use crate::{
     error::Error, event::Event, handler::Handler, metrics::MetricsSnapshot,
-    options::SubscribeOptions, stream::EventStream, subscription::Subscription,
+    options::SubscribeOptions, publish::Publish, stream::EventStream, subscription::Subscription,
     transport::Subscriber,
 };
 
@@ -67,7 +67,11 @@ pub trait EventBus: Send + Sync + 'static {
     /// policy; [`Error::Publish`] when sending to the server failed, saying whether it is
     /// safe to retry ([`Error::publish_outcome`]). Errors about one event hand it back
     /// ([`Error::into_event`]).
-    async fn publish(&self, event: Event) -> Result<(), Error>;
+    ///
+    /// Returns a named future, [`Publish`]: a publish that finishes without waiting (the
+    /// memory backend queueing an event) allocates nothing; backends that wait for a
+    /// server return [`Publish::new`] of their async block.
+    fn publish(&self, event: Event) -> Publish<'_>;
 
     /// Publishes several events, in order. Network backends send them in one round trip.
     /// Every topic is validated before anything is sent, so an invalid topic publishes
@@ -179,7 +183,7 @@ pub trait EventBusExt: EventBus {
         options: SubscribeOptions,
         handler: H,
     ) -> SubscribeFuture<'a, Subscription> {
-        self.add_subscription(pattern, options, Subscriber::handler(Arc::new(handler)))
+        self.add_subscription(pattern, options, Subscriber::handler(handler))
     }
 
     /// Subscribes a [`EventStream`] to topics matching `pattern`, with the bus-wide

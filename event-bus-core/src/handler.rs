@@ -2,13 +2,16 @@
 
 use std::{future::Future, pin::Pin};
 
+use futures_util::{TryFutureExt, future::ErrInto};
+
 use crate::{error::BoxError, event::Event};
 
 /// What a handler returns: `Ok(())`, or any error (`?` converts every
 /// `std::error::Error + Send + Sync`, and `"text".into()` makes one from a message).
 pub type HandlerResult = Result<(), BoxError>;
 
-/// The future a [`Handler`] returns.
+/// A boxed handler future: a convenient [`Handler::Future`] for a handler type written
+/// by hand whose calls return different futures.
 pub type HandlerFuture = Pin<Box<dyn Future<Output = Result<(), BoxError>> + Send + 'static>>;
 
 /// Something that handles events.
@@ -84,8 +87,13 @@ pub type HandlerFuture = Pin<Box<dyn Future<Output = Result<(), BoxError>> + Sen
     note = "`handler_fn(|event| async move {{ ...; Ok(()) }})` infers both types for a closure"
 )]
 pub trait Handler: Send + Sync + 'static {
+    /// The future of one call. The subscription's worker is built for the concrete
+    /// handler type and awaits this future in place: calling a handler allocates
+    /// nothing beyond what the handler's own future does.
+    type Future: Future<Output = HandlerResult> + Send + 'static;
+
     /// Handles one event.
-    fn call(&self, event: Event) -> HandlerFuture;
+    fn call(&self, event: Event) -> Self::Future;
 }
 
 impl<F, Fut, E> Handler for F
@@ -94,9 +102,10 @@ where
     Fut: Future<Output = Result<(), E>> + Send + 'static,
     E: Into<BoxError>,
 {
-    fn call(&self, event: Event) -> HandlerFuture {
-        let fut = self(event);
-        Box::pin(async move { fut.await.map_err(Into::into) })
+    type Future = ErrInto<Fut, BoxError>;
+
+    fn call(&self, event: Event) -> Self::Future {
+        self(event).err_into()
     }
 }
 

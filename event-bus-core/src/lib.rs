@@ -14,10 +14,10 @@
 //! let dispatcher = Dispatcher::new(DispatcherConfig::default())?;
 //! let seen = Arc::new(AtomicUsize::new(0));
 //! let counter = seen.clone();
-//! let handler = Subscriber::handler(Arc::new(move |_event: Event| {
+//! let handler = Subscriber::handler(move |_event: Event| {
 //!     let counter = counter.clone();
 //!     async move { counter.fetch_add(1, Ordering::SeqCst); Ok::<(), std::io::Error>(()) }
-//! }));
+//! });
 //! dispatcher.subscribe(Pattern::parse("orders:*")?, &SubscribeOptions::new(), handler)?;
 //! dispatcher.dispatch(Event::new(EventType::Created, "orders:eu", serde_json::json!({}))).await?;
 //! dispatcher.dispatch(Event::new(EventType::Created, "users:eu", serde_json::json!({}))).await?;
@@ -46,6 +46,7 @@ pub mod namespace;
 pub mod options;
 pub mod pattern;
 pub mod priority;
+pub mod publish;
 pub mod reconnect;
 pub mod seconds;
 pub mod secret;
@@ -67,6 +68,7 @@ pub use metrics::{Metrics, MetricsSnapshot};
 pub use options::{DeadLetter, OnMaxFailures, RetryPolicy, SubscribeOptions};
 pub use pattern::Pattern;
 pub use priority::Priority;
+pub use publish::Publish;
 pub use secret::Secret;
 pub use stream::EventStream;
 pub use subscription::{EndReason, Subscription, SubscriptionId, SubscriptionSet};

@@ -111,7 +111,7 @@ impl Stream for EventStream {
             }
             entry
                 .stats
-                .record(Outcome::Delivered, item.enqueued.elapsed());
+                .record(Outcome::Delivered, item.enqueued.map(|t| t.elapsed()));
             return Poll::Ready(Some(item.event));
         }
         match state.status {

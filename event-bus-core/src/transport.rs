@@ -6,7 +6,13 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use crate::{error::Error, event::Event, handler::Handler, subscription::SubscriptionId};
+use crate::{
+    dispatcher::worker::{StartWorker, Typed},
+    error::Error,
+    event::Event,
+    handler::Handler,
+    subscription::SubscriptionId,
+};
 
 /// The server side of a bus, as the [`Dispatcher`](crate::Dispatcher) sees it.
 ///
@@ -38,14 +44,17 @@ pub struct Subscriber(pub(crate) SubscriberKind);
 
 #[derive(Clone)]
 pub(crate) enum SubscriberKind {
-    Handler(Arc<dyn Handler>),
+    /// Starts a worker built for the concrete handler type.
+    Handler(Arc<dyn StartWorker>),
     Stream,
 }
 
 impl Subscriber {
-    /// Events go to `handler`, one call at a time.
-    pub fn handler(handler: Arc<dyn Handler>) -> Self {
-        Self(SubscriberKind::Handler(handler))
+    /// Events go to `handler`, one call at a time. The type is erased here, once per
+    /// subscription: the worker that calls `handler` is built for its concrete type,
+    /// so no call boxes a future.
+    pub fn handler<H: Handler>(handler: H) -> Self {
+        Self(SubscriberKind::Handler(Arc::new(Typed(Arc::new(handler)))))
     }
 
     /// Events wait in the queue for an [`EventStream`](crate::EventStream) to read them.

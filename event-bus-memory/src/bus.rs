@@ -2,8 +2,8 @@
 
 use async_trait::async_trait;
 use event_bus_core::{
-    Dispatcher, Error, Event, EventBus, Health, MetricsSnapshot, Pattern, SubscribeOptions,
-    Subscriber, Subscription, flush::until_quiescent, topic::validate_topic,
+    Dispatcher, Error, Event, EventBus, Health, MetricsSnapshot, Pattern, Publish,
+    SubscribeOptions, Subscriber, Subscription, flush::until_quiescent,
 };
 
 use crate::config::MemoryConfig;
@@ -54,11 +54,10 @@ impl EventBus for MemoryEventBus {
         Ok(())
     }
 
-    async fn publish(&self, event: Event) -> Result<(), Error> {
-        validate_topic(&event.topic)?;
-        self.dispatcher.dispatch(event).await?;
-        self.dispatcher.metrics().add_published(1);
-        Ok(())
+    /// Queues `event` for the matching subscriptions ([`Dispatcher::publish`]): without
+    /// allocating, unless it has to wait for room in a full queue (`block`).
+    fn publish(&self, event: Event) -> Publish<'_> {
+        self.dispatcher.publish(event)
     }
 
     async fn add_subscription(

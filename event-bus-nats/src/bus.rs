@@ -11,7 +11,7 @@ use std::sync::{
 use async_nats::Client;
 use async_trait::async_trait;
 use event_bus_core::{
-    Dispatcher, Error, Event, EventBus, Health, MetricsSnapshot, Pattern, PublishOutcome,
+    Dispatcher, Error, Event, EventBus, Health, MetricsSnapshot, Pattern, Publish, PublishOutcome,
     SubscribeOptions, Subscriber, Subscription, SubscriptionId, Transport, flush::until_quiescent,
     topic::validate_topic,
 };
@@ -207,8 +207,8 @@ impl EventBus for NatsEventBus {
         self.inner.started().await.map(|_| ())
     }
 
-    async fn publish(&self, event: Event) -> Result<(), Error> {
-        self.inner.publish(event).await
+    fn publish(&self, event: Event) -> Publish<'_> {
+        Publish::new(self.inner.publish(event))
     }
 
     /// Hands every event to the client before the first is written, so they travel

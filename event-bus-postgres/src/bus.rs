@@ -7,8 +7,8 @@ use std::sync::{
 
 use async_trait::async_trait;
 use event_bus_core::{
-    Dispatcher, Error, Event, EventBus, Health, MetricsSnapshot, Pattern, SubscribeOptions,
-    Subscriber, Subscription, SubscriptionId, Transport,
+    Dispatcher, Error, Event, EventBus, Health, MetricsSnapshot, Pattern, Publish,
+    SubscribeOptions, Subscriber, Subscription, SubscriptionId, Transport,
     deadline::{Operation, within},
     flush::until_quiescent,
 };
@@ -409,8 +409,8 @@ impl EventBus for PostgresEventBus {
         self.inner.pool.warm_up().await
     }
 
-    async fn publish(&self, event: Event) -> Result<(), Error> {
-        self.inner.publish_all(vec![event]).await
+    fn publish(&self, event: Event) -> Publish<'_> {
+        Publish::new(self.inner.publish_all(vec![event]))
     }
 
     /// Publishes `events` in order in one statement (`pg_notify` over `unnest` of two

@@ -7,7 +7,7 @@ use std::sync::{
 
 use async_trait::async_trait;
 use event_bus_core::{
-    Dispatcher, Error, Event, EventBus, Health, MetricsSnapshot, Pattern, PublishOutcome,
+    Dispatcher, Error, Event, EventBus, Health, MetricsSnapshot, Pattern, Publish, PublishOutcome,
     SubscribeOptions, Subscriber, Subscription, SubscriptionId, Transport,
     deadline::{self, Operation},
     flush::until_quiescent,
@@ -382,15 +382,17 @@ impl EventBus for RedisEventBus {
         self.started().await.map(|_| ())
     }
 
-    async fn publish(&self, event: Event) -> Result<(), Error> {
-        if self.is_closed() {
-            return Err(Error::Closed);
-        }
-        validate_topic(&event.topic)?;
-        let (started, event) = self.counted(self.publisher_for(event).await, 1)?;
-        self.counted(started.publisher.publish(event).await, 1)?;
-        self.inner.dispatcher.metrics().add_published(1);
-        Ok(())
+    fn publish(&self, event: Event) -> Publish<'_> {
+        Publish::new(async move {
+            if self.is_closed() {
+                return Err(Error::Closed);
+            }
+            validate_topic(&event.topic)?;
+            let (started, event) = self.counted(self.publisher_for(event).await, 1)?;
+            self.counted(started.publisher.publish(event).await, 1)?;
+            self.inner.dispatcher.metrics().add_published(1);
+            Ok(())
+        })
     }
 
     async fn publish_batch(&self, events: Vec<Event>) -> Result<(), Error> {

@@ -64,7 +64,7 @@ mod queue;
 pub(crate) mod registry;
 #[cfg(test)]
 mod tests;
-mod worker;
+pub(crate) mod worker;
 
 use std::{
     future::Future,
@@ -83,7 +83,7 @@ use tokio::{
 
 use self::{
     mailbox::{Mailbox, MailboxState, Status},
-    registry::{Registry, SubEntry},
+    registry::{Registry, SubEntry, Targets},
 };
 use crate::{
     config::{DispatcherConfig, OverflowPolicy},
@@ -94,7 +94,9 @@ use crate::{
     metrics::Metrics,
     options::SubscribeOptions,
     pattern::Pattern,
+    publish::Publish,
     subscription::{EndReason, Subscription, SubscriptionId},
+    topic::validate_topic,
     transport::{Subscriber, SubscriberKind, Transport},
 };
 #[allow(unused_imports)] // linked from the module docs
@@ -113,13 +115,13 @@ pub struct Dispatcher {
 }
 
 /// State the workers need on every event.
-struct Ctx {
+pub(crate) struct Ctx {
     config: DispatcherConfig,
     metrics: Arc<Metrics>,
     concurrency: limit::Limit,
 }
 
-struct Shared {
+pub(crate) struct Shared {
     ctx: Arc<Ctx>,
     registry: RwLock<Registry>,
     closed: AtomicBool,
@@ -295,10 +297,9 @@ impl Dispatcher {
         }
         self.metrics().add_subscriptions(1);
         self.metrics().attach(entry.seq, entry.clone());
-        if let SubscriberKind::Handler(handler) = &entry.kind {
-            worker::spawn(
+        if let SubscriberKind::Handler(start) = &entry.kind {
+            start.start(
                 &entry,
-                handler.clone(),
                 max_attempts,
                 self.shared.ctx.clone(),
                 Arc::downgrade(&self.shared),
@@ -366,30 +367,73 @@ impl Dispatcher {
         event: Event,
         filter: impl Fn(&Pattern) -> bool,
     ) -> impl Future<Output = Result<(), Error>> + Send + '_ {
-        let targets = if self.is_closed() {
-            None
-        } else {
-            // A subscription never receives its own dead letters.
-            let origin = dead_letter::origin(&event);
-            let filter = |e: &SubEntry| Some(e.id) != origin && filter(&e.pattern);
-            Some(self.shared.read().matching(&event.topic, filter))
-        };
+        let targets = self.targets(&event, filter).map(|(targets, _)| targets);
         async move {
             let Some(targets) = targets else {
                 return Err(Error::Closed);
             };
             self.metrics().add_received(1);
-            let targets = targets.as_slice();
-            if targets.is_empty() {
-                return Ok(());
-            }
-            match self.try_enqueue(targets, &event) {
+            match self.try_enqueue(targets.as_slice(), &event) {
                 Enqueue::Accepted => Ok(()),
-                // Boxed so that the common case above keeps this future small (it is
-                // moved into every publish future).
-                first => Box::pin(self.deliver(targets, event, first)).await,
+                // Boxed so that the common case above keeps this future small.
+                first => Box::pin(self.deliver(targets.as_slice(), event, first)).await,
             }
         }
+    }
+
+    /// Publishes `event` in this process, as the memory backend's
+    /// [`EventBus::publish`](crate::EventBus::publish) does: checks its topic,
+    /// dispatches it to the matching subscriptions and counts it as published. The
+    /// work happens on the first poll; when every queue has room (or the event is
+    /// refused at once) that poll finishes it without allocating, and only a wait for
+    /// room (`block`) continues in a boxed future.
+    ///
+    /// # Errors
+    /// [`Error::InvalidTopic`]; [`Error::Closed`]; [`Error::QueueFull`] under the
+    /// `reject` policy.
+    pub fn publish(&self, event: Event) -> Publish<'_> {
+        Publish::local(self, event)
+    }
+
+    /// The first poll of [`publish`](Self::publish): the result, or the wait for room.
+    pub(crate) fn publish_now(&self, event: Event) -> Result<Result<(), Error>, Publish<'_>> {
+        let (targets, valid) = match self.targets(&event, |_| true) {
+            Some((targets, exact)) => (Some(targets), exact),
+            None => (None, false),
+        };
+        // A topic that is some subscription's exact topic has passed the topic rules.
+        if !valid {
+            if let Err(e) = validate_topic(&event.topic) {
+                return Ok(Err(e));
+            }
+        }
+        let Some(targets) = targets else {
+            return Ok(Err(Error::Closed));
+        };
+        self.metrics().add_received(1);
+        match self.try_enqueue(targets.as_slice(), &event) {
+            Enqueue::Accepted => {
+                self.metrics().add_published(1);
+                Ok(Ok(()))
+            }
+            first => Err(Publish::new(async move {
+                self.deliver(targets.as_slice(), event, first).await?;
+                self.metrics().add_published(1);
+                Ok(())
+            })),
+        }
+    }
+
+    /// The subscriptions `event` goes to and whether its topic is some subscription's
+    /// exact topic (`None` once closed).
+    fn targets(&self, event: &Event, filter: impl Fn(&Pattern) -> bool) -> Option<(Targets, bool)> {
+        if self.is_closed() {
+            return None;
+        }
+        // A subscription never receives its own dead letters.
+        let origin = dead_letter::origin(event);
+        let filter = |e: &SubEntry| Some(e.id) != origin && filter(&e.pattern);
+        Some(self.shared.read().matching(&event.topic, filter))
     }
 
     /// Finishes a dispatch whose first attempt to queue (`first`) was not accepted.
@@ -434,11 +478,42 @@ impl Dispatcher {
     /// Locks the targets' mailboxes (in creation order, so concurrent publishers cannot
     /// deadlock) and queues `event` in every open one, applying the overflow policy.
     fn try_enqueue(&self, targets: &[Arc<SubEntry>], event: &Event) -> Enqueue {
+        if targets.is_empty() {
+            return Enqueue::Accepted;
+        }
         if let [only] = targets {
-            return self.enqueue_locked(targets, &mut [only.mailbox.lock()], event);
+            return self.enqueue_one(only, event);
         }
         let mut guards: Vec<_> = targets.iter().map(|t| t.mailbox.lock()).collect();
         self.enqueue_locked(targets, &mut guards, event)
+    }
+
+    /// [`try_enqueue`](Self::try_enqueue) for the common case of one target whose
+    /// queue has room, without the loops over targets; a full queue takes the general
+    /// path.
+    fn enqueue_one(&self, target: &Arc<SubEntry>, event: &Event) -> Enqueue {
+        let mut guard = target.mailbox.lock();
+        match guard.status {
+            Status::Open if guard.queue.len() < target.options.queue_maxsize => {}
+            Status::Open => {
+                let targets = std::slice::from_ref(target);
+                return self.enqueue_locked(targets, &mut [guard], event);
+            }
+            // Raced with close(): not delivered, so counted.
+            Status::Draining => {
+                self.shared.ctx.discard(event, "bus closing");
+                return Enqueue::Accepted;
+            }
+            // Raced with cancel(): that subscription no longer wants it.
+            Status::Cancelled => return Enqueue::Accepted,
+        }
+        let enqueued = guard.queue.samples_next().then(Instant::now);
+        let was_empty = guard.queue.is_empty();
+        guard.queue.push(event.clone(), enqueued);
+        if was_empty {
+            wake(target, &mut guard);
+        }
+        Enqueue::Accepted
     }
 
     fn enqueue_locked(
@@ -464,7 +539,8 @@ impl Dispatcher {
         if let Some(i) = wait_for {
             return Enqueue::WaitFor(i);
         }
-        let now = Instant::now();
+        // One clock read per event at most, and only if a queue samples it.
+        let mut now = None;
         for (guard, target) in guards.iter_mut().zip(targets) {
             match guard.status {
                 Status::Open => {}
@@ -492,7 +568,11 @@ impl Dispatcher {
                 }
             }
             let was_empty = guard.queue.is_empty();
-            guard.queue.push(event.clone(), now);
+            let enqueued = guard
+                .queue
+                .samples_next()
+                .then(|| *now.get_or_insert_with(Instant::now));
+            guard.queue.push(event.clone(), enqueued);
             if was_empty {
                 wake(target, guard);
             }
@@ -533,9 +613,8 @@ impl Dispatcher {
                 }
                 if guard.queue.len() < entry.options.queue_maxsize {
                     let was_empty = guard.queue.is_empty();
-                    guard
-                        .queue
-                        .push_entry(event, Instant::now(), delivery.take());
+                    let enqueued = guard.queue.samples_next().then(Instant::now);
+                    guard.queue.push_entry(event, enqueued, delivery.take());
                     if was_empty {
                         wake(&entry, &mut guard);
                     }

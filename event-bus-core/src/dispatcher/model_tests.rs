@@ -36,7 +36,7 @@ type Calls = Arc<Mutex<Vec<(u64, u32, Instant)>>>;
 
 /// A handler that records each call and fails the first `fail_first` attempts of every
 /// event whose payload is odd (even payloads always succeed).
-fn flaky(fail_first: u32) -> (Arc<dyn Handler>, Calls) {
+fn flaky(fail_first: u32) -> (Arc<impl Handler>, Calls) {
     let calls: Calls = Arc::default();
     let seen = calls.clone();
     let handler = Arc::new(move |e: Event| {
@@ -148,7 +148,7 @@ async fn panics_and_timeouts_are_retried_like_errors() {
     let d = dispatcher();
     let calls = Arc::new(Mutex::new(Vec::new()));
     let seen = calls.clone();
-    let handler: Arc<dyn Handler> = Arc::new(move |e: Event| {
+    let handler = Arc::new(move |e: Event| {
         let seen = seen.clone();
         async move {
             let delivery = Delivery::current().unwrap();
@@ -416,7 +416,7 @@ async fn per_subscription_queue_and_overflow_override_the_bus() {
     let d = dispatcher();
     let gate = Arc::new(tokio::sync::Semaphore::new(0));
     let g = gate.clone();
-    let handler: Arc<dyn Handler> = Arc::new(move |_: Event| {
+    let handler = Arc::new(move |_: Event| {
         let g = g.clone();
         async move {
             g.acquire().await.map(|p| p.forget()).ok();

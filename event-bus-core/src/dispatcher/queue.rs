@@ -6,10 +6,10 @@ use tokio::time::Instant;
 
 use crate::{durable::DurableDelivery, event::Event, priority::Priority};
 
-/// A queued event and when it was queued.
+/// A queued event and, if its latency is sampled, when it was queued.
 pub(crate) struct Entry {
     pub(crate) event: Event,
-    pub(crate) enqueued: Instant,
+    pub(crate) enqueued: Option<Instant>,
     /// For an event fetched by a durable backend: how to settle it on the server.
     pub(crate) durable: Option<Box<DurableDelivery>>,
     seq: u64,
@@ -36,14 +36,21 @@ impl PriorityQueue {
         self.len == 0
     }
 
-    pub(crate) fn push(&mut self, event: Event, enqueued: Instant) {
+    /// Whether the next event pushed is a latency sample
+    /// ([`LATENCY_SAMPLE_EVERY`](crate::metrics::LATENCY_SAMPLE_EVERY)): only then does
+    /// it need the time it was queued.
+    pub(crate) fn samples_next(&self) -> bool {
+        self.next_seq % crate::metrics::LATENCY_SAMPLE_EVERY == 0
+    }
+
+    pub(crate) fn push(&mut self, event: Event, enqueued: Option<Instant>) {
         self.push_entry(event, enqueued, None);
     }
 
     pub(crate) fn push_entry(
         &mut self,
         event: Event,
-        enqueued: Instant,
+        enqueued: Option<Instant>,
         durable: Option<Box<DurableDelivery>>,
     ) {
         let seq = self.next_seq;
@@ -138,7 +145,7 @@ mod tests {
             (4, Priority::CRITICAL),
             (5, Priority::HIGH),
         ] {
-            q.push(ev(n, p), now);
+            q.push(ev(n, p), Some(now));
         }
         assert_eq!(drain(&mut q), [4, 2, 5, 1, 3]);
         assert!(q.is_empty());
@@ -148,10 +155,10 @@ mod tests {
     fn drop_helpers() {
         let mut q = PriorityQueue::default();
         let now = Instant::now();
-        q.push(ev(1, Priority::HIGH), now);
-        q.push(ev(2, Priority::LOW), now);
-        q.push(ev(3, Priority::LOW), now);
-        q.push(ev(4, Priority::CRITICAL), now);
+        q.push(ev(1, Priority::HIGH), Some(now));
+        q.push(ev(2, Priority::LOW), Some(now));
+        q.push(ev(3, Priority::LOW), Some(now));
+        q.push(ev(4, Priority::CRITICAL), Some(now));
         assert_eq!(q.least_urgent(), Some(Priority::LOW));
         assert_eq!(q.pop_oldest().unwrap().event.payload, 1);
         assert_eq!(q.pop_least_urgent().unwrap().event.payload, 3);

@@ -177,11 +177,44 @@ impl Registry {
     }
 
     /// Subscriptions whose pattern matches `topic` and passes `filter`, in creation order.
-    pub(crate) fn matching(&self, topic: &str, filter: impl Fn(&SubEntry) -> bool) -> Targets {
+    /// The subscriptions `topic` goes to (of those passing `filter`), and whether
+    /// `topic` is the exact topic of a subscription (then it is a valid topic: exact
+    /// patterns are checked with the topic rules when subscribing).
+    pub(crate) fn matching(
+        &self,
+        topic: &str,
+        filter: impl Fn(&SubEntry) -> bool,
+    ) -> (Targets, bool) {
         let mut out = Targets::default();
-        if let Some(group) = self.exact.get(topic) {
-            out.extend(group.iter().filter(|e| filter(e)).cloned());
+        let exact = self.exact.get(topic);
+        match exact.map(Vec::as_slice) {
+            None => {}
+            Some([one]) => {
+                if filter(one) {
+                    out = Targets::One(one.clone());
+                }
+            }
+            Some(group) => out.extend(group.iter().filter(|e| filter(e)).cloned()),
         }
+        if !self.prefix_lens.is_empty() {
+            self.add_prefix_matches(topic, &filter, &mut out);
+        }
+        if let Targets::Many(many) = &mut out {
+            many.sort_unstable_by_key(|e| e.seq);
+        }
+        if !self.groups.is_empty() {
+            out = self.one_per_group(out);
+        }
+        (out, exact.is_some())
+    }
+
+    /// Adds the wildcard subscriptions matching `topic` to `out`.
+    fn add_prefix_matches(
+        &self,
+        topic: &str,
+        filter: &impl Fn(&SubEntry) -> bool,
+        out: &mut Targets,
+    ) {
         for &len in self.prefix_lens.keys() {
             if len > topic.len() {
                 break;
@@ -198,13 +231,6 @@ impl Registry {
                 );
             }
         }
-        if let Targets::Many(many) = &mut out {
-            many.sort_unstable_by_key(|e| e.seq);
-        }
-        if !self.groups.is_empty() {
-            out = self.one_per_group(out);
-        }
-        out
     }
 
     /// Keeps every target outside a group, and one member of each group, taking turns.

@@ -14,23 +14,34 @@ use crate::{
     Subscriber, Subscription, handler::Handler,
 };
 
+/// A handler shared by several subscriptions (or kept by the test).
+pub(super) struct Shared<H>(pub(super) Arc<H>);
+
+impl<H: Handler> Handler for Shared<H> {
+    type Future = H::Future;
+
+    fn call(&self, event: Event) -> Self::Future {
+        self.0.call(event)
+    }
+}
+
 /// Subscribes `handler` to `pattern` with `options`.
 pub(super) fn sub_with(
     d: &Dispatcher,
     pattern: &str,
     options: &SubscribeOptions,
-    handler: Arc<dyn Handler>,
+    handler: Arc<impl Handler>,
 ) -> Subscription {
     d.subscribe(
         Pattern::parse(pattern).unwrap(),
         options,
-        Subscriber::handler(handler),
+        Subscriber::handler(Shared(handler)),
     )
     .unwrap()
 }
 
 /// Subscribes `handler` to `pattern` with the dispatcher's settings.
-pub(super) fn sub(d: &Dispatcher, pattern: &str, handler: Arc<dyn Handler>) -> Subscription {
+pub(super) fn sub(d: &Dispatcher, pattern: &str, handler: Arc<impl Handler>) -> Subscription {
     sub_with(d, pattern, &SubscribeOptions::new(), handler)
 }
 
@@ -53,7 +64,7 @@ fn dispatcher(queue_maxsize: usize, overflow: OverflowPolicy) -> Dispatcher {
 type Seen = Arc<Mutex<Vec<u64>>>;
 
 /// A handler that records payloads and waits for a gate permit before each call.
-fn gated() -> (Arc<dyn Handler>, Arc<Semaphore>, Seen) {
+fn gated() -> (Arc<impl Handler>, Arc<Semaphore>, Seen) {
     let gate = Arc::new(Semaphore::new(0));
     let seen: Seen = Arc::default();
     let (g, s) = (gate.clone(), seen.clone());

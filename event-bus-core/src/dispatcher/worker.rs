@@ -2,12 +2,14 @@
 //! panic isolation, retries with backoff, dead letters and consecutive-failure tracking.
 
 use std::{
+    future::Future,
     panic::AssertUnwindSafe,
+    pin::{Pin, pin},
     sync::{Arc, Weak},
     time::Duration,
 };
 
-use futures_util::FutureExt;
+use futures_util::{FutureExt, future::CatchUnwind};
 use tokio::time::Instant;
 
 use super::{Ctx, Dispatcher, Shared, limit::Slot, mailbox::Status, registry::SubEntry};
@@ -37,10 +39,27 @@ enum Outcome {
     Panicked(String),
 }
 
+/// Starts a subscription's worker: what a [`Subscriber`](crate::Subscriber) of a
+/// handler carries, its handler's type erased once per subscription.
+pub(crate) trait StartWorker: Send + Sync + 'static {
+    /// Starts the worker of `entry` and stores its handle in the entry.
+    fn start(&self, entry: &Arc<SubEntry>, max_attempts: u32, ctx: Arc<Ctx>, shared: Weak<Shared>);
+}
+
+/// The [`StartWorker`] of a handler of type `H`: the worker it starts is built for `H`,
+/// so it awaits the handler's future in place.
+pub(crate) struct Typed<H>(pub(crate) Arc<H>);
+
+impl<H: Handler> StartWorker for Typed<H> {
+    fn start(&self, entry: &Arc<SubEntry>, max_attempts: u32, ctx: Arc<Ctx>, shared: Weak<Shared>) {
+        spawn(entry, self.0.clone(), max_attempts, ctx, shared);
+    }
+}
+
 /// Starts the worker of `entry` and stores its handle in the entry.
-pub(crate) fn spawn(
+fn spawn<H: Handler>(
     entry: &Arc<SubEntry>,
-    handler: Arc<dyn Handler>,
+    handler: Arc<H>,
     max_attempts: u32,
     ctx: Arc<Ctx>,
     shared: Weak<Shared>,
@@ -55,12 +74,11 @@ pub(crate) fn spawn(
     let handle = tokio::spawn(call.scope(async move {
         let mut worker_state = Worker {
             entry: &worker,
-            handler: handler.as_ref(),
             ctx: &ctx,
             shared,
             random: Random::seeded(),
         };
-        worker_state.run().await;
+        worker_state.run(handler.as_ref()).await;
         {
             let mut state = worker.mailbox.lock();
             state.busy = false;
@@ -74,9 +92,9 @@ pub(crate) fn spawn(
         .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(handle);
 }
 
+/// A worker's state. Only the methods that call the handler are generic over its type.
 struct Worker<'a> {
     entry: &'a SubEntry,
-    handler: &'a dyn Handler,
     ctx: &'a Ctx,
     shared: Weak<Shared>,
     random: Random,
@@ -101,7 +119,7 @@ enum Handled {
 }
 
 impl Worker<'_> {
-    async fn run(&mut self) {
+    async fn run<H: Handler>(&mut self, handler: &H) {
         let entry = self.entry;
         let mut consecutive_failures = 0u32;
         loop {
@@ -131,9 +149,19 @@ impl Worker<'_> {
                 entry.mailbox.space.notify_waiters();
             }
             let handled = match item.durable {
-                None => self.deliver(&item.event, item.enqueued).await,
+                None => match self
+                    .first_attempt(handler, &item.event, item.enqueued)
+                    .await
+                {
+                    None => Handled::Abandoned,
+                    Some(None) => Handled::Done,
+                    Some(Some(error)) => {
+                        self.deliver(handler, &item.event, item.enqueued, error)
+                            .await
+                    }
+                },
                 Some(durable) => {
-                    self.deliver_durable(&item.event, item.enqueued, *durable)
+                    self.deliver_durable(handler, &item.event, item.enqueued, *durable)
                         .await
                 }
             };
@@ -160,18 +188,18 @@ impl Worker<'_> {
         }
     }
 
-    /// Calls the handler with `event` until it succeeds or the retry policy gives up,
-    /// then dead-letters it if the subscription says so.
-    async fn deliver(&mut self, event: &Event, enqueued: Instant) -> Handled {
+    /// Retries `event`, whose first attempt failed with `error`, until a call succeeds
+    /// or the retry policy gives up, then dead-letters it if the subscription says so.
+    async fn deliver<H: Handler>(
+        &mut self,
+        handler: &H,
+        event: &Event,
+        enqueued: Option<Instant>,
+        mut error: String,
+    ) -> Handled {
         let entry = self.entry;
         let mut attempt = 1;
         loop {
-            let Some(error) = self.attempt(event, enqueued, attempt).await else {
-                return Handled::Abandoned;
-            };
-            let Some(error) = error else {
-                return Handled::Done;
-            };
             if attempt >= entry.options.retry.max_attempts {
                 self.dead_letter(event, &error, attempt).await;
                 return Handled::GaveUp;
@@ -181,20 +209,26 @@ impl Worker<'_> {
                 return Handled::Abandoned;
             }
             attempt += 1;
+            match self.attempt(handler, event, enqueued, attempt).await {
+                None => return Handled::Abandoned,
+                Some(None) => return Handled::Done,
+                Some(Some(failed)) => error = failed,
+            }
         }
     }
 
     /// Calls the handler once with an event fetched by a durable backend and settles
     /// it on the server: ack, retry there after the backoff, or dead-letter there.
-    async fn deliver_durable(
+    async fn deliver_durable<H: Handler>(
         &mut self,
+        handler: &H,
         event: &Event,
-        enqueued: Instant,
+        enqueued: Option<Instant>,
         durable: DurableDelivery,
     ) -> Handled {
         let entry = self.entry;
         let attempt = durable.attempt.max(1);
-        let Some(error) = self.attempt(event, enqueued, attempt).await else {
+        let Some(error) = self.attempt(handler, event, enqueued, attempt).await else {
             return Handled::Abandoned;
         };
         let (settled, handled) = match error {
@@ -220,25 +254,94 @@ impl Worker<'_> {
         handled
     }
 
-    /// One handler call: `None` if the subscription ended while waiting for a slot,
-    /// `Some(None)` on success, `Some(Some(error))` on failure.
-    async fn attempt(
+    /// The first handler call of an in-process event, as [`attempt`](Self::attempt).
+    /// When a concurrency slot is free and the handler finishes on its first poll (the
+    /// common case), the call happens right here, without the async call level of
+    /// `attempt` (whose state this worker's future would otherwise build and drop).
+    async fn first_attempt<H: Handler>(
         &self,
+        handler: &H,
         event: &Event,
-        enqueued: Instant,
-        attempt: u32,
+        enqueued: Option<Instant>,
     ) -> Option<Option<String>> {
-        let entry = self.entry;
-        let slot = self.slot().await?;
-        if entry.is_cancelled() {
+        let Some(slot) = self.ctx.concurrency.try_enter() else {
+            return self.attempt(handler, event, enqueued, 1).await;
+        };
+        if self.entry.is_cancelled() {
             return None;
         }
+        self.begin_call(1);
+        let outcome = match start(handler, event) {
+            Err(panicked) => panicked,
+            Ok(call) => {
+                let mut call = pin!(call);
+                match call.as_mut().now_or_never() {
+                    Some(result) => Outcome::of(result),
+                    None => wait(call).await,
+                }
+            }
+        };
+        Some(self.end_call(slot, event, outcome, enqueued, 1))
+    }
+
+    /// One handler call: `None` if the subscription ended while waiting for a slot,
+    /// `Some(None)` on success, `Some(Some(error))` on failure.
+    async fn attempt<H: Handler>(
+        &self,
+        handler: &H,
+        event: &Event,
+        enqueued: Option<Instant>,
+        attempt: u32,
+    ) -> Option<Option<String>> {
+        let slot = match self.ctx.concurrency.try_enter() {
+            Some(slot) => slot,
+            None => self.slot().await?,
+        };
+        if self.entry.is_cancelled() {
+            return None;
+        }
+        self.begin_call(attempt);
+        let outcome = match start(handler, event) {
+            Err(panicked) => panicked,
+            Ok(call) => {
+                let mut call = pin!(call);
+                // Most handlers finish on their first poll; only those that do not need
+                // a timer. (A future polled here with a no-op waker registers the real
+                // one on its next poll, which `wait` makes at once.)
+                match call.as_mut().now_or_never() {
+                    Some(result) => Outcome::of(result),
+                    None => wait(call).await,
+                }
+            }
+        };
+        Some(self.end_call(slot, event, outcome, enqueued, attempt))
+    }
+
+    /// Marks the start of attempt `attempt` of a call.
+    fn begin_call(&self, attempt: u32) {
         CallContext::with(|call| call.begin(attempt));
-        entry.stats.set_in_flight(true);
-        let outcome = call(self.handler, event.clone()).await;
-        entry.stats.set_in_flight(false);
+        self.entry.stats.set_in_flight(true);
+    }
+
+    /// Marks the end of a call: gives its slot back and counts its outcome; returns the
+    /// failure's description, if it failed.
+    fn end_call(
+        &self,
+        slot: Slot<'_>,
+        event: &Event,
+        outcome: Outcome,
+        enqueued: Option<Instant>,
+        attempt: u32,
+    ) -> Option<String> {
+        self.entry.stats.set_in_flight(false);
         drop(slot);
-        Some(record(entry, event, outcome, enqueued.elapsed(), attempt))
+        record(
+            self.entry,
+            event,
+            outcome,
+            enqueued.map(|t| t.elapsed()),
+            attempt,
+        )
     }
 
     /// The delay before retrying after failed attempt `attempt`; counts the retry.
@@ -356,34 +459,44 @@ impl Worker<'_> {
     }
 }
 
-/// Calls the handler, turning a panic (while building or polling the future) and the
-/// timeout into outcomes.
-async fn call(handler: &dyn Handler, event: Event) -> Outcome {
-    let future = match std::panic::catch_unwind(AssertUnwindSafe(|| handler.call(event))) {
-        Ok(future) => future,
-        Err(panic) => return Outcome::Panicked(panic_message(panic.as_ref())),
-    };
-    let mut guarded = AssertUnwindSafe(future).catch_unwind();
-    // Most handlers finish on their first poll; only those that do not need a timer.
-    // (A future polled here with a no-op waker registers the real one on its next poll,
-    // which the timeout makes at once.)
-    let result = match (&mut guarded).now_or_never() {
-        Some(result) => result,
-        None => match CallContext::with(CallContext::deadline).flatten() {
-            None => guarded.await,
-            Some(deadline) => match tokio::time::timeout_at(deadline, guarded).await {
-                Ok(result) => result,
-                Err(_) => {
-                    let after = CallContext::with(|c| c.timeout()).flatten();
-                    return Outcome::TimedOut(after.unwrap_or_default());
-                }
-            },
+/// A handler call's result, with a panic caught.
+type Caught = std::thread::Result<Result<(), BoxError>>;
+
+/// Builds the future of a handler call with `event`, the handler's future awaited in
+/// place (inside this worker's own future: no allocation per call) and a panic while
+/// polling it caught; a panic while building it is an outcome at once.
+fn start<H: Handler>(
+    handler: &H,
+    event: &Event,
+) -> Result<CatchUnwind<AssertUnwindSafe<H::Future>>, Outcome> {
+    match std::panic::catch_unwind(AssertUnwindSafe(|| handler.call(event.clone()))) {
+        Ok(future) => Ok(AssertUnwindSafe(future).catch_unwind()),
+        Err(panic) => Err(Outcome::Panicked(panic_message(panic.as_ref()))),
+    }
+}
+
+impl Outcome {
+    fn of(result: Caught) -> Self {
+        match result {
+            Ok(Ok(())) => Outcome::Success,
+            Ok(Err(error)) => Outcome::Failed(error),
+            Err(panic) => Outcome::Panicked(panic_message(panic.as_ref())),
+        }
+    }
+}
+
+/// Awaits a handler call that did not finish on its first poll, under the call's
+/// timeout.
+async fn wait(call: Pin<&mut impl Future<Output = Caught>>) -> Outcome {
+    match CallContext::with(CallContext::deadline).flatten() {
+        None => Outcome::of(call.await),
+        Some(deadline) => match tokio::time::timeout_at(deadline, call).await {
+            Ok(result) => Outcome::of(result),
+            Err(_) => {
+                let after = CallContext::with(|c| c.timeout()).flatten();
+                Outcome::TimedOut(after.unwrap_or_default())
+            }
         },
-    };
-    match result {
-        Ok(Ok(())) => Outcome::Success,
-        Ok(Err(error)) => Outcome::Failed(error),
-        Err(panic) => Outcome::Panicked(panic_message(panic.as_ref())),
     }
 }
 
@@ -400,11 +513,9 @@ fn record(
     entry: &SubEntry,
     event: &Event,
     outcome: Outcome,
-    latency: Duration,
+    latency: Option<Duration>,
     attempt: u32,
 ) -> Option<String> {
-    let (sub, pattern) = (entry.id, entry.pattern.as_str());
-    let (event_id, topic) = (event.id, event.topic.as_str());
     let stats = &entry.stats;
     match outcome {
         Outcome::Success => {
@@ -413,21 +524,37 @@ fn record(
         }
         Outcome::Failed(error) => {
             stats.record(Counted::Failed, latency);
+            let (sub, pattern, event_id, topic) = log_fields(entry, event);
             tracing::warn!(%sub, pattern, %event_id, topic, attempt, error = %error, "handler failed");
             Some(error.to_string())
         }
         Outcome::TimedOut(after) => {
             stats.record(Counted::TimedOut, latency);
+            let (sub, pattern, event_id, topic) = log_fields(entry, event);
             let timeout_s = after.as_secs_f64();
             tracing::warn!(%sub, pattern, %event_id, topic, attempt, timeout_s, "handler timed out and was cancelled");
             Some(format!("timed out after {timeout_s} s"))
         }
         Outcome::Panicked(message) => {
             stats.record(Counted::Panicked, latency);
+            let (sub, pattern, event_id, topic) = log_fields(entry, event);
             tracing::error!(%sub, pattern, %event_id, topic, attempt, panic = %message, "handler panicked");
             Some(format!("panicked: {message}"))
         }
     }
+}
+
+/// What a log line about one handler call names: subscription, pattern, event, topic.
+fn log_fields<'a>(
+    entry: &'a SubEntry,
+    event: &'a Event,
+) -> (SubscriptionId, &'a str, uuid::Uuid, &'a str) {
+    (
+        entry.id,
+        entry.pattern.as_str(),
+        event.id,
+        event.topic.as_str(),
+    )
 }
 
 /// A small, fast random source for retry jitter (SplitMix64), seeded per worker.
