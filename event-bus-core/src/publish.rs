@@ -65,7 +65,9 @@ impl Future for Publish<'_> {
                 return Poll::Ready(Err(Error::Closed));
             };
             match dispatcher.publish_now(event) {
-                Ok(result) => return Poll::Ready(result),
+                // Spelled out so that the common case writes no error-sized value.
+                Ok(Ok(())) => return Poll::Ready(Ok(())),
+                Ok(Err(e)) => return Poll::Ready(Err(e)),
                 Err(waiting) => *self = waiting,
             }
         }

@@ -396,6 +396,7 @@ impl Dispatcher {
     }
 
     /// The first poll of [`publish`](Self::publish): the result, or the wait for room.
+    #[inline]
     pub(crate) fn publish_now(&self, event: Event) -> Result<Result<(), Error>, Publish<'_>> {
         let (targets, valid) = match self.targets(&event, |_| true) {
             Some((targets, exact)) => (Some(targets), exact),

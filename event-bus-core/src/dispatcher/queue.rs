@@ -43,10 +43,12 @@ impl PriorityQueue {
         self.next_seq % crate::metrics::LATENCY_SAMPLE_EVERY == 0
     }
 
+    #[inline]
     pub(crate) fn push(&mut self, event: Event, enqueued: Option<Instant>) {
         self.push_entry(event, enqueued, None);
     }
 
+    #[inline]
     pub(crate) fn push_entry(
         &mut self,
         event: Event,
@@ -63,6 +65,13 @@ impl PriorityQueue {
             durable,
             seq,
         };
+        // Most queues hold one priority: try the least urgent bucket first.
+        if let Some((p, bucket)) = self.buckets.last_mut() {
+            if *p == priority {
+                bucket.push_back(entry);
+                return;
+            }
+        }
         match self.buckets.iter().position(|(p, _)| *p >= priority) {
             Some(i) if self.buckets[i].0 == priority => self.buckets[i].1.push_back(entry),
             at => {
@@ -73,6 +82,7 @@ impl PriorityQueue {
     }
 
     /// The most urgent event, oldest first among equals.
+    #[inline]
     pub(crate) fn pop(&mut self) -> Option<Entry> {
         let entry = self.buckets.iter_mut().find_map(|(_, b)| b.pop_front())?;
         self.len -= 1;

@@ -185,16 +185,32 @@ impl Registry {
         topic: &str,
         filter: impl Fn(&SubEntry) -> bool,
     ) -> (Targets, bool) {
-        let mut out = Targets::default();
         let exact = self.exact.get(topic);
-        match exact.map(Vec::as_slice) {
-            None => {}
-            Some([one]) => {
-                if filter(one) {
-                    out = Targets::One(one.clone());
-                }
+        // The common case: one subscription to this exact topic and no wildcard or
+        // group subscriptions at all.
+        if let Some([one]) = exact.map(Vec::as_slice) {
+            if self.prefix_lens.is_empty() && self.groups.is_empty() {
+                let out = if filter(one) {
+                    Targets::One(one.clone())
+                } else {
+                    Targets::None
+                };
+                return (out, true);
             }
-            Some(group) => out.extend(group.iter().filter(|e| filter(e)).cloned()),
+        }
+        self.matching_all(topic, exact, filter)
+    }
+
+    /// [`matching`](Self::matching) in general.
+    fn matching_all(
+        &self,
+        topic: &str,
+        exact: Option<&Vec<Arc<SubEntry>>>,
+        filter: impl Fn(&SubEntry) -> bool,
+    ) -> (Targets, bool) {
+        let mut out = Targets::default();
+        if let Some(group) = exact {
+            out.extend(group.iter().filter(|e| filter(e)).cloned());
         }
         if !self.prefix_lens.is_empty() {
             self.add_prefix_matches(topic, &filter, &mut out);

@@ -149,17 +149,37 @@ impl Worker<'_> {
                 entry.mailbox.space.notify_waiters();
             }
             let handled = match item.durable {
-                None => match self
-                    .first_attempt(handler, &item.event, item.enqueued)
-                    .await
-                {
-                    None => Handled::Abandoned,
-                    Some(None) => Handled::Done,
-                    Some(Some(error)) => {
-                        self.deliver(handler, &item.event, item.enqueued, error)
-                            .await
+                // The first attempt of an in-process event: when a concurrency slot is
+                // free (the common case) the call happens right here, without building
+                // the state of an `attempt` future; `attempt` does the rest.
+                None => {
+                    let first = match self.ctx.concurrency.try_enter() {
+                        Some(_) if entry.is_cancelled() => None,
+                        Some(slot) => {
+                            self.begin_call(1);
+                            let outcome = match start(handler, &item.event) {
+                                Err(panicked) => panicked,
+                                Ok(call) => {
+                                    let mut call = pin!(call);
+                                    match call.as_mut().now_or_never() {
+                                        Some(result) => Outcome::of(result),
+                                        None => wait(call).await,
+                                    }
+                                }
+                            };
+                            Some(self.end_call(slot, &item.event, outcome, item.enqueued, 1))
+                        }
+                        None => self.attempt(handler, &item.event, item.enqueued, 1).await,
+                    };
+                    match first {
+                        None => Handled::Abandoned,
+                        Some(None) => Handled::Done,
+                        Some(Some(error)) => {
+                            self.deliver(handler, &item.event, item.enqueued, error)
+                                .await
+                        }
                     }
-                },
+                }
                 Some(durable) => {
                     self.deliver_durable(handler, &item.event, item.enqueued, *durable)
                         .await
@@ -252,36 +272,6 @@ impl Worker<'_> {
                 "could not settle a durable delivery: it will be delivered again");
         }
         handled
-    }
-
-    /// The first handler call of an in-process event, as [`attempt`](Self::attempt).
-    /// When a concurrency slot is free and the handler finishes on its first poll (the
-    /// common case), the call happens right here, without the async call level of
-    /// `attempt` (whose state this worker's future would otherwise build and drop).
-    async fn first_attempt<H: Handler>(
-        &self,
-        handler: &H,
-        event: &Event,
-        enqueued: Option<Instant>,
-    ) -> Option<Option<String>> {
-        let Some(slot) = self.ctx.concurrency.try_enter() else {
-            return self.attempt(handler, event, enqueued, 1).await;
-        };
-        if self.entry.is_cancelled() {
-            return None;
-        }
-        self.begin_call(1);
-        let outcome = match start(handler, event) {
-            Err(panicked) => panicked,
-            Ok(call) => {
-                let mut call = pin!(call);
-                match call.as_mut().now_or_never() {
-                    Some(result) => Outcome::of(result),
-                    None => wait(call).await,
-                }
-            }
-        };
-        Some(self.end_call(slot, event, outcome, enqueued, 1))
     }
 
     /// One handler call: `None` if the subscription ended while waiting for a slot,
