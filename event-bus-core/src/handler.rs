@@ -21,6 +21,29 @@ pub type HandlerFuture = Pin<Box<dyn Future<Output = Result<(), BoxError>> + Sen
 /// Sync>>` (that includes `std::io::Error`, `String`, `&'static str` and `anyhow::Error`),
 /// is a handler.
 ///
+/// A type of your own implements it by naming its call's future; a boxed
+/// [`HandlerFuture`] does when the calls return different futures:
+///
+/// ```
+/// use event_bus_core::{Event, Handler, handler::HandlerFuture};
+///
+/// struct Audit { prefix: String }
+///
+/// impl Handler for Audit {
+///     type Future = HandlerFuture;
+///
+///     fn call(&self, event: Event) -> Self::Future {
+///         let line = format!("{}{}", self.prefix, event.topic);
+///         Box::pin(async move {
+///             println!("{line}");
+///             Ok(())
+///         })
+///     }
+/// }
+/// # fn assert_handler(_: impl Handler) {}
+/// # assert_handler(Audit { prefix: "audit: ".into() });
+/// ```
+///
 /// Returning `Err` marks the delivery as failed; so do a panic and running past
 /// `dispatcher.handler_timeout_seconds`. After `dispatcher.handler_max_failures`
 /// consecutive failures the subscription is cancelled automatically.

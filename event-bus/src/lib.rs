@@ -9,7 +9,7 @@ mod url_scheme;
 
 // The bus.
 pub use event_bus_core::{
-    EventBus, EventBusExt, Health, MetricsSnapshot, metrics::LatencyHistogram,
+    EventBus, EventBusExt, Health, MetricsSnapshot, Publish, metrics::LatencyHistogram,
 };
 
 // Events, topics and patterns.

@@ -6,6 +6,7 @@ use std::sync::{
     atomic::{AtomicUsize, Ordering},
 };
 
+use futures_util::FutureExt;
 use tokio::sync::Semaphore;
 
 use super::Dispatcher;
@@ -239,4 +240,64 @@ async fn handler_concurrency_is_bounded() {
         2,
         "never more than 2 calls at once"
     );
+}
+
+#[tokio::test]
+async fn publish_is_lazy_ready_when_queued_and_waits_for_room_under_block() {
+    let d = dispatcher(2, OverflowPolicy::Block);
+    let (gate, seen) = fill(&d).await;
+    // Nothing happens until the first poll.
+    let unpolled = d.publish(ev(9, Priority::NORMAL));
+    drop(unpolled);
+    assert_eq!(d.metrics().snapshot().published, 0);
+    // The queue is full: the publish waits (the boxed slow path) and counts when done.
+    let mut third = d.publish(ev(3, Priority::NORMAL));
+    assert!((&mut third).now_or_never().is_none());
+    assert_eq!(d.metrics().snapshot().published, 0);
+    gate.add_permits(10);
+    tokio::time::timeout(std::time::Duration::from_secs(10), third)
+        .await
+        .expect("room was made")
+        .unwrap();
+    d.flush().await;
+    assert_eq!(*seen.lock().unwrap(), [0, 1, 2, 3]);
+    // With room, a publish finishes on its first poll.
+    let mut fourth = d.publish(ev(4, Priority::NORMAL));
+    assert!(matches!((&mut fourth).now_or_never(), Some(Ok(()))));
+    d.flush().await;
+    assert_eq!(d.metrics().snapshot().published, 2);
+    // Topic rules and close still apply.
+    let bad = Event::new(EventType::Created, "a::b", serde_json::json!(0));
+    assert!(matches!(
+        d.publish(bad).await,
+        Err(Error::InvalidTopic { .. })
+    ));
+    d.close().await;
+    assert!(matches!(
+        d.publish(ev(5, Priority::NORMAL)).await,
+        Err(Error::Closed)
+    ));
+}
+
+#[tokio::test]
+async fn latency_is_sampled_one_event_in_sixteen() {
+    let d = dispatcher(1000, OverflowPolicy::Block);
+    let count = Arc::new(AtomicUsize::new(0));
+    let c = count.clone();
+    sub(
+        &d,
+        "t",
+        Arc::new(move |_e: Event| {
+            c.fetch_add(1, Ordering::SeqCst);
+            std::future::ready(Ok::<(), std::io::Error>(()))
+        }),
+    );
+    for i in 0..40 {
+        d.publish(ev(i, Priority::NORMAL)).await.unwrap();
+    }
+    d.flush().await;
+    let m = d.metrics().snapshot();
+    assert_eq!((m.delivered, count.load(Ordering::SeqCst)), (40, 40));
+    // The 1st, 17th and 33rd events are samples.
+    assert_eq!(m.latency.count(), 3);
 }
