@@ -398,19 +398,15 @@ impl Dispatcher {
     /// The first poll of [`publish`](Self::publish): the result, or the wait for room.
     #[inline]
     pub(crate) fn publish_now(&self, event: Event) -> Result<Result<(), Error>, Publish<'_>> {
-        let (targets, valid) = match self.targets(&event, |_| true) {
-            Some((targets, exact)) => (Some(targets), exact),
-            None => (None, false),
+        let Some((targets, exact)) = self.targets(&event, |_| true) else {
+            return Ok(validate_topic(&event.topic).and(Err(Error::Closed)));
         };
         // A topic that is some subscription's exact topic has passed the topic rules.
-        if !valid {
+        if !exact {
             if let Err(e) = validate_topic(&event.topic) {
                 return Ok(Err(e));
             }
         }
-        let Some(targets) = targets else {
-            return Ok(Err(Error::Closed));
-        };
         self.metrics().add_received(1);
         match self.try_enqueue(targets.as_slice(), &event) {
             Enqueue::Accepted => {

@@ -162,6 +162,12 @@ impl Worker<'_> {
                                 Ok(call) => {
                                     let mut call = pin!(call);
                                     match call.as_mut().now_or_never() {
+                                        // Succeeded on its first poll: the common case.
+                                        Some(Ok(Ok(()))) => {
+                                            self.end_success(slot, item.enqueued);
+                                            consecutive_failures = 0;
+                                            continue;
+                                        }
                                         Some(result) => Outcome::of(result),
                                         None => wait(call).await,
                                     }
@@ -311,6 +317,14 @@ impl Worker<'_> {
     fn begin_call(&self, attempt: u32) {
         CallContext::with(|call| call.begin(attempt));
         self.entry.stats.set_in_flight(true);
+    }
+
+    /// [`end_call`](Self::end_call) of a call that succeeded.
+    fn end_success(&self, slot: Slot<'_>, enqueued: Option<Instant>) {
+        let stats = &self.entry.stats;
+        stats.set_in_flight(false);
+        drop(slot);
+        stats.record(Counted::Delivered, enqueued.map(|t| t.elapsed()));
     }
 
     /// Marks the end of a call: gives its slot back and counts its outcome; returns the
