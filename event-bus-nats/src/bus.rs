@@ -19,6 +19,7 @@ use event_bus_core::{
 use crate::{
     config::NatsConfig,
     echo::Echo,
+    jetstream::{DeliveryMode, JetStream},
     link::Link,
     routes::{Receive, Routes},
     servers::Servers,
@@ -35,10 +36,10 @@ use crate::{
 /// (nothing waits for queued events).
 #[derive(Clone)]
 pub struct NatsEventBus {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
-struct Inner {
+pub(crate) struct Inner {
     config: NatsConfig,
     servers: Servers,
     address: String,
@@ -51,10 +52,12 @@ struct Inner {
     closed: AtomicBool,
     started: RwLock<Option<Arc<Started>>>,
     connecting: tokio::sync::Mutex<()>,
+    /// The durable side, with `delivery = "jetstream"`.
+    jetstream: Option<Arc<JetStream>>,
 }
 
 /// The client of a connected bus.
-struct Started {
+pub(crate) struct Started {
     client: Client,
     echo: Arc<Echo>,
     /// The server's `max_payload`, read at connect and again when a publish exceeds it
@@ -73,7 +76,17 @@ impl NatsEventBus {
         let dispatcher = Dispatcher::new(config.dispatcher.clone())?;
         let subjects = Subjects::new(&config.channel_prefix);
         let id = uuid::Uuid::new_v4().simple().to_string();
+        let jetstream = (config.delivery == DeliveryMode::Jetstream).then(|| {
+            Arc::new(JetStream::new(
+                config.jetstream.clone(),
+                &config.channel_prefix,
+                dispatcher.clone(),
+                config.command_timeout(),
+                config.max_message_bytes,
+            ))
+        });
         let inner = Arc::new(Inner {
+            jetstream,
             address: servers.redacted(),
             servers,
             receive: Arc::new(Receive {
@@ -121,6 +134,16 @@ impl NatsEventBus {
         self.inner.subjects.subject(topic)
     }
 
+    /// The durable side of the bus.
+    ///
+    /// # Errors
+    /// [`Error::Config`] (key `delivery`) when the bus uses pub/sub.
+    pub(crate) fn jetstream(&self) -> Result<&Arc<JetStream>, Error> {
+        self.inner.jetstream.as_ref().ok_or_else(|| {
+            Error::config("delivery", "this operation needs delivery = \"jetstream\"")
+        })
+    }
+
     /// The name the connection gives the server (shown by its monitoring, `/connz`):
     /// `eventbus:{channel_prefix}:{random id}`.
     pub fn client_name(&self) -> &str {
@@ -134,7 +157,7 @@ impl Inner {
     }
 
     /// The running client, connecting on first use.
-    async fn started(&self) -> Result<Arc<Started>, Error> {
+    pub(crate) async fn started(&self) -> Result<Arc<Started>, Error> {
         if self.is_closed() {
             return Err(Error::Closed);
         }
@@ -163,6 +186,9 @@ impl Inner {
     /// come back from the server and been handed to the dispatcher.
     async fn round_trip(&self) -> Result<(), Error> {
         let started = self.started().await?;
+        if let Some(js) = &self.jetstream {
+            return js.round_trip().await;
+        }
         started
             .echo
             .round_trip(&started.client, self.config.command_timeout())
@@ -193,7 +219,10 @@ impl Transport for Inner {
     }
 
     async fn release(&self, id: SubscriptionId) {
-        self.routes.release(id).await;
+        match &self.jetstream {
+            Some(js) => js.release(id).await,
+            None => self.routes.release(id).await,
+        }
     }
 }
 
@@ -220,6 +249,18 @@ impl EventBus for NatsEventBus {
         }
         for event in &events {
             validate_topic(&event.topic)?;
+        }
+        if let Some(js) = &inner.jetstream {
+            if events.is_empty() {
+                return Ok(());
+            }
+            if let Err(e) = inner.started().await {
+                return match (e, events.into_iter().next()) {
+                    (Error::Closed, _) | (_, None) => Err(Error::Closed),
+                    (e, Some(first)) => Err(Error::publish(first, PublishOutcome::NotSent, e)),
+                };
+            }
+            return js.publish_batch(events).await;
         }
         let mut events = events.into_iter();
         let Some(first) = events.next() else {
@@ -252,6 +293,9 @@ impl EventBus for NatsEventBus {
         }
         let pattern = Pattern::parse(pattern)?;
         let started = inner.started().await?;
+        if let Some(js) = &inner.jetstream {
+            return js.subscribe(pattern, &options, subscriber).await;
+        }
         let timeout = inner.config.command_timeout();
         let client = &started.client;
         inner
@@ -277,7 +321,16 @@ impl EventBus for NatsEventBus {
     /// waiting until every server subscription's buffered messages are dispatched.
     async fn flush(&self) -> Result<(), Error> {
         self.inner.started().await?;
-        until_quiescent(&self.inner.dispatcher, || self.inner.round_trip()).await
+        loop {
+            until_quiescent(&self.inner.dispatcher, || self.inner.round_trip()).await?;
+            // Durable retries wait on the server: wait for them too.
+            match &self.inner.jetstream {
+                Some(js) if js.retrying() => {
+                    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                }
+                _ => return Ok(()),
+            }
+        }
     }
 
     fn metrics(&self) -> MetricsSnapshot {
@@ -307,6 +360,9 @@ impl EventBus for NatsEventBus {
         if inner.closed.swap(true, Ordering::AcqRel) {
             return Ok(());
         }
+        if let Some(js) = &inner.jetstream {
+            js.stop_reading();
+        }
         let started = inner
             .started
             .write()
@@ -314,6 +370,9 @@ impl EventBus for NatsEventBus {
             .take();
         inner.routes.stop_all().await;
         inner.dispatcher.close().await;
+        if let Some(js) = &inner.jetstream {
+            js.stop_all().await;
+        }
         if let Some(started) = started {
             let _ =
                 tokio::time::timeout(inner.config.command_timeout(), started.client.flush()).await;

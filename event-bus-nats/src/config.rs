@@ -10,7 +10,10 @@ use serde::{Deserialize, Serialize};
 
 use event_bus_core::namespace::validate_prefix;
 
-use crate::servers::Servers;
+use crate::{
+    jetstream::{DeliveryMode, JetStreamConfig},
+    servers::Servers,
+};
 
 /// Configuration of [`NatsEventBus`](crate::NatsEventBus) (config
 /// `{"backend": "nats", ...}`).
@@ -73,6 +76,12 @@ pub struct NatsConfig {
     /// Dispatcher settings (`dispatcher.consumer_error_sleep_seconds` caps the reconnect
     /// backoff). Default: see [`DispatcherConfig`].
     pub dispatcher: DispatcherConfig,
+    /// How events travel: `pubsub` (core NATS, at-most-once) or `jetstream` (durable,
+    /// at-least-once per consumer group; see `docs/backends/nats.md`). Default: `pubsub`.
+    pub delivery: DeliveryMode,
+    /// Settings of the durable mode, used with `delivery = "jetstream"`.
+    /// Default: see [`JetStreamConfig`].
+    pub jetstream: JetStreamConfig,
 }
 
 impl Default for NatsConfig {
@@ -89,6 +98,8 @@ impl Default for NatsConfig {
             ping_interval_seconds: 10.0,
             subscription_capacity: 65_536,
             dispatcher: DispatcherConfig::default(),
+            delivery: DeliveryMode::Pubsub,
+            jetstream: JetStreamConfig::default(),
         }
     }
 }
@@ -124,6 +135,7 @@ impl NatsConfig {
     /// [`Error::Config`] naming the key and the problem.
     pub fn validate(&self) -> Result<(), Error> {
         self.dispatcher.validate()?;
+        self.jetstream.validate()?;
         validate_prefix(&self.channel_prefix)?;
         if self.max_message_bytes == 0 {
             return Err(Error::config("max_message_bytes", "must be at least 1"));
@@ -192,6 +204,8 @@ impl fmt::Debug for NatsConfig {
             .field("ping_interval_seconds", &self.ping_interval_seconds)
             .field("subscription_capacity", &self.subscription_capacity)
             .field("dispatcher", &self.dispatcher)
+            .field("delivery", &self.delivery)
+            .field("jetstream", &self.jetstream)
             .finish()
     }
 }

@@ -67,7 +67,9 @@
 
 mod bus;
 mod config;
+mod durable;
 mod echo;
+pub mod jetstream;
 mod link;
 mod parts;
 mod routes;
@@ -77,6 +79,9 @@ pub mod subject;
 pub use bus::NatsEventBus;
 pub use config::NatsConfig;
 pub use event_bus_core::namespace::MAX_PREFIX_LEN;
+pub use jetstream::{
+    DeliveryMode, JetStreamConfig, JetStreamMetrics, NatsGroupInfo, StartPosition,
+};
 
 // What applications need besides the bus itself, so that this crate alone is enough.
 pub use event_bus_core::prelude::*;

@@ -174,6 +174,14 @@ fn needs_escape(c: char) -> bool {
     matches!(c, '.' | '*' | '>' | '%') || c.is_whitespace() || c.is_control()
 }
 
+/// `segment` with the characters NATS reserves written as `%XX` (one subject token
+/// when `segment` is not empty).
+pub(crate) fn encode_token(segment: &str) -> String {
+    let mut out = String::with_capacity(segment.len());
+    encode_into(segment, &mut out);
+    out
+}
+
 fn encode_into(segment: &str, out: &mut impl Write) {
     for c in segment.chars() {
         encode_char(c, out);

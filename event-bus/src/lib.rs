@@ -36,6 +36,11 @@ pub use factory::create_event_bus;
 #[cfg(feature = "memory")]
 #[cfg_attr(docsrs, doc(cfg(feature = "memory")))]
 pub use event_bus_memory::{MemoryConfig, MemoryEventBus};
+/// The NATS backend crate, for what only it has (the durable mode's `DeliveryMode`,
+/// `JetStreamConfig`, groups and counters).
+#[cfg(feature = "nats")]
+#[cfg_attr(docsrs, doc(cfg(feature = "nats")))]
+pub use event_bus_nats as nats;
 #[cfg(feature = "nats")]
 #[cfg_attr(docsrs, doc(cfg(feature = "nats")))]
 pub use event_bus_nats::{NatsConfig, NatsEventBus};

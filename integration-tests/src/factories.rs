@@ -103,3 +103,28 @@ pub fn nats(ns: String, dispatcher: DispatcherConfig) -> BoxFuture<'static, Arc<
         Arc::new(bus) as Arc<dyn EventBus>
     })
 }
+
+/// NATS in the durable mode (`delivery = "jetstream"`): streams `eventbus_{ns}` and
+/// `eventbus_{ns}-aux` on the server [`nats_server`](crate::nats_server) finds, with a
+/// 1 s lease. The streams are kept in memory with a 10-minute age limit, so each test's
+/// events are gone soon after it (and its empty streams at the server's next restart).
+pub fn nats_jetstream(
+    ns: String,
+    dispatcher: DispatcherConfig,
+) -> BoxFuture<'static, Arc<dyn EventBus>> {
+    Box::pin(async move {
+        let mut config = multibus::NatsConfig {
+            channel_prefix: ns,
+            dispatcher,
+            delivery: multibus::nats::DeliveryMode::Jetstream,
+            ..multibus::NatsConfig::from_url(crate::nats_server::url().await)
+                .expect("valid NATS URL")
+        };
+        config.jetstream.lease_seconds = 1.0;
+        config.jetstream.memory_storage = true;
+        config.jetstream.max_age_seconds = 600.0;
+        let bus = multibus::NatsEventBus::new(config).expect("valid nats config");
+        bus.connect().await.expect("nats connect");
+        Arc::new(bus) as Arc<dyn EventBus>
+    })
+}

@@ -24,3 +24,11 @@ conformance_suite!(postgres_table, integration_tests::factories::postgres_table,
     lifecycle::cancel_from_a_handler_never_waits_for_a_slot,
     subscriptions::group_members_share_the_events,
 ]);
+
+// The NATS durable mode runs what the Redis durable mode runs, for the same reasons:
+// a durable subscription leaves what its queue cannot take on the server, and members
+// of a group share by whoever pulls first.
+conformance_suite!(nats_jetstream, integration_tests::factories::nats_jetstream, also: [
+    ordering::fifo_at_equal_priority,
+    subscriptions::dead_letters_receive_exactly_the_poison_events,
+]);

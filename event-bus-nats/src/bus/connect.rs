@@ -32,6 +32,9 @@ impl Inner {
             .connect(self.servers.server_addrs())
             .await
             .map_err(|e| self.connect_error(&e))?;
+        if let Some(js) = &self.jetstream {
+            js.attach(&client).await?;
+        }
         let echo = Echo::start(&client).await?;
         echo.round_trip(&client, timeout).await?;
         self.dispatcher.start();

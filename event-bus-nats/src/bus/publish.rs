@@ -33,6 +33,11 @@ impl Inner {
             Err(Error::Closed) => return Err(Error::Closed),
             Err(e) => return Err(Error::publish(event, PublishOutcome::NotSent, e)),
         };
+        if let Some(js) = &self.jetstream {
+            js.publish(event).await?;
+            self.dispatcher.metrics().add_published(1);
+            return Ok(());
+        }
         self.send(&started, event).await?;
         self.dispatcher.metrics().add_published(1);
         Ok(())
