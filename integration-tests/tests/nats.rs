@@ -1,5 +1,5 @@
 //! NATS backend tests beyond the conformance suite: subject mapping, flush, close,
-//! large events and dead letters; faults (a cut or black-holed connection, slow
+//! large events and dead letters; the durable JetStream mode; faults (a cut or black-holed connection, slow
 //! consumers); authentication and TLS against private servers; a three-node cluster
 //! losing a node. Against real `nats-server` processes (see
 //! `integration_tests::nats_server`).
@@ -8,6 +8,8 @@
 mod cluster;
 #[path = "nats/delivery.rs"]
 mod delivery;
+#[path = "nats/durable.rs"]
+mod durable;
 #[path = "nats/faults.rs"]
 mod faults;
 #[path = "nats/security.rs"]
