@@ -10,6 +10,8 @@ mod cluster;
 mod delivery;
 #[path = "nats/durable.rs"]
 mod durable;
+#[path = "nats/durable_crash.rs"]
+mod durable_crash;
 #[path = "nats/faults.rs"]
 mod faults;
 #[path = "nats/security.rs"]

@@ -1,0 +1,62 @@
+//! A durable NATS consumer process for crash tests: joins a group and records every
+//! event it handles in a file, until it is killed.
+//!
+//! `nats_durable_worker URL PREFIX GROUP FILE` subscribes to `PREFIX:*` in `GROUP` with
+//! `delivery = "jetstream"`, a 1 s lease and small batches, appends the payload of
+//! every handled event as one line to `FILE` (before acknowledging it), and prints
+//! `ready` once subscribed.
+
+use std::{
+    io::Write,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use multibus::{Event, EventBus, EventBusExt, NatsConfig, NatsEventBus, SubscribeOptions};
+
+#[tokio::main]
+async fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let [url, prefix, group, file] = args.as_slice() else {
+        eprintln!("usage: nats_durable_worker URL PREFIX GROUP FILE");
+        std::process::exit(2);
+    };
+    let mut config = NatsConfig::from_url(url.clone()).expect("valid url");
+    config.channel_prefix = prefix.clone();
+    config.delivery = multibus::nats::DeliveryMode::Jetstream;
+    config.jetstream.lease_seconds = 1.0;
+    config.jetstream.batch_size = 10;
+    config.dispatcher.queue_maxsize = 10;
+    let bus = NatsEventBus::new(config).expect("valid config");
+    bus.connect().await.expect("connect");
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(file)
+        .expect("open the record file");
+    let out = Arc::new(Mutex::new(out));
+    let handler = move |e: Event| {
+        let out = out.clone();
+        async move {
+            // Slow enough that a kill lands mid-stream.
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            let line = format!("{}\n", e.payload);
+            // One write per line: a killed process leaves whole lines.
+            out.lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .write_all(line.as_bytes())
+        }
+    };
+    let _sub = bus
+        .subscribe_with(
+            &format!("{prefix}:*"),
+            SubscribeOptions::new().group(group.clone()),
+            handler,
+        )
+        .await
+        .expect("subscribe");
+    let mut stdout = std::io::stdout();
+    let _ = writeln!(stdout, "ready");
+    let _ = stdout.flush();
+    std::future::pending::<()>().await;
+}
