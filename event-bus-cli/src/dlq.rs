@@ -54,12 +54,13 @@ fn durable_delivery(backend: &str) -> Option<&'static str> {
     match backend {
         "redis" => Some("streams"),
         "postgres" => Some("table"),
+        "nats" => Some("jetstream"),
         _ => None,
     }
 }
 
 /// Makes `selection` its backend's durable mode (Redis `delivery = "streams"`,
-/// PostgreSQL `delivery = "table"`) and returns whether it has one; `option` names
+/// PostgreSQL `delivery = "table"`, NATS `delivery = "jetstream"`) and returns whether it has one; `option` names
 /// what asked for it in the error when `required` and the backend has none.
 ///
 /// # Errors
@@ -73,7 +74,8 @@ pub(crate) fn durable(
         return if required {
             Err(Failure::usage(format!(
                 "{option}: the {} backend has no durable mode; use Redis \
-                 (--url redis://HOST:6379) or PostgreSQL (--url postgres://USER@HOST/DB)",
+                 (--url redis://HOST:6379), PostgreSQL (--url postgres://USER@HOST/DB) or \
+                 NATS (--url nats://HOST:4222)",
                 selection.backend()
             )))
         } else {
@@ -90,6 +92,7 @@ pub(crate) fn durable(
 enum Store {
     Redis(multibus::RedisEventBus),
     Postgres(multibus::PostgresEventBus),
+    Nats(multibus::NatsEventBus),
 }
 
 /// One dead letter, as printed.
@@ -107,8 +110,9 @@ impl Store {
         match selection.parse()? {
             Config::Redis(c) => Ok(Self::Redis(multibus::RedisEventBus::new(c)?)),
             Config::Postgres(c) => Ok(Self::Postgres(multibus::PostgresEventBus::new(c)?)),
+            Config::Nats(c) => Ok(Self::Nats(multibus::NatsEventBus::new(c)?)),
             _ => Err(Failure::usage(
-                "dlq: dead letters are kept by the durable modes of redis and postgres only",
+                "dlq: dead letters are kept by the durable modes of redis, postgres and nats only",
             )),
         }
     }
@@ -123,6 +127,23 @@ impl Store {
                     let info = DeadLetterInfo::of(&letter);
                     Letter {
                         id,
+                        topic: info
+                            .as_ref()
+                            .map_or_else(|| letter.topic.clone(), |i| i.topic.clone()),
+                        attempts: info.as_ref().map_or(0, |i| i.attempts),
+                        error: info.map(|i| i.error),
+                        envelope: envelope::encode(&letter).ok(),
+                    }
+                })
+                .collect()),
+            Self::Nats(bus) => Ok(bus
+                .dead_letters(group, limit)
+                .await?
+                .into_iter()
+                .map(|(id, letter)| {
+                    let info = DeadLetterInfo::of(&letter);
+                    Letter {
+                        id: id.to_string(),
                         topic: info
                             .as_ref()
                             .map_or_else(|| letter.topic.clone(), |i| i.topic.clone()),
@@ -149,10 +170,14 @@ impl Store {
 
     async fn redrive(&self, group: &str, ids: &[String]) -> Result<u64, Failure> {
         match self {
-            Self::Redis(_) if !ids.is_empty() => Err(Failure::usage(
-                "--id: the Redis durable mode redrives all of a group's dead letters, \
-                 oldest first; give no --id",
+            Self::Redis(_) | Self::Nats(_) if !ids.is_empty() => Err(Failure::usage(
+                "--id: the Redis and NATS durable modes redrive all of a group's dead \
+                 letters, oldest first; give no --id",
             )),
+            // All of them: the count only bounds one listing of the dead letters.
+            Self::Nats(bus) => Ok(bus
+                .redrive(group, usize::try_from(i64::MAX).unwrap_or(usize::MAX))
+                .await? as u64),
             // All of them: the count only bounds one read of the dead-letter stream.
             Self::Redis(bus) => Ok(bus
                 .redrive(group, usize::try_from(i64::MAX).unwrap_or(usize::MAX))
@@ -176,6 +201,7 @@ impl Store {
         match self {
             Self::Redis(bus) => Ok(bus.close().await?),
             Self::Postgres(bus) => Ok(bus.close().await?),
+            Self::Nats(bus) => Ok(bus.close().await?),
         }
     }
 }

@@ -52,8 +52,8 @@ pub(crate) struct PubArgs {
     #[arg(long, conflicts_with = "payload")]
     lines: bool,
     /// Publish in the backend's durable mode, which `sub --group` reads: Redis
-    /// `delivery = "streams"` (instead of pub/sub), PostgreSQL `delivery = "table"`
-    /// (also chosen by a config file that sets it).
+    /// `delivery = "streams"` (instead of pub/sub), PostgreSQL `delivery = "table"`,
+    /// NATS `delivery = "jetstream"` (also chosen by a config file that sets it).
     #[arg(long)]
     durable: bool,
 }

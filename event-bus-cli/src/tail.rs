@@ -19,8 +19,9 @@ pub(crate) struct SubArgs {
     /// Print each event as its wire envelope, one JSON object per line (for `jq`).
     #[arg(long)]
     json: bool,
-    /// Consume as a member of this consumer group. On Redis and PostgreSQL this is a
-    /// durable tail (their durable mode, `delivery = "streams"` or `"table"`): the group
+    /// Consume as a member of this consumer group. On Redis, PostgreSQL and NATS this is
+    /// a durable tail (their durable mode, `delivery = "streams"`, `"table"` or
+    /// `"jetstream"`): the group
     /// receives every matching event, shared among its members, keeps what is published
     /// while none runs, and each event is acknowledged once printed, so what was not
     /// printed is delivered again.

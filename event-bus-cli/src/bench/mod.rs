@@ -7,7 +7,8 @@
 //! durable mode, `--durable`: `XADD`, and S consumer groups reading with `XREADGROUP` and
 //! acknowledging each read with `XACK`); postgres — `pg_notify` of the wire envelope to S
 //! `LISTEN` connections; nats — `async-nats` publishes of the wire envelope to S
-//! subscribing connections. Every run uses
+//! subscribing connections (in the durable mode: JetStream publishes awaiting the
+//! stream's acknowledgement, and S durable pull consumers acknowledging every message). Every run uses
 //! a fresh channel prefix, so benchmarks never see each other's (or an app's) events.
 //!
 //! Each path first runs one unmeasured warm-up round (at most
@@ -19,6 +20,7 @@
 mod bus_path;
 mod collector;
 mod histogram;
+mod raw_jetstream;
 mod raw_memory;
 mod raw_nats;
 mod raw_postgres;
@@ -82,7 +84,8 @@ pub(crate) struct BenchArgs {
     json: bool,
     /// Measure the backend's durable mode (also chosen by a config file that sets it):
     /// Redis `delivery = "streams"` next to raw `XADD`/`XREADGROUP`/`XACK`, PostgreSQL
-    /// `delivery = "table"` next to a raw queue table.
+    /// `delivery = "table"` next to a raw queue table, NATS `delivery = "jetstream"`
+    /// next to raw JetStream publish, pull and ack.
     #[arg(long)]
     durable: bool,
 }
@@ -160,10 +163,11 @@ pub(crate) async fn run(args: BenchArgs, backend: &BackendArgs) -> Result<(), Fa
     }
     let config = selection.value.clone();
     // A durable mode is compared with its raw queue: Redis `delivery = "streams"` with
-    // XADD/XREADGROUP/XACK, PostgreSQL `delivery = "table"` with a raw queue table.
+    // XADD/XREADGROUP/XACK, PostgreSQL `delivery = "table"` with a raw queue table, NATS
+    // `delivery = "jetstream"` with JetStream publish, pull and ack.
     let durable = matches!(
         config.get("delivery").and_then(Value::as_str),
-        Some("streams" | "table")
+        Some("streams" | "table" | "jetstream")
     );
     let pad_len = args.payload_bytes.saturating_sub(20);
     let workload = Workload {
@@ -188,6 +192,7 @@ pub(crate) async fn run(args: BenchArgs, backend: &BackendArgs) -> Result<(), Fa
         "redis" => Some(raw_redis::path(&config)?),
         "postgres" if durable => Some(raw_postgres_queue::path(&config)?),
         "postgres" => raw_postgres::path(&config, &raw_workload)?,
+        "nats" if durable => Some(raw_jetstream::path(&config)),
         "nats" => Some(raw_nats::path(&config)),
         _ => None,
     };
@@ -216,6 +221,10 @@ pub(crate) async fn run(args: BenchArgs, backend: &BackendArgs) -> Result<(), Fa
     if durable && name == "redis" {
         // Streams keep their entries: delete what the run added.
         raw_streams::cleanup(&config, &prefix, &raw_workload).await?;
+    }
+    if durable && name == "nats" {
+        // Streams keep their messages: delete the run's streams.
+        raw_jetstream::cleanup(&config, &prefix, &raw_workload).await?;
     }
     let mut results = measured?.into_iter();
     let bus = results

@@ -24,7 +24,7 @@ pub(crate) fn path(config: &Value) -> Path {
 
 /// A client for a nats config: its `url` (credentials in it are used as given), `tls`,
 /// `username`/`password` and `token`.
-async fn connect(config: &Value) -> Result<Client, Failure> {
+pub(crate) async fn connect(config: &Value) -> Result<Client, Failure> {
     let text = |key: &str| config.get(key).and_then(Value::as_str).map(str::to_owned);
     let url = text("url").unwrap_or_else(|| "nats://localhost:4222".to_owned());
     let mut options =

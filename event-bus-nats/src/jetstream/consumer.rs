@@ -52,6 +52,11 @@ pub(crate) struct Ctx {
     /// The highest consumer sequence handed over (shared by the bus's members of the
     /// group).
     handed: Arc<AtomicU64>,
+    /// The highest stream sequence already checked for removal by the caps.
+    lost_checked: AtomicU64,
+    /// Whether the first check only sets `lost_checked` (the group is new: what the
+    /// caps removed before it existed was never its).
+    new_group: std::sync::atomic::AtomicBool,
     malformed_log: LogLimiter,
 }
 
@@ -113,6 +118,8 @@ pub(crate) struct Spec {
     pub(crate) attached: Attached,
     pub(crate) puller: pull::Config,
     pub(crate) handed: Arc<AtomicU64>,
+    /// Whether subscribe created the group's consumer.
+    pub(crate) new_group: bool,
 }
 
 /// Starts the consumer task of `spec`.
@@ -129,6 +136,8 @@ pub(crate) fn spawn(js: &Arc<JetStream>, spec: Spec) -> ConsumerHandle {
         in_flight: Mutex::default(),
         retrying: Mutex::default(),
         handed: spec.handed,
+        lost_checked: AtomicU64::new(0),
+        new_group: std::sync::atomic::AtomicBool::new(spec.new_group),
         malformed_log: LogLimiter::default(),
     });
     let (stop, stop_rx) = watch::channel(false);
@@ -144,11 +153,21 @@ pub(crate) fn spawn(js: &Arc<JetStream>, spec: Spec) -> ConsumerHandle {
     }
 }
 
-/// Extends the lease of every held message, every third of the lease.
+/// How often a member checks whether the retention caps removed events its group had
+/// not acknowledged.
+const LOSS_CHECK_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Extends the lease of every held message, every third of the lease; checks for
+/// losses to the caps every [`LOSS_CHECK_INTERVAL`].
 async fn heartbeat_loop(ctx: Arc<Ctx>, lease: Duration) {
     let every = (lease / 3).max(Duration::from_millis(30));
+    let mut next_check = Instant::now() + LOSS_CHECK_INTERVAL;
     loop {
         tokio::time::sleep(every).await;
+        if Instant::now() >= next_check {
+            next_check = Instant::now() + LOSS_CHECK_INTERVAL;
+            check_lost(&ctx).await;
+        }
         let replies: Vec<Subject> = lock(&ctx.in_flight).values().cloned().collect();
         for reply in replies {
             let _ = send(&ctx, &reply, Bytes::from_static(b"+WPI")).await;
@@ -176,6 +195,7 @@ async fn read_loop(ctx: Arc<Ctx>, puller: pull::Config, mut stop: watch::Receive
         let batch = js.config.batch_size;
         let stream = js.names.stream();
         drop(js);
+        check_lost(&ctx).await;
         let opened = async {
             let consumer = match ctx
                 .context
@@ -233,6 +253,44 @@ async fn read_loop(ctx: Arc<Ctx>, puller: pull::Config, mut stop: watch::Receive
     }
 }
 
+/// Counts (in `lost`) and logs the events the retention caps removed before the group
+/// acknowledged them: the stream's first sequence has passed the consumer's
+/// acknowledgement floor. An upper bound when the group's filter does not cover every
+/// subject of the stream; each member that notices counts it.
+async fn check_lost(ctx: &Ctx) {
+    let Some(js) = ctx.js.upgrade() else { return };
+    let name = js.names.stream();
+    let Ok(mut stream) = ctx.context.get_stream(&name).await else {
+        return;
+    };
+    let Ok(info) = stream.info().await else {
+        return;
+    };
+    let first = info.state.first_sequence;
+    let Ok(consumer) = ctx
+        .context
+        .get_consumer_from_stream::<pull::Config, _, _>(&ctx.consumer, &name)
+        .await
+    else {
+        return;
+    };
+    let floor = consumer.cached_info().ack_floor.stream_sequence;
+    if ctx.new_group.swap(false, Ordering::AcqRel) {
+        ctx.lost_checked.fetch_max(floor, Ordering::AcqRel);
+        return;
+    }
+    let checked = ctx.lost_checked.load(Ordering::Acquire);
+    let from = floor.max(checked) + 1;
+    if first > from {
+        let lost = first - from;
+        Stats::add(&js.stats.lost, lost);
+        tracing::error!(group = %ctx.group, lost, first = from, last = first - 1,
+            "the retention caps removed events the group had not acknowledged: lost");
+    }
+    ctx.lost_checked
+        .fetch_max(first.saturating_sub(1), Ordering::AcqRel);
+}
+
 /// Hands one message to the dispatcher, or acknowledges it unseen when it is not for
 /// this subscription.
 async fn hand_over(ctx: &Arc<Ctx>, message: async_nats::jetstream::Message) -> Flow {
@@ -279,6 +337,14 @@ async fn hand_over(ctx: &Arc<Ctx>, message: async_nats::jetstream::Message) -> F
     };
     let event = match envelope::decode(&payload, js.max_message_bytes) {
         // A subscription never receives its own dead letters.
+        Ok(event) if !js.subjects.is_subject_of(&message.subject, &event.topic) => {
+            js.dispatcher.metrics().add_malformed(1);
+            if let Some(suppressed) = ctx.malformed_log.check() {
+                tracing::warn!(group = %ctx.group, sequence, suppressed,
+                    "JetStream message skipped: its envelope's topic does not belong on its subject");
+            }
+            return skip(ctx, &js, &reply, consumer_sequence).await;
+        }
         Ok(event) if DeadLetterInfo::of(&event).and_then(|i| i.subscription) != Some(ctx.sub) => {
             event
         }

@@ -190,7 +190,7 @@ impl JetStream {
         };
         let attached = self.attached()?;
         let consumer = names::consumer(&group);
-        let puller = self
+        let (puller, new_group) = self
             .ensure_consumer(&attached, &consumer, &group, &pattern)
             .await?;
         let subscription = self
@@ -211,6 +211,7 @@ impl JetStream {
                 attached,
                 puller,
                 handed,
+                new_group,
             },
         );
         lock(&self.consumers).insert(subscription.id(), handle);
@@ -240,7 +241,7 @@ impl JetStream {
         name: &str,
         group: &str,
         pattern: &Pattern,
-    ) -> Result<pull::Config, Error> {
+    ) -> Result<(pull::Config, bool), Error> {
         let wanted = self.consumer_config(name, group, pattern);
         let stream = self.names.stream();
         let context = &attached.context;
@@ -275,14 +276,14 @@ impl JetStream {
                             "could not update the consumer's lease to jetstream.lease_seconds");
                     }
                 }
-                Ok(wanted)
+                Ok((wanted, false))
             }
             Err(e) if is_not_found(&e.kind()) => {
                 context
                     .create_consumer_on_stream(wanted.clone(), &stream)
                     .await
                     .map_err(|e| fail(e.to_string()))?;
-                Ok(wanted)
+                Ok((wanted, true))
             }
             Err(e) => Err(fail(e.to_string())),
         }

@@ -44,7 +44,9 @@ pub struct JetStreamMetrics {
     /// pattern, they were redriven for another group, or they are malformed (also in
     /// `malformed`).
     pub skipped: u64,
-    /// Events a group received only in part: a part of a large event was removed by
-    /// the retention caps before it was read. Each is also logged as an error.
+    /// Events the retention caps (`jetstream.max_age_seconds`, `max_bytes`,
+    /// `max_msgs`) removed before a group of this bus acknowledged them (an upper bound
+    /// when the group's filter does not cover every subject), and large events whose
+    /// parts were removed before they were read. Each loss is also logged as an error.
     pub lost: u64,
 }

@@ -207,3 +207,149 @@ async fn delivery_resumes_through_survivors_when_a_node_dies() {
     }
     drop((n1, n3));
 }
+
+/// A node of a three-node cluster with JetStream, storing in its own temporary
+/// directory (the server's working directory).
+async fn js_node(port: u16, cluster_ports: [u16; 3], me: usize) -> PrivateServer {
+    let routes: Vec<String> = cluster_ports
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != me)
+        .map(|(_, p)| format!("nats://127.0.0.1:{p}"))
+        .collect();
+    let cluster = format!("nats://127.0.0.1:{}", cluster_ports[me]);
+    let name = format!("n{me}_{port}");
+    PrivateServer::start_on(
+        port,
+        &[
+            "--server_name",
+            &name,
+            "-js",
+            "--store_dir",
+            "jetstream",
+            "--cluster_name",
+            "eventbus_js_test",
+            "--cluster",
+            &cluster,
+            "--routes",
+            &routes.join(","),
+        ],
+    )
+    .await
+}
+
+/// A durable bus on `url` whose streams have three replicas; retried until the
+/// cluster's JetStream is ready (it elects its leaders after the nodes start).
+async fn durable_bus(url: String, ns: &str) -> NatsEventBus {
+    let mut config = NatsConfig {
+        url,
+        channel_prefix: ns.to_owned(),
+        command_timeout_seconds: 2.0,
+        ping_interval_seconds: 1.0,
+        delivery: multibus::nats::DeliveryMode::Jetstream,
+        dispatcher: DispatcherConfig {
+            consumer_error_sleep_seconds: 0.2,
+            ..DispatcherConfig::default()
+        },
+        ..NatsConfig::default()
+    };
+    config.jetstream.replicas = 3;
+    config.jetstream.lease_seconds = 2.0;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let bus = NatsEventBus::new(config.clone()).expect("valid config");
+        match bus.connect().await {
+            Ok(()) => return bus,
+            Err(e) => {
+                let _ = bus.close().await;
+                assert!(
+                    Instant::now() < deadline,
+                    "JetStream cluster not ready: {e}"
+                );
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        }
+    }
+}
+
+/// The durable mode on a cluster: a stream with three replicas, published through one
+/// node and consumed through another, whose node is killed mid-run: every event is
+/// delivered (publishes that fail during the failover are retried; the stream drops
+/// the duplicates by event id), duplicates bounded and counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[allow(clippy::print_stdout)] // the figures, shown with --nocapture
+async fn durable_delivery_survives_a_node_kill() {
+    let ports = [free_port(), free_port(), free_port()];
+    let cluster_ports = [free_port(), free_port(), free_port()];
+    let n1 = js_node(ports[0], cluster_ports, 0).await;
+    let mut n2 = js_node(ports[1], cluster_ports, 1).await;
+    let n3 = js_node(ports[2], cluster_ports, 2).await;
+    let ns = format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+
+    let publisher = durable_bus(n1.url(), &ns).await;
+    let consumer = durable_bus(n2.url(), &ns).await;
+    let seen = Seen::default();
+    let _sub = consumer
+        .subscribe_with(
+            "c:*",
+            multibus::SubscribeOptions::new().group("g"),
+            seen.handler(),
+        )
+        .await
+        .unwrap();
+
+    let mut retried = 0;
+    for n in 0..EVENTS {
+        if n == KILL_AT {
+            n2.kill();
+        }
+        let e = Event::new(EventType::Created, "c:run", serde_json::json!({ "n": n }));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut attempt = e;
+        loop {
+            match publisher.publish(attempt).await {
+                Ok(()) => break,
+                Err(multibus::Error::Publish { event, .. }) => {
+                    assert!(Instant::now() < deadline, "publish {n} kept failing");
+                    retried += 1;
+                    attempt = *event;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => panic!("publish {n}: {e}"),
+            }
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let unique: BTreeSet<u64> = seen.all().into_iter().collect();
+        if unique.len() as u64 >= EVENTS {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "delivered {} of {EVENTS} within 60 s",
+            unique.len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let all = seen.all();
+    let unique: BTreeSet<u64> = all.iter().copied().collect();
+    assert_eq!(unique, (0..EVENTS).collect(), "lost events");
+    let duplicates = all.len() - unique.len();
+    println!(
+        "durable cluster: {EVENTS} events, {duplicates} duplicates, {retried} publish retries, \
+         {:?}",
+        consumer.jetstream_metrics()
+    );
+    // What the consumer held when its node died: a pull batch, its queue, unsent acks.
+    assert!(duplicates <= 1000, "{duplicates} duplicates");
+    assert!(
+        consumer.metrics().reconnects >= 1,
+        "{:?}",
+        consumer.metrics()
+    );
+    for bus in [publisher, consumer] {
+        bus.close().await.unwrap();
+    }
+    drop((n1, n3));
+}

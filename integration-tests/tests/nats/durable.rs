@@ -562,3 +562,39 @@ async fn connection_cuts_lose_nothing() {
     publisher.close().await.unwrap();
     cleanup(&ns).await;
 }
+
+/// A group that lags past a retention cap loses what the cap removed, counted and
+/// logged, never silently; what is left is delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cap_that_removes_unacknowledged_events_counts_them_as_lost() {
+    let ns = namespace();
+    let mut config = durable_config(&ns).await;
+    config.jetstream.max_msgs = 10;
+    let bus = NatsEventBus::new(config).unwrap();
+    bus.connect().await.unwrap();
+    let pattern = format!("{ns}:*");
+    let slow = Seen::default();
+    bus.subscribe_with(
+        &pattern,
+        SubscribeOptions::new().group("slow"),
+        slow.handler(),
+    )
+    .await
+    .unwrap()
+    .cancel()
+    .await;
+    publish_n(&bus, &ns, 0..100).await;
+    let _back = bus
+        .subscribe_with(
+            &pattern,
+            SubscribeOptions::new().group("slow"),
+            slow.handler(),
+        )
+        .await
+        .unwrap();
+    bus.flush().await.unwrap();
+    assert_eq!(slow.set(), (90..100).collect());
+    assert_eq!(bus.jetstream_metrics().lost, 90);
+    bus.close().await.unwrap();
+    cleanup(&ns).await;
+}
