@@ -1,7 +1,8 @@
 //! A three-node NATS cluster of private `nats-server` processes on loopback: events
 //! published through one node reach subscribers on the others, and when one node is
 //! killed mid-run, delivery resumes through the survivors, with losses only in the
-//! failover window, counted.
+//! failover window, counted. With JetStream (each node storing in its own temporary
+//! directory) and a stream of three replicas, the durable mode loses nothing.
 
 use std::{
     collections::BTreeSet,
@@ -341,8 +342,9 @@ async fn durable_delivery_survives_a_node_kill() {
          {:?}",
         consumer.jetstream_metrics()
     );
-    // What the consumer held when its node died: a pull batch, its queue, unsent acks.
-    assert!(duplicates <= 1000, "{duplicates} duplicates");
+    // What the consumer held when its node died: a pull batch (100), its queue (100),
+    // acknowledgements not yet written (at most as many).
+    assert!(duplicates <= 300, "{duplicates} duplicates");
     assert!(
         consumer.metrics().reconnects >= 1,
         "{:?}",
