@@ -170,9 +170,13 @@ impl Store {
 
     async fn redrive(&self, group: &str, ids: &[String]) -> Result<u64, Failure> {
         match self {
-            Self::Redis(_) | Self::Nats(_) if !ids.is_empty() => Err(Failure::usage(
-                "--id: the Redis and NATS durable modes redrive all of a group's dead \
-                 letters, oldest first; give no --id",
+            Self::Redis(_) if !ids.is_empty() => Err(Failure::usage(
+                "--id: the Redis durable mode redrives all of a group's dead letters, \
+                 oldest first; give no --id",
+            )),
+            Self::Nats(_) if !ids.is_empty() => Err(Failure::usage(
+                "--id: the NATS durable mode redrives all of a group's dead letters, \
+                 oldest first; give no --id",
             )),
             // All of them: the count only bounds one listing of the dead letters.
             Self::Nats(bus) => Ok(bus

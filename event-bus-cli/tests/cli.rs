@@ -81,7 +81,7 @@ fn usage_and_config_errors_exit_2_naming_the_key() {
         r#"{"backend": "memory", "dispatcher": {"queue_maxsize": "big"}}"#,
     );
     let unknown = temp_file("unknown.toml", "backend = \"memory\"\ncolour = 1\n");
-    let cases: [(Vec<&str>, &str); 7] = [
+    let cases: [(Vec<&str>, &str); 8] = [
         (
             vec!["--config", bad.to_str().unwrap(), "pub", "a", "1"],
             "dispatcher.queue_maxsize",
@@ -113,6 +113,19 @@ fn usage_and_config_errors_exit_2_naming_the_key() {
                 "1-0",
             ],
             "--id: the Redis durable mode redrives all",
+        ),
+        (
+            vec![
+                "--url",
+                "nats://127.0.0.1:1",
+                "dlq",
+                "redrive",
+                "--group",
+                "g",
+                "--id",
+                "7",
+            ],
+            "--id: the NATS durable mode redrives all",
         ),
     ];
     for (args, needle) in cases {

@@ -378,3 +378,68 @@ fn postgres_table_sub_in_a_group_receives_pub_and_dlq_lists_nothing() {
     let out = run_ok(eventbus().args(["--config", config, "dlq", "redrive", "--group", "billing"]));
     assert!(String::from_utf8_lossy(&out.stderr).contains("0 dead letter(s)"));
 }
+
+/// The NATS durable mode on the command line: `sub --group` receives what
+/// `pub --durable` stored, also what came while no member ran; `dlq list` and `redrive`
+/// find no dead letters; `bench --durable` runs next to raw JetStream.
+#[test]
+fn nats_jetstream_durable_tail_dlq_and_bench() {
+    let ns = namespace();
+    let url = nats_url();
+    let toml = format!("backend = \"nats\"\nurl = \"{url}\"\nchannel_prefix = \"{ns}\"\n");
+    let path = temp_file("config.toml", &toml);
+    let config = path.to_str().expect("utf-8 temp path");
+    let tail = || {
+        let mut cmd = eventbus();
+        cmd.args([
+            "--config", config, "sub", "--group", "audit", "orders:*", "--json", "--count", "1",
+        ]);
+        let mut sub = Running::spawn(cmd);
+        sub.wait_stderr("subscribed to orders:*");
+        sub
+    };
+    let mut sub = tail();
+    publish(config, &["--durable", "orders:eu", "1"]);
+    let first: serde_json::Value = serde_json::from_str(&sub.next_stdout()).expect("JSON line");
+    assert_eq!(first["payload"], 1);
+    assert!(sub.wait_exit().success());
+    // Nobody of the group is running: the event waits in the stream.
+    publish(config, &["--durable", "orders:eu", "2"]);
+    let mut sub = tail();
+    let second: serde_json::Value = serde_json::from_str(&sub.next_stdout()).expect("JSON line");
+    assert_eq!(second["payload"], 2);
+    assert!(sub.wait_exit().success());
+    let out = run_ok(eventbus().args(["--config", config, "dlq", "list", "--group", "audit"]));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("0 dead letter(s) of group audit"));
+    let out = run_ok(eventbus().args(["--config", config, "dlq", "redrive", "--group", "audit"]));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("0 dead letter(s)"));
+    let out = run_ok(eventbus().args([
+        "--config",
+        config,
+        "bench",
+        "--durable",
+        "--events",
+        "300",
+        "--min-seconds",
+        "0",
+        "--json",
+    ]));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON report");
+    assert_eq!(report["bus"]["delivered"], 300, "{report}");
+    assert_eq!(report["raw"]["delivered"], 300, "{report}");
+    assert_eq!(
+        report["raw"]["transport"], "nats JetStream publish/pull/ack (async-nats)",
+        "{report}"
+    );
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime for the cleanup")
+        .block_on(async {
+            let client = async_nats::connect(url.as_str()).await.expect("connect");
+            let js = async_nats::jetstream::new(client);
+            for stream in [format!("eventbus_{ns}"), format!("eventbus_{ns}-aux")] {
+                let _ = js.delete_stream(&stream).await;
+            }
+        });
+}

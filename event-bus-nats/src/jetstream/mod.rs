@@ -9,9 +9,11 @@
 //! | | `{prefix}-aux.part` | the parts of events larger than the server's `max_payload` |
 //!
 //! A prefix holds no `-`, so these subjects never meet another prefix's. Each consumer
-//! group is one durable pull consumer of the events stream (see [`names`]), filtered on
-//! the subscription subject of its pattern; every member of the group pulls from it, so
-//! they share its events. Each durable subscription runs one [`consumer`] task.
+//! group is one durable pull consumer of the events stream, named
+//! `g_{readable part of the group}_{16 hex digits of its hash}` and filtered on the
+//! subscription subject of its pattern; every member of the group pulls from it, so
+//! they share its events. Each durable subscription runs one consumer task; see
+//! `docs/backends/nats.md` for the guarantees.
 
 pub(crate) mod admin;
 mod config;
