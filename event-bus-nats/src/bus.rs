@@ -337,6 +337,8 @@ impl EventBus for NatsEventBus {
         self.inner.dispatcher.metrics().snapshot()
     }
 
+    /// Open and connected; in the durable mode, with a warning when the events stream
+    /// cannot be read (deleted, JetStream unavailable) or is kept in memory only.
     async fn health(&self) -> Health {
         let inner = &self.inner;
         let started = read(&inner.started).clone();
@@ -344,12 +346,20 @@ impl EventBus for NatsEventBus {
             s.client.connection_state() == async_nats::connection::State::Connected
         });
         let (_, last_error) = inner.link.status();
-        Health::new(
+        let health = Health::new(
             "nats",
             !inner.is_closed(),
             connected,
             (!connected).then_some(last_error).flatten(),
-        )
+        );
+        match &inner.jetstream {
+            Some(js) if connected => js
+                .warnings()
+                .await
+                .into_iter()
+                .fold(health, Health::with_warning),
+            _ => health,
+        }
     }
 
     /// Stops receiving first (every server subscription ends, and what the client

@@ -398,6 +398,39 @@ impl JetStream {
         Ok(())
     }
 
+    /// Warnings for `health()`: the events stream cannot be read, or it lives in
+    /// memory only (lost when the server restarts).
+    pub(crate) async fn warnings(&self) -> Vec<String> {
+        let Ok(attached) = self.attached() else {
+            return Vec::new();
+        };
+        let name = self.names.stream();
+        let info = tokio::time::timeout(self.timeout, async {
+            let mut stream = attached
+                .context
+                .get_stream(&name)
+                .await
+                .map_err(|e| e.to_string())?;
+            stream
+                .info()
+                .await
+                .map(|i| i.config.storage)
+                .map_err(|e| e.to_string())
+        })
+        .await;
+        match info {
+            Ok(Ok(stream::StorageType::Memory)) => vec![format!(
+                "JetStream stream {name} is kept in memory: its events are lost when the server \
+                 restarts (jetstream.memory_storage)"
+            )],
+            Ok(Ok(_)) => Vec::new(),
+            Ok(Err(e)) => vec![format!("JetStream stream {name} cannot be read: {e}")],
+            Err(_) => vec![format!(
+                "JetStream stream {name} did not answer within the command timeout"
+            )],
+        }
+    }
+
     /// Whether an event of this bus's consumers waits on the server for a retry.
     pub(crate) fn retrying(&self) -> bool {
         lock(&self.consumers)

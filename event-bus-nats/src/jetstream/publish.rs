@@ -8,7 +8,10 @@
 //! stream's part subject, and the event's own message holds only the header
 //! `Event-Bus-Parts: <sequence> <sequence> …` listing them; consumers join them.
 
-use async_nats::jetstream::{context::PublishAckFuture, message::PublishMessage};
+use async_nats::jetstream::{
+    context::{PublishAckFuture, PublishErrorKind},
+    message::PublishMessage,
+};
 use bytes::Bytes;
 use event_bus_core::{Error, Event, PublishOutcome, deadline::Operation, envelope::encode};
 
@@ -188,11 +191,17 @@ impl JetStream {
     }
 
     /// Waits for the stream's acknowledgement of one publish.
+    /// No stream answered (it does not exist): nothing was stored, `NotSent`; any
+    /// other failure may have come after the stream stored the event, `Unknown`.
     pub(crate) async fn acknowledged(&self, ack: PublishAckFuture) -> Result<u64, Failed> {
         match ack.await {
             Ok(ack) => Ok(ack.sequence),
             Err(e) => Err(Failed {
-                outcome: PublishOutcome::Unknown,
+                outcome: if e.kind() == PublishErrorKind::StreamNotFound {
+                    PublishOutcome::NotSent
+                } else {
+                    PublishOutcome::Unknown
+                },
                 error: Error::connection(Operation::Publish.to_string(), e),
             }),
         }

@@ -598,3 +598,44 @@ async fn a_cap_that_removes_unacknowledged_events_counts_them_as_lost() {
     bus.close().await.unwrap();
     cleanup(&ns).await;
 }
+
+/// `health()` warns when the events stream is kept in memory, and when it is gone; a
+/// publish without a stream fails as `NotSent` (nothing was stored).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_warns_about_the_stream_and_a_missing_stream_is_not_sent() {
+    let ns = namespace();
+    let bus = durable(&ns).await;
+    let health = bus.health().await;
+    assert!(
+        health.is_healthy() && health.warnings.is_empty(),
+        "{health:?}"
+    );
+    let mut config = durable_config(&namespace()).await;
+    config.jetstream.memory_storage = true;
+    let in_memory = NatsEventBus::new(config.clone()).unwrap();
+    in_memory.connect().await.unwrap();
+    let health = in_memory.health().await;
+    assert!(
+        health.warnings.iter().any(|w| w.contains("memory")),
+        "{health:?}"
+    );
+    in_memory.close().await.unwrap();
+    cleanup(&config.channel_prefix).await;
+
+    cleanup(&ns).await;
+    let health = bus.health().await;
+    assert!(
+        health.warnings.iter().any(|w| w.contains("cannot be read")),
+        "{health:?}"
+    );
+    let err = bus
+        .publish(event(&format!("{ns}:work"), 1))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.publish_outcome(),
+        Some(multibus::PublishOutcome::NotSent),
+        "{err}"
+    );
+    bus.close().await.unwrap();
+}
