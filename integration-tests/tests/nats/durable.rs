@@ -639,3 +639,30 @@ async fn health_warns_about_the_stream_and_a_missing_stream_is_not_sent() {
     );
     bus.close().await.unwrap();
 }
+
+/// A publish retried with the same event (same id) within the duplicate window is
+/// stored once: a retry after an `Unknown` outcome delivers nothing twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_event_published_twice_is_stored_once() {
+    let ns = namespace();
+    let bus = durable(&ns).await;
+    let seen = Seen::default();
+    let _sub = bus
+        .subscribe_with(
+            &format!("{ns}:*"),
+            SubscribeOptions::new().group("g"),
+            seen.handler(),
+        )
+        .await
+        .unwrap();
+    let once = event(&format!("{ns}:work"), 1);
+    bus.publish(once.clone()).await.unwrap();
+    bus.publish(once).await.unwrap();
+    bus.publish_batch(vec![event(&format!("{ns}:work"), 2)])
+        .await
+        .unwrap();
+    bus.flush().await.unwrap();
+    assert_eq!(seen.0.lock().unwrap().clone(), vec![1, 2]);
+    bus.close().await.unwrap();
+    cleanup(&ns).await;
+}
