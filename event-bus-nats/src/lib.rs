@@ -1,4 +1,5 @@
-//! Core NATS backend of the `multibus` crate family.
+//! NATS backend of the `multibus` crate family: core NATS pub/sub, or durable delivery
+//! on JetStream.
 //!
 //! [`NatsEventBus`] publishes each event as a versioned JSON envelope
 //! (`docs/wire-format.md`) on one client connection, which also receives; every
@@ -19,7 +20,8 @@
 //!
 //! # Guarantees
 //!
-//! Core NATS is **at-most-once**: an event published while a subscriber is
+//! Core NATS (the default, `delivery = "pubsub"`) is **at-most-once**: an event
+//! published while a subscriber is
 //! disconnected is lost for that subscriber, and nothing is replayed. A publish hands
 //! the event to the client, which writes it to the server; while the connection is
 //! down the client buffers publishes until it reconnects, and a publish that cannot
@@ -29,6 +31,17 @@
 //! client cannot keep up with a subscription (its buffer of `subscription_capacity`
 //! messages is full) it drops messages: each is counted in `dropped` and logged as a
 //! slow consumer (rate-limited).
+//!
+//! # Durable mode
+//!
+//! With `delivery = "jetstream"` ([`DeliveryMode::Jetstream`], settings in
+//! [`JetStreamConfig`]) events are stored in a JetStream stream and delivered
+//! **at-least-once** per consumer group: one durable pull consumer per group, `+ACK` on
+//! success, `-NAK` with the retry backoff, the server's delivery count as attempt, dead
+//! letters on the group's subject ([`NatsEventBus::dead_letters`],
+//! [`NatsEventBus::redrive`]), crash recovery after `jetstream.lease_seconds`. See the
+//! [`jetstream`] module for the stream layout and `docs/backends/nats.md` for the
+//! guarantees.
 //!
 //! # Reconnects and clusters
 //!
