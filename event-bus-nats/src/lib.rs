@@ -21,8 +21,8 @@
 //! # Guarantees
 //!
 //! Core NATS (the default, `delivery = "pubsub"`) is **at-most-once**: an event
-//! published while a subscriber is
-//! disconnected is lost for that subscriber, and nothing is replayed. A publish hands
+//! published while a subscriber is disconnected is lost for that subscriber, and
+//! nothing is replayed. A publish hands
 //! the event to the client, which writes it to the server; while the connection is
 //! down the client buffers publishes until it reconnects, and a publish that cannot
 //! even be buffered within `command_timeout_seconds` fails with [`Error::Publish`],
