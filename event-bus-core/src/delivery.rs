@@ -18,7 +18,13 @@
 //! # let _ = charge;
 //! ```
 
-use std::{cell::Cell, sync::Arc, time::Duration};
+use std::{
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicBool, AtomicU32, Ordering::Relaxed},
+    },
+    time::Duration,
+};
 
 use tokio::time::Instant;
 
@@ -26,20 +32,24 @@ use crate::subscription::SubscriptionId;
 
 tokio::task_local! {
     /// Set by a subscription's worker for its whole life; updated before each call.
-    static CURRENT: CallContext;
+    static CURRENT: Arc<CallContext>;
 }
 
 /// The worker-side state behind [`Delivery::current`]: one per worker task, updated
 /// in place before each handler call (no allocation, no clock read on the hot path).
+/// The worker keeps its own reference, so starting a call does not go through the
+/// task-local.
 pub(crate) struct CallContext {
     pub(crate) subscription: SubscriptionId,
     pub(crate) group: Option<Arc<str>>,
     pub(crate) max_attempts: u32,
-    attempt: Cell<u32>,
+    attempt: AtomicU32,
     timeout: Option<Duration>,
+    /// Whether `deadline` was fixed during the current call (so `begin` must clear it).
+    deadline_fixed: AtomicBool,
     /// Fixed on first use: by the handler asking for it, or by the worker when the call
     /// does not finish on its first poll and its timer starts.
-    deadline: Cell<Option<Instant>>,
+    deadline: Mutex<Option<Instant>>,
 }
 
 impl CallContext {
@@ -53,26 +63,31 @@ impl CallContext {
             subscription,
             group,
             max_attempts,
-            attempt: Cell::new(1),
+            attempt: AtomicU32::new(1),
             timeout,
-            deadline: Cell::new(None),
+            deadline_fixed: AtomicBool::new(false),
+            deadline: Mutex::new(None),
         }
     }
 
-    /// Runs `future` (the worker's loop) with this context current.
-    pub(crate) fn scope<F: Future>(self, future: F) -> impl Future<Output = F::Output> {
-        CURRENT.scope(self, future)
+    /// Runs `future` (the worker's loop) with `this` context current.
+    pub(crate) fn scope<F: Future>(this: Arc<Self>, future: F) -> impl Future<Output = F::Output> {
+        CURRENT.scope(this, future)
     }
 
     /// The context of the worker running the current task, if any.
     pub(crate) fn with<R>(f: impl FnOnce(&CallContext) -> R) -> Option<R> {
-        CURRENT.try_with(f).ok()
+        CURRENT.try_with(|ctx| f(ctx)).ok()
     }
 
     /// Marks the start of attempt `attempt` of a new call.
+    #[inline]
     pub(crate) fn begin(&self, attempt: u32) {
-        self.attempt.set(attempt);
-        self.deadline.set(None);
+        self.attempt.store(attempt, Relaxed);
+        if self.deadline_fixed.load(Relaxed) {
+            self.deadline_fixed.store(false, Relaxed);
+            *self.deadline.lock().unwrap_or_else(PoisonError::into_inner) = None;
+        }
     }
 
     /// The handler timeout (`None`: none).
@@ -82,12 +97,12 @@ impl CallContext {
 
     /// The call's deadline, fixing it now if nobody asked before.
     pub(crate) fn deadline(&self) -> Option<Instant> {
-        if let Some(deadline) = self.deadline.get() {
-            return Some(deadline);
+        let mut deadline = self.deadline.lock().unwrap_or_else(PoisonError::into_inner);
+        if deadline.is_none() {
+            *deadline = self.timeout.map(|t| Instant::now() + t);
+            self.deadline_fixed.store(true, Relaxed);
         }
-        let deadline = self.timeout.map(|t| Instant::now() + t);
-        self.deadline.set(deadline);
-        deadline
+        *deadline
     }
 }
 
@@ -108,7 +123,7 @@ impl Delivery {
         CallContext::with(|ctx| Self {
             subscription: ctx.subscription,
             group: ctx.group.clone(),
-            attempt: ctx.attempt.get(),
+            attempt: ctx.attempt.load(Relaxed),
             max_attempts: ctx.max_attempts,
             deadline: ctx.deadline(),
         })

@@ -2,7 +2,8 @@
 //!
 //! Entering and leaving cost one atomic operation each when the limit is not reached
 //! (the common case); only tasks that find it reached park, and only then does leaving
-//! wake one of them.
+//! wake one of them. A worker with more events queued keeps its slot from one call to
+//! the next while nobody waits ([`Slot::keep_if_uncontended`]).
 
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 
@@ -58,6 +59,15 @@ impl Limit {
                 return slot;
             }
         }
+    }
+}
+
+impl Slot<'_> {
+    /// The slot back if nobody waits for one; otherwise gives it back (waking a
+    /// waiter). Lets a worker run its next call without leaving and entering again.
+    #[inline]
+    pub(crate) fn keep_if_uncontended(self) -> Option<Self> {
+        (self.0.waiting.load(SeqCst) == 0).then_some(self)
     }
 }
 

@@ -10,7 +10,7 @@ use std::{
 
 use tokio::{sync::watch, task::JoinHandle};
 
-use super::{hasher::FnvBuild, mailbox::Mailbox};
+use super::{hasher::TopicMap, mailbox::Mailbox};
 use crate::{
     metrics::{HandlerStats, StatsSource},
     options::Resolved,
@@ -93,8 +93,8 @@ impl SubEntry {
 #[derive(Default)]
 pub(crate) struct Registry {
     by_id: HashMap<SubscriptionId, Arc<SubEntry>>,
-    exact: HashMap<String, Vec<Arc<SubEntry>>, FnvBuild>,
-    by_prefix: HashMap<String, Vec<Arc<SubEntry>>, FnvBuild>,
+    exact: TopicMap<Vec<Arc<SubEntry>>>,
+    by_prefix: TopicMap<Vec<Arc<SubEntry>>>,
     /// Distinct prefix length -> number of `by_prefix` keys of that length.
     prefix_lens: BTreeMap<usize, usize>,
     /// Consumer group -> (live members, turn counter).
@@ -123,11 +123,11 @@ impl Registry {
                 .0 += 1;
         }
         match entry.pattern.literal() {
-            Some(topic) => self.exact.entry(topic.to_owned()).or_default().push(entry),
+            Some(topic) => self.exact.get_or_default(topic).push(entry),
             None => {
                 let prefix = entry.pattern.literal_prefix();
                 let len = prefix.len();
-                let group = self.by_prefix.entry(prefix).or_default();
+                let group = self.by_prefix.get_or_default(&prefix);
                 if group.is_empty() {
                     *self.prefix_lens.entry(len).or_default() += 1;
                 }

@@ -64,17 +64,18 @@ fn spawn<H: Handler>(
     ctx: Arc<Ctx>,
     shared: Weak<Shared>,
 ) {
-    let call = CallContext::new(
+    let call = Arc::new(CallContext::new(
         entry.id,
         entry.group.clone(),
         max_attempts,
         entry.options.handler_timeout,
-    );
+    ));
     let worker = entry.clone();
-    let handle = tokio::spawn(call.scope(async move {
+    let handle = tokio::spawn(CallContext::scope(call.clone(), async move {
         let mut worker_state = Worker {
             entry: &worker,
             ctx: &ctx,
+            call,
             shared,
             random: Random::seeded(),
         };
@@ -96,6 +97,8 @@ fn spawn<H: Handler>(
 struct Worker<'a> {
     entry: &'a SubEntry,
     ctx: &'a Ctx,
+    /// The context behind `Delivery::current` (also the task-local of this task).
+    call: Arc<CallContext>,
     shared: Weak<Shared>,
     random: Random,
 }
@@ -120,8 +123,11 @@ enum Handled {
 
 impl Worker<'_> {
     async fn run<H: Handler>(&mut self, handler: &H) {
-        let entry = self.entry;
+        let (entry, ctx) = (self.entry, self.ctx);
         let mut consecutive_failures = 0u32;
+        // The concurrency slot of the last call, kept for the next one while nobody
+        // waits for a slot (see `end_success`); given back before parking.
+        let mut held: Option<Slot<'_>> = None;
         loop {
             let next = {
                 let mut state = entry.mailbox.lock();
@@ -141,6 +147,7 @@ impl Worker<'_> {
                 }
             };
             let Some((item, was_full)) = next else {
+                held = None;
                 entry.mailbox.idle.notify_waiters();
                 entry.mailbox.ready.notified().await;
                 continue;
@@ -153,7 +160,7 @@ impl Worker<'_> {
                 // free (the common case) the call happens right here, without building
                 // the state of an `attempt` future; `attempt` does the rest.
                 None => {
-                    let first = match self.ctx.concurrency.try_enter() {
+                    let first = match held.take().or_else(|| ctx.concurrency.try_enter()) {
                         Some(_) if entry.is_cancelled() => None,
                         Some(slot) => {
                             self.begin_call(1);
@@ -164,11 +171,14 @@ impl Worker<'_> {
                                     match call.as_mut().now_or_never() {
                                         // Succeeded on its first poll: the common case.
                                         Some(Ok(Ok(()))) => {
-                                            self.end_success(slot, item.enqueued);
+                                            held = self.end_success(slot, item.enqueued);
                                             consecutive_failures = 0;
                                             continue;
                                         }
-                                        Some(result) => Outcome::of(result),
+                                        Some(Ok(Err(error))) => Outcome::Failed(error),
+                                        Some(Err(panic)) => {
+                                            Outcome::Panicked(panic_message(panic.as_ref()))
+                                        }
                                         None => wait(call).await,
                                     }
                                 }
@@ -187,6 +197,7 @@ impl Worker<'_> {
                     }
                 }
                 Some(durable) => {
+                    held = None;
                     self.deliver_durable(handler, &item.event, item.enqueued, *durable)
                         .await
                 }
@@ -314,17 +325,22 @@ impl Worker<'_> {
     }
 
     /// Marks the start of attempt `attempt` of a call.
+    #[inline]
     fn begin_call(&self, attempt: u32) {
-        CallContext::with(|call| call.begin(attempt));
+        self.call.begin(attempt);
         self.entry.stats.set_in_flight(true);
     }
 
-    /// [`end_call`](Self::end_call) of a call that succeeded.
-    fn end_success(&self, slot: Slot<'_>, enqueued: Option<Instant>) {
+    /// [`end_call`](Self::end_call) of a call that succeeded. Keeps the call's
+    /// concurrency slot for the worker's next call unless some worker waits for one:
+    /// a slot held between two calls of one subscription is never a second call at
+    /// once, and a waiter gets it at the end of the current call at the latest.
+    fn end_success<'s>(&self, slot: Slot<'s>, enqueued: Option<Instant>) -> Option<Slot<'s>> {
         let stats = &self.entry.stats;
         stats.set_in_flight(false);
-        drop(slot);
+        let slot = slot.keep_if_uncontended();
         stats.record(Counted::Delivered, enqueued.map(|t| t.elapsed()));
+        slot
     }
 
     /// Marks the end of a call: gives its slot back and counts its outcome; returns the
