@@ -9,6 +9,14 @@
 //! * `raw`: a `tokio::sync::broadcast` channel carrying the same `Event` values to one
 //!   receiver task that does the same atomic add.
 //!
+//! * `bus-mt`: the `bus` workload on a multi-threaded runtime (two worker threads),
+//!   published from the thread that calls `block_on`, as the criterion bench
+//!   `end_to_end` does: not for instruction counts (threads make them vary) but for
+//!   counting wake-ups per event, e.g. under `perf stat -e context-switches` or
+//!   `strace -f -c -e trace=futex` (see docs/benchmarks.md, "The bimodal results").
+//!   Env `PUBLISH_SPIN=<n>`: `n` turns of an empty loop after each publish, to slow
+//!   the publisher down until the worker keeps up.
+//!
 //! The script runs each path twice with different event counts and divides the
 //! difference in instructions by the difference in events, so setup cost cancels out.
 
@@ -62,9 +70,24 @@ async fn bus(events: u64, retry: bool) {
             .expect("subscribe");
     }
     let event = sample_event();
+    // `bus-mt` only: busy work between publishes (env `PUBLISH_SPIN`, loop turns), so
+    // that a worker on another thread keeps up and finds its queue empty.
+    let spin: u64 = std::env::var("PUBLISH_SPIN")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
     for _ in 0..events / ROUND {
-        for _ in 0..ROUND {
-            bus.publish(event.clone()).await.expect("publish");
+        if spin == 0 {
+            for _ in 0..ROUND {
+                bus.publish(event.clone()).await.expect("publish");
+            }
+        } else {
+            for _ in 0..ROUND {
+                bus.publish(event.clone()).await.expect("publish");
+                for i in 0..spin {
+                    std::hint::black_box(i);
+                }
+            }
         }
         bus.flush().await.expect("flush");
     }
@@ -116,18 +139,26 @@ fn main() {
     let mut args = std::env::args().skip(1).filter(|a| !a.starts_with("--"));
     let (Some(path), Some(events)) = (args.next(), args.next()) else {
         // `cargo bench` runs every bench without arguments: nothing to do then.
-        eprintln!("usage: instructions <bus|bus-retry|raw> <events>");
+        eprintln!("usage: instructions <bus|bus-retry|raw|bus-mt> <events>");
         return;
     };
     let events: u64 = events.parse().expect("events: a number");
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = if path.ends_with("-mt") {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    }
+    .expect("runtime");
     match path.as_str() {
+        "bus-mt" => rt.block_on(bus(events, false)),
         "bus" => rt.block_on(bus(events, false)),
         "bus-retry" => rt.block_on(bus(events, true)),
         "raw" => rt.block_on(raw(events)),
-        other => panic!("unknown path {other:?}: expected bus, bus-retry or raw"),
+        other => panic!("unknown path {other:?}: expected bus, bus-retry, raw or bus-mt"),
     }
 }

@@ -242,6 +242,55 @@ async fn handler_concurrency_is_bounded() {
     );
 }
 
+/// Handlers that finish on their first poll take the worker's fast path, where a worker
+/// keeps its concurrency slot between calls while nobody waits: the cap still holds
+/// across subscriptions, and a worker that parks gives its slot back (otherwise the
+/// other subscriptions would wait forever and the flush would not return).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrency_cap_holds_for_calls_that_finish_at_once() {
+    let d = Dispatcher::new(DispatcherConfig {
+        max_concurrent_handlers: 1,
+        metrics_log_interval_seconds: 0.0,
+        ..DispatcherConfig::default()
+    })
+    .unwrap();
+    let (running, peak) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    for topic in ["a", "b", "c"] {
+        let (running, peak) = (running.clone(), peak.clone());
+        let handler = Arc::new(move |_e: Event| {
+            let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+            peak.fetch_max(now, Ordering::SeqCst);
+            // Long enough for another worker thread to try a call meanwhile.
+            for _ in 0..200 {
+                std::hint::spin_loop();
+                std::thread::yield_now();
+            }
+            running.fetch_sub(1, Ordering::SeqCst);
+            std::future::ready(Ok::<(), std::io::Error>(()))
+        });
+        sub(&d, topic, handler);
+    }
+    // One subscription at a time first (each worker parks afterwards, with nobody
+    // waiting for a slot), then all three at once.
+    for topics in [&["a"][..], &["b"], &["c"], &["a", "b", "c"]] {
+        for i in 0..100 {
+            for topic in topics {
+                let event = ev(i, Priority::NORMAL).with_topic(*topic);
+                d.dispatch(event).await.unwrap();
+            }
+        }
+        tokio::time::timeout(std::time::Duration::from_secs(30), d.flush())
+            .await
+            .unwrap_or_else(|_| panic!("{topics:?}: a parked worker kept its slot"));
+    }
+    assert_eq!(d.metrics().snapshot().delivered, 600);
+    assert_eq!(
+        peak.load(Ordering::SeqCst),
+        1,
+        "never more than 1 call at once"
+    );
+}
+
 #[tokio::test]
 async fn publish_is_lazy_ready_when_queued_and_waits_for_room_under_block() {
     let d = dispatcher(2, OverflowPolicy::Block);
