@@ -26,8 +26,11 @@ const SMALL: usize = 8;
 pub(crate) struct TopicMap<V> {
     /// Keys with their hash, while there are at most [`SMALL`] (then `by_hash` is empty).
     small: Vec<(u64, Box<str>, V)>,
-    by_hash: HashMap<u64, Vec<(Box<str>, V)>, BuildHasherDefault<PassThrough>>,
+    by_hash: HashMap<u64, Vec<(Box<str>, V)>, PassThroughBuild>,
 }
+
+/// Builds [`PassThrough`] hashers.
+type PassThroughBuild = BuildHasherDefault<PassThrough>;
 
 impl<V> Default for TopicMap<V> {
     fn default() -> Self {
@@ -50,6 +53,13 @@ impl<V> TopicMap<V> {
                 .find(|(h, key, _)| *h == hash && same(key.as_bytes(), topic.as_bytes()))
                 .map(|(_, _, value)| value);
         }
+        self.get_large(hash, topic)
+    }
+
+    /// [`get`](Self::get) past [`SMALL`] keys; apart, so that the list search stays a
+    /// small function.
+    #[inline(never)]
+    fn get_large(&self, hash: u64, topic: &str) -> Option<&V> {
         let keys = self.by_hash.get(&hash)?;
         keys.iter()
             .find(|(key, _)| same(key.as_bytes(), topic.as_bytes()))
