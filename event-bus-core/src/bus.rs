@@ -1,6 +1,6 @@
 //! The `EventBus` trait every backend implements.
 
-use std::{future::Future, pin::Pin};
+use std::{collections::BTreeMap, future::Future, pin::Pin};
 
 use async_trait::async_trait;
 use serde::Serialize;
@@ -232,6 +232,11 @@ pub struct Health {
     /// policy that may evict durable streams). They do not make the bus unhealthy.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+    /// Backend-specific figures by name, such as the durable PostgreSQL mode's
+    /// `durable_dead_tuples` and `durable_oldest_unacked_ms` (each backend documents
+    /// its own). Empty for most backends.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub figures: BTreeMap<String, u64>,
 }
 
 impl Health {
@@ -248,7 +253,14 @@ impl Health {
             connected,
             last_error,
             warnings: Vec::new(),
+            figures: BTreeMap::new(),
         }
+    }
+
+    /// Adds (or replaces) figure `name`.
+    pub fn with_figure(mut self, name: impl Into<String>, value: u64) -> Self {
+        self.figures.insert(name.into(), value);
+        self
     }
 
     /// Adds a warning.

@@ -37,6 +37,17 @@ pub trait Settle: Send + Sync + 'static {
     /// The server could not be told; the event will be delivered again.
     async fn ack(self: Box<Self>) -> Result<(), Error>;
 
+    /// Whether the worker may hand [`ack`](Self::ack) to a task of its own and go on
+    /// with the subscription's next event instead of waiting for the server's answer.
+    /// That task still awaits the outcome of this acknowledgement and logs a failure,
+    /// as the worker does. A backend that coalesces acknowledgements (several in one
+    /// statement) says `true`, so that one subscription's acknowledgements can travel
+    /// together; it must then count them as in flight until they are answered, for its
+    /// `flush` and `close`. Default: `false`.
+    fn ack_in_background(&self) -> bool {
+        false
+    }
+
     /// The attempt failed and another is allowed: make the event due again after
     /// `delay`. `error` describes the failure (for the backend's records).
     ///

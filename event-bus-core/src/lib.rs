@@ -28,6 +28,7 @@
 //! ```
 
 pub mod bus;
+pub mod coalesce;
 pub mod config;
 pub mod dead_letter;
 pub mod deadline;

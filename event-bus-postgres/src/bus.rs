@@ -22,7 +22,7 @@ use crate::{
     large::LargeStore,
     listener::Listener,
     outgoing::{Outgoing, publish_error},
-    publisher::Pool,
+    publisher::{Pool, PoolSettings},
     receive::ReceiveCtx,
 };
 
@@ -73,21 +73,26 @@ impl PostgresEventBus {
         let listener = Arc::new(Listener::new(connector.clone(), channels.clone()));
         let dispatcher = Dispatcher::new(config.dispatcher.clone())?;
         let ttl = config.large_payload_ttl();
-        let pool = Arc::new(Pool::new(connector.clone(), config.pool_size));
-        let durable = (config.delivery == DeliveryMode::Table).then(|| {
-            Arc::new(Durable::new(
+        let settings = PoolSettings {
+            size: config.pool_size,
+            wait: config.pool_timeout(),
+        };
+        let pool = Arc::new(Pool::new(connector.clone(), settings)?);
+        let durable = match config.delivery {
+            DeliveryMode::Table => Some(Arc::new(Durable::new(
                 pool.clone(),
                 Arc::new(Pool::with_role(
                     connector,
-                    config.pool_size,
+                    settings,
                     "claim",
                     Some(crate::durable::CLAIM_SESSION),
-                )),
+                )?),
                 &config.channel_prefix,
                 config.durable.clone(),
                 config.max_message_bytes,
-            ))
-        });
+            ))),
+            DeliveryMode::Notify => None,
+        };
         let inner = Arc::new(Inner {
             dispatcher,
             pool,
@@ -385,6 +390,25 @@ impl Inner {
     }
 }
 
+/// Adds the durable mode's figures to `health`: `durable_dead_tuples` and, while a
+/// delivery is unacknowledged, `durable_oldest_unacked_ms`; a warning if they could not
+/// be read.
+fn durable_figures(health: Health, figures: Result<DurableHealth, Error>) -> Health {
+    match figures {
+        Ok(figures) => {
+            let health = health.with_figure("durable_dead_tuples", figures.dead_tuples);
+            match figures.oldest_unacked {
+                Some(age) => health.with_figure(
+                    "durable_oldest_unacked_ms",
+                    u64::try_from(age.as_millis()).unwrap_or(u64::MAX),
+                ),
+                None => health,
+            }
+        }
+        Err(e) => health.with_warning(format!("could not read the durable mode's health: {e}")),
+    }
+}
+
 impl std::fmt::Debug for PostgresEventBus {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PostgresEventBus")
@@ -469,6 +493,8 @@ impl EventBus for PostgresEventBus {
             loop {
                 let retried = durable.retries_scheduled();
                 until_quiescent(&inner.dispatcher, || durable.round_trip()).await?;
+                // Acknowledgements are sent in the background: wait for their answers.
+                durable.settled().await;
                 if durable.retries_scheduled() == retried {
                     return Ok(());
                 }
@@ -483,6 +509,11 @@ impl EventBus for PostgresEventBus {
         self.inner.dispatcher.metrics().snapshot()
     }
 
+    /// `connected` is the LISTEN connection's state once it is open, else the
+    /// publishing connections'. In the durable mode a connected bus also reads the
+    /// delivery table's figures (see [`durable_health`](Self::durable_health)):
+    /// `figures` gets `durable_dead_tuples` and, while some delivery is unacknowledged,
+    /// `durable_oldest_unacked_ms`; if they cannot be read, a warning says why.
     async fn health(&self) -> Health {
         let open = self.inner.check_open().is_ok();
         let connected = open
@@ -496,7 +527,11 @@ impl EventBus for PostgresEventBus {
         } else {
             self.inner.listener.last_error()
         };
-        Health::new("postgres", open, connected, last_error)
+        let health = Health::new("postgres", open, connected, last_error);
+        match &self.inner.durable {
+            Some(durable) if connected => durable_figures(health, durable.health().await),
+            _ => health,
+        }
     }
 
     /// Closes in this order, so that every event the bus received is delivered or

@@ -45,10 +45,21 @@ pub struct PostgresConfig {
     /// other's events. Default: `"events"`.
     #[serde(default = "default_prefix")]
     pub channel_prefix: String,
-    /// Number of connections used for publishing (each one pipelines concurrent
-    /// publishes). Default: `4`.
+    /// Most connections of the publishing pool (a `deadpool-postgres` pool; each
+    /// statement takes a connection for itself), and, in the durable mode, of the
+    /// claim pool too (claims, acknowledgements, heartbeats). From 1 to 64.
+    /// Default: `4`.
     #[serde(default = "default_pool_size")]
     pub pool_size: usize,
+    /// How long a statement waits for a free pooled connection when all `pool_size`
+    /// are busy; a publish that waits longer fails with
+    /// [`PublishOutcome::NotSent`](event_bus_core::PublishOutcome::NotSent).
+    /// Default: `5.0`.
+    #[serde(
+        default = "default_timeout",
+        deserialize_with = "event_bus_core::seconds::deserialize"
+    )]
+    pub pool_timeout_seconds: f64,
     /// Largest event envelope, in bytes, that is published or accepted from the wire;
     /// envelopes of 8000 bytes and more travel through the large-payload table.
     /// Default: `16777216` (16 MiB).
@@ -108,6 +119,7 @@ impl PostgresConfig {
             url: Secret::new(url.into()),
             channel_prefix: default_prefix(),
             pool_size: default_pool_size(),
+            pool_timeout_seconds: default_timeout(),
             max_message_bytes: default_max_message_bytes(),
             large_payload_ttl_seconds: default_ttl(),
             command_timeout_seconds: default_timeout(),
@@ -163,6 +175,7 @@ impl PostgresConfig {
             self.command_timeout_seconds,
             false,
         )?;
+        check_seconds("pool_timeout_seconds", self.pool_timeout_seconds, false)?;
         self.durable.validate()?;
         self.dispatcher.validate()?;
         let (mut pg, verify) = crate::redact::parse(self.url.expose())?;
@@ -175,6 +188,11 @@ impl PostgresConfig {
     /// `command_timeout_seconds` as a duration.
     pub fn command_timeout(&self) -> Duration {
         Duration::from_secs_f64(self.command_timeout_seconds)
+    }
+
+    /// `pool_timeout_seconds` as a duration.
+    pub fn pool_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.pool_timeout_seconds)
     }
 
     /// `large_payload_ttl_seconds` as a duration.
@@ -209,6 +227,7 @@ impl fmt::Debug for PostgresConfig {
             .field("url", &self.redacted_url())
             .field("channel_prefix", &self.channel_prefix)
             .field("pool_size", &self.pool_size)
+            .field("pool_timeout_seconds", &self.pool_timeout_seconds)
             .field("max_message_bytes", &self.max_message_bytes)
             .field("large_payload_ttl_seconds", &self.large_payload_ttl_seconds)
             .field("command_timeout_seconds", &self.command_timeout_seconds)
@@ -255,6 +274,8 @@ mod tests {
             assert!(err.contains(key), "{err}");
         };
         bad(|c| c.pool_size = 0, "pool_size");
+        bad(|c| c.pool_size = 65, "pool_size");
+        bad(|c| c.pool_timeout_seconds = 0.0, "pool_timeout_seconds");
         bad(|c| c.channel_prefix = "a;b".into(), "channel_prefix");
         bad(
             |c| c.command_timeout_seconds = -1.0,

@@ -67,22 +67,40 @@ impl Connector {
             .collect()
     }
 
+    /// The driver's settings parsed from the URL.
+    pub(crate) fn config(&self) -> &tokio_postgres::Config {
+        &self.config
+    }
+
+    /// What a failed connection attempt's error says it was doing (the server shown
+    /// with its password redacted).
+    pub(crate) fn context(&self) -> String {
+        format!("connecting to PostgreSQL ({})", self.redacted)
+    }
+
     /// Opens a connection for `role` (`listen`, `publish` or `claim`). Unless the connection
     /// string sets one, the session's `application_name` is
     /// `eventbus-{role}-{channel_prefix}`, so operators can find it in `pg_stat_activity`.
     pub(crate) async fn connect(&self, role: &str) -> Result<(Client, PgConnection), Error> {
+        // connect_timeout bounds each address; this bounds the whole attempt.
+        match within(Operation::Connect, self.timeout * 2, self.open(role)).await {
+            Ok(Ok(pair)) => Ok(pair),
+            Ok(Err(e)) => Err(Error::connection(self.context(), e)),
+            Err(timeout) => Err(Error::connection(self.context(), timeout)),
+        }
+    }
+
+    /// [`connect`](Self::connect) without the bound on the whole attempt (the caller
+    /// bounds it) and with the driver's error.
+    pub(crate) async fn open(
+        &self,
+        role: &str,
+    ) -> Result<(Client, PgConnection), tokio_postgres::Error> {
         let mut config = self.config.clone();
         if config.get_application_name().is_none() {
             config.application_name(format!("eventbus-{role}-{}", self.prefix));
         }
-        let attempt = config.connect(self.tls.clone());
-        // connect_timeout bounds each address; this bounds the whole attempt.
-        let context = || format!("connecting to PostgreSQL ({})", self.redacted);
-        match within(Operation::Connect, self.timeout * 2, attempt).await {
-            Ok(Ok(pair)) => Ok(pair),
-            Ok(Err(e)) => Err(Error::connection(context(), e)),
-            Err(timeout) => Err(Error::connection(context(), timeout)),
-        }
+        config.connect(self.tls.clone()).await
     }
 }
 

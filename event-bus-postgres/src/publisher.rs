@@ -1,26 +1,29 @@
-//! The publishing side: a small pool of connections and the NOTIFY statements.
+//! The publishing side: a pool of connections and the NOTIFY statements.
 //!
-//! The pool holds `pool_size` connections, opened on first use and reopened when one
-//! breaks. A publish takes the first connection with no statement in flight (so a
-//! sequential publisher keeps to one server session), or else the next one in turn,
-//! and pipelines on it (tokio-postgres sends a query without waiting for the previous
-//! one's answer): no publish waits for a connection to be free and none opens a new
-//! one while the pool is healthy.
+//! The pool is a [`deadpool_postgres`] pool of `pool_size` connections, opened on
+//! first use (TLS and `application_name` as every connection of the bus, see
+//! [`Connector`]) and replaced when one breaks. A statement takes a connection for
+//! itself, waiting up to `pool_timeout_seconds` for one to be free; the most recently
+//! used one is taken first, so a sequential publisher keeps to one server session.
+//! Statements are prepared once per connection (deadpool's statement cache).
 
 use std::{
-    collections::HashMap,
     future::Future,
     sync::{
         Arc,
-        atomic::{AtomicBool, AtomicUsize, Ordering},
+        atomic::{AtomicUsize, Ordering},
     },
+    time::Duration,
 };
 
+use deadpool_postgres::{
+    Manager, ManagerConfig, Object, PoolError, QueueMode, RecyclingMethod, Runtime, Timeouts,
+};
 use event_bus_core::{
     BoxError, Error, PublishOutcome,
-    deadline::{self, Operation, within},
+    deadline::{Operation, within},
 };
-use tokio::sync::{Mutex, OnceCell};
+use tokio::task::JoinHandle;
 use tokio_postgres::{Client, Row, Statement, types::ToSql};
 
 use crate::connect::Connector;
@@ -33,69 +36,122 @@ const NOTIFY_ONE: &str = "SELECT pg_notify($1, $2)";
 pub(crate) const NOTIFY_MANY: &str =
     "SELECT pg_notify(c, p) FROM unnest($1::text[], $2::text[]) AS t(c, p)";
 
-/// One pooled connection with its prepared statements.
-pub(crate) struct PooledClient {
-    client: Client,
-    pair: Statement,
-    one: Statement,
-    many: Statement,
-    large: OnceCell<Statement>,
-    /// Statements of the durable mode, prepared on first use on this connection.
-    prepared: std::sync::Mutex<HashMap<String, Statement>>,
+/// How the pool's connections are opened: by the bus's [`Connector`], for one role,
+/// each set up with the role's session settings; counts the connections alive.
+struct RoleConnect {
+    connector: Arc<Connector>,
+    role: &'static str,
+    session: Option<&'static str>,
+    live: Arc<AtomicUsize>,
 }
 
-impl PooledClient {
-    /// `sql` prepared on this connection (once).
-    async fn prepared(&self, sql: &str) -> Result<Statement, tokio_postgres::Error> {
-        let cached = lock(&self.prepared).get(sql).cloned();
-        if let Some(stmt) = cached {
-            return Ok(stmt);
-        }
-        let stmt = self.client.prepare(sql).await?;
-        lock(&self.prepared).insert(sql.to_owned(), stmt.clone());
-        Ok(stmt)
+type Connecting<'a> = std::pin::Pin<
+    Box<dyn Future<Output = Result<(Client, JoinHandle<()>), tokio_postgres::Error>> + Send + 'a>,
+>;
+
+impl deadpool_postgres::Connect for RoleConnect {
+    fn connect(&self, _config: &tokio_postgres::Config) -> Connecting<'_> {
+        Box::pin(async move {
+            let (client, connection) = self.connector.open(self.role).await?;
+            let live = Alive::enter(self.live.clone());
+            let role = self.role;
+            let task = tokio::spawn(async move {
+                let _live = live;
+                if let Err(e) = connection.await {
+                    tracing::debug!(role, error = %e, "pooled connection closed");
+                }
+            });
+            if let Some(sql) = self.session {
+                client.batch_execute(sql).await?;
+            }
+            Ok((client, task))
+        })
     }
 }
 
-fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+/// Counts one connection alive while it exists.
+struct Alive(Arc<AtomicUsize>);
+
+impl Alive {
+    fn enter(counter: Arc<AtomicUsize>) -> Self {
+        counter.fetch_add(1, Ordering::Relaxed);
+        Self(counter)
+    }
+}
+
+impl Drop for Alive {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Sizes and timeouts of a [`Pool`].
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct PoolSettings {
+    /// Connections at most.
+    pub(crate) size: usize,
+    /// Bound on waiting for a free connection.
+    pub(crate) wait: Duration,
 }
 
 /// The publishing connections.
 pub(crate) struct Pool {
+    pool: deadpool_postgres::Pool,
     connector: Arc<Connector>,
-    /// The `application_name` role of its connections (`publish`, `claim`).
-    role: &'static str,
-    /// Settings applied to each new connection (`SET ...`).
-    session: Option<&'static str>,
-    slots: Vec<Mutex<Option<Arc<PooledClient>>>>,
-    in_flight: Vec<AtomicUsize>,
-    next: AtomicUsize,
-    closed: AtomicBool,
+    wait: Duration,
+    live: Arc<AtomicUsize>,
 }
 
 impl Pool {
-    /// A pool of `size` connections, none opened yet.
-    pub(crate) fn new(connector: Arc<Connector>, size: usize) -> Self {
-        Self::with_role(connector, size, "publish", None)
+    /// A pool of publishing connections, none opened yet.
+    pub(crate) fn new(connector: Arc<Connector>, settings: PoolSettings) -> Result<Self, Error> {
+        Self::with_role(connector, settings, "publish", None)
     }
 
-    /// A pool of `size` connections named for `role`, each set up with `session`.
+    /// A pool of connections named for `role`, each set up with `session`.
     pub(crate) fn with_role(
         connector: Arc<Connector>,
-        size: usize,
+        settings: PoolSettings,
         role: &'static str,
         session: Option<&'static str>,
-    ) -> Self {
-        Self {
+    ) -> Result<Self, Error> {
+        let live = Arc::new(AtomicUsize::new(0));
+        let manager = Manager::from_connect(
+            connector.config().clone(),
+            RoleConnect {
+                connector: connector.clone(),
+                role,
+                session,
+                live: live.clone(),
+            },
+            ManagerConfig {
+                // A broken connection is found by its closed state, without a query.
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = deadpool_postgres::Pool::builder(manager)
+            .max_size(settings.size)
+            .queue_mode(QueueMode::Lifo)
+            .runtime(Runtime::Tokio1)
+            .timeouts(Timeouts {
+                wait: Some(settings.wait),
+                // connect_timeout bounds each address; this bounds the whole attempt.
+                create: Some(connector.timeout() * 2),
+                recycle: Some(connector.timeout()),
+            })
+            .build()
+            .map_err(|e| Error::config("pool_size", e.to_string()))?;
+        Ok(Self {
+            pool,
+            wait: settings.wait,
             connector,
-            role,
-            session,
-            slots: (0..size).map(|_| Mutex::new(None)).collect(),
-            in_flight: (0..size).map(|_| AtomicUsize::new(0)).collect(),
-            next: AtomicUsize::new(0),
-            closed: AtomicBool::new(false),
-        }
+            live,
+        })
+    }
+
+    /// The bound on each statement (`command_timeout_seconds`).
+    pub(crate) fn statement_timeout(&self) -> Duration {
+        self.connector.timeout()
     }
 
     /// Opens the first connection if none is open, to surface connection errors early.
@@ -103,70 +159,43 @@ impl Pool {
         self.get().await.map(drop)
     }
 
-    /// Whether at least one publishing connection is open.
+    /// Whether at least one connection is open.
     pub(crate) async fn is_connected(&self) -> bool {
-        for slot in &self.slots {
-            if slot
-                .lock()
-                .await
-                .as_ref()
-                .is_some_and(|pc| !pc.client.is_closed())
-            {
-                return true;
-            }
-        }
-        false
+        !self.pool.is_closed() && self.live.load(Ordering::Relaxed) > 0
     }
 
-    /// Closes every connection (in-flight statements finish first).
+    /// Closes every connection (statements in flight finish first).
     pub(crate) async fn close(&self) {
-        self.closed.store(true, Ordering::Release);
-        for slot in &self.slots {
-            slot.lock().await.take();
-        }
+        self.pool.close();
     }
 
-    async fn get(&self) -> Result<(usize, Arc<PooledClient>), Error> {
-        if self.closed.load(Ordering::Acquire) {
-            return Err(Error::Closed);
-        }
-        let idle = self
-            .in_flight
-            .iter()
-            .position(|n| n.load(Ordering::Relaxed) == 0);
-        let i =
-            idle.unwrap_or_else(|| self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len());
-        let mut slot = self.slots[i].lock().await;
-        if let Some(pc) = slot.as_ref().filter(|pc| !pc.client.is_closed()) {
-            return Ok((i, pc.clone()));
-        }
-        let pc = Arc::new(self.open().await?);
-        *slot = Some(pc.clone());
-        Ok((i, pc))
-    }
-
-    async fn open(&self) -> Result<PooledClient, Error> {
-        let (client, connection) = self.connector.connect(self.role).await?;
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(error = %e, "publish connection closed");
-            }
-        });
-        let session = self.session;
-        let prepare = async {
-            if let Some(sql) = session {
-                client.batch_execute(sql).await?;
-            }
-            Ok::<_, tokio_postgres::Error>(PooledClient {
-                pair: client.prepare(NOTIFY_PAIR).await?,
-                one: client.prepare(NOTIFY_ONE).await?,
-                many: client.prepare(NOTIFY_MANY).await?,
-                large: OnceCell::new(),
-                prepared: Default::default(),
-                client,
-            })
-        };
-        deadline::call(Operation::Prepare, self.connector.timeout(), prepare).await
+    async fn get(&self) -> Result<Object, Error> {
+        self.pool.get().await.map_err(|e| match e {
+            PoolError::Closed => Error::Closed,
+            PoolError::Timeout(deadpool_postgres::TimeoutType::Wait) => Error::connection(
+                "waiting for a free pooled connection",
+                Error::Timeout {
+                    operation: Operation::Publish,
+                    after: self.wait,
+                },
+            ),
+            PoolError::Timeout(deadpool_postgres::TimeoutType::Create) => Error::connection(
+                self.connector.context(),
+                Error::Timeout {
+                    operation: Operation::Connect,
+                    after: self.connector.timeout() * 2,
+                },
+            ),
+            PoolError::Timeout(deadpool_postgres::TimeoutType::Recycle) => Error::connection(
+                "checking a pooled connection",
+                Error::Timeout {
+                    operation: Operation::Ping,
+                    after: self.connector.timeout(),
+                },
+            ),
+            PoolError::Backend(e) => Error::connection(self.connector.context(), e),
+            other => Error::connection(self.connector.context(), other.to_string()),
+        })
     }
 
     /// Runs `op` on a pooled connection within the statement timeout. A connection
@@ -174,7 +203,7 @@ impl Pool {
     async fn run<T, Fut>(
         &self,
         what: &str,
-        op: impl FnOnce(Arc<PooledClient>) -> Fut,
+        op: impl FnOnce(Arc<Object>) -> Fut,
     ) -> Result<T, BoxError>
     where
         Fut: Future<Output = Result<T, tokio_postgres::Error>>,
@@ -186,23 +215,58 @@ impl Pool {
     async fn send<T, Fut>(
         &self,
         what: &str,
-        op: impl FnOnce(Arc<PooledClient>) -> Fut,
+        op: impl FnOnce(Arc<Object>) -> Fut,
     ) -> Result<T, SendError>
     where
         Fut: Future<Output = Result<T, tokio_postgres::Error>>,
     {
-        let (i, pc) = self.get().await.map_err(SendError::not_sent)?;
-        let outcome = {
-            let _busy = InFlight::enter(&self.in_flight[i]);
-            within(Operation::Publish, self.connector.timeout(), op(pc.clone())).await
+        let client = Arc::new(self.get().await.map_err(SendError::not_sent)?);
+        let statement = op(client.clone());
+        self.finish(what, client, statement).await
+    }
+
+    /// Runs `op` with `sql` prepared on a pooled connection (once per connection:
+    /// deadpool's statement cache), within the statement timeout. Nothing is sent when
+    /// preparing fails.
+    async fn send_prepared<T, Fut>(
+        &self,
+        what: &str,
+        sql: &str,
+        op: impl FnOnce(Arc<Object>, Statement) -> Fut,
+    ) -> Result<T, SendError>
+    where
+        Fut: Future<Output = Result<T, tokio_postgres::Error>>,
+    {
+        let client = Arc::new(self.get().await.map_err(SendError::not_sent)?);
+        let prepared = within(
+            Operation::Prepare,
+            self.connector.timeout(),
+            client.prepare_cached(sql),
+        )
+        .await;
+        let statement = match prepared {
+            Ok(Ok(statement)) => statement,
+            Ok(Err(e)) => return Err(SendError::not_sent(e)),
+            Err(timeout) => {
+                discard(client);
+                return Err(SendError::not_sent(Error::connection(what, timeout)));
+            }
         };
-        match outcome {
+        let statement = op(client.clone(), statement);
+        self.finish(what, client, statement).await
+    }
+
+    /// Awaits `statement`, running on `client`, within the statement timeout.
+    async fn finish<T>(
+        &self,
+        what: &str,
+        client: Arc<Object>,
+        statement: impl Future<Output = Result<T, tokio_postgres::Error>>,
+    ) -> Result<T, SendError> {
+        match within(Operation::Publish, self.connector.timeout(), statement).await {
             Ok(result) => result.map_err(SendError::from_statement),
             Err(timeout) => {
-                let mut slot = self.slots[i].lock().await;
-                if slot.as_ref().is_some_and(|cur| Arc::ptr_eq(cur, &pc)) {
-                    *slot = None;
-                }
+                discard(client);
                 Err(SendError {
                     outcome: PublishOutcome::Unknown,
                     source: Error::connection(what, timeout).into(),
@@ -218,9 +282,8 @@ impl Pool {
         all_channel: &str,
         payload: &str,
     ) -> Result<(), SendError> {
-        self.send("NOTIFY", |pc| async move {
-            pc.client
-                .execute(&pc.pair, &[&topic_channel, &all_channel, &payload])
+        self.send_prepared("NOTIFY", NOTIFY_PAIR, |pc, stmt| async move {
+            pc.execute(&stmt, &[&topic_channel, &all_channel, &payload])
                 .await
         })
         .await
@@ -229,11 +292,12 @@ impl Pool {
 
     /// Sends one notification.
     pub(crate) async fn notify_one(&self, channel: &str, payload: &str) -> Result<(), BoxError> {
-        self.run("NOTIFY", |pc| async move {
-            pc.client.execute(&pc.one, &[&channel, &payload]).await
+        self.send_prepared("NOTIFY", NOTIFY_ONE, |pc, stmt| async move {
+            pc.execute(&stmt, &[&channel, &payload]).await
         })
         .await
         .map(drop)
+        .map_err(|e| e.source)
     }
 
     /// Sends `channels[i]`/`payloads[i]` in order, in one statement.
@@ -242,8 +306,8 @@ impl Pool {
         channels: &[&str],
         payloads: &[&str],
     ) -> Result<(), SendError> {
-        self.send("batch NOTIFY", |pc| async move {
-            pc.client.execute(&pc.many, &[&channels, &payloads]).await
+        self.send_prepared("batch NOTIFY", NOTIFY_MANY, |pc, stmt| async move {
+            pc.execute(&stmt, &[&channels, &payloads]).await
         })
         .await
         .map(drop)
@@ -256,13 +320,8 @@ impl Pool {
         sql: &str,
         params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
     ) -> Result<(), SendError> {
-        self.send("NOTIFY with stored payloads", |pc| async move {
-            let stmt = pc
-                .large
-                .get_or_try_init(|| pc.client.prepare(sql))
-                .await?
-                .clone();
-            pc.client.execute(&stmt, params).await
+        self.send_prepared("NOTIFY with stored payloads", sql, |pc, stmt| async move {
+            pc.execute(&stmt, params).await
         })
         .await
         .map(drop)
@@ -275,7 +334,7 @@ impl Pool {
         params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
     ) -> Result<Vec<(String, String)>, BoxError> {
         self.run("fetching stored payloads", |pc| async move {
-            let rows = pc.client.query(sql, params).await?;
+            let rows = pc.query(sql, params).await?;
             rows.iter()
                 .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
                 .collect()
@@ -290,9 +349,8 @@ impl Pool {
         sql: &str,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Vec<Row>, SendError> {
-        self.send(what, |pc| async move {
-            let stmt = pc.prepared(sql).await?;
-            pc.client.query(&stmt, params).await
+        self.send_prepared(what, sql, |pc, stmt| async move {
+            pc.query(&stmt, params).await
         })
         .await
     }
@@ -305,19 +363,16 @@ impl Pool {
         sql: &str,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<u64, SendError> {
-        self.send(what, |pc| async move {
-            let stmt = pc.prepared(sql).await?;
-            pc.client.execute(&stmt, params).await
+        self.send_prepared(what, sql, |pc, stmt| async move {
+            pc.execute(&stmt, params).await
         })
         .await
     }
 
     /// Runs one statement without results (DDL, cleanup).
     pub(crate) async fn batch_execute(&self, sql: &str) -> Result<(), BoxError> {
-        self.run("statement", |pc| async move {
-            pc.client.batch_execute(sql).await
-        })
-        .await
+        self.run("statement", |pc| async move { pc.batch_execute(sql).await })
+            .await
     }
 
     /// Runs one statement with parameters, returning the affected row count.
@@ -326,10 +381,19 @@ impl Pool {
         sql: &str,
         params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
     ) -> Result<u64, BoxError> {
-        self.run("statement", |pc| async move {
-            pc.client.execute(sql, params).await
-        })
+        self.run(
+            "statement",
+            |pc| async move { pc.execute(sql, params).await },
+        )
         .await
+    }
+}
+
+/// Takes `client` out of the pool and closes it (a statement on it timed out: it may
+/// be stalled). The statement's future is gone, so this is the last reference.
+fn discard(client: Arc<Object>) {
+    if let Ok(client) = Arc::try_unwrap(client) {
+        drop(Object::take(client));
     }
 }
 
@@ -362,22 +426,5 @@ impl SendError {
             outcome,
             source: e.into(),
         }
-    }
-}
-
-/// Counts a statement in flight on a slot while alive (also when the publish future is
-/// dropped midway).
-struct InFlight<'a>(&'a AtomicUsize);
-
-impl<'a> InFlight<'a> {
-    fn enter(counter: &'a AtomicUsize) -> Self {
-        counter.fetch_add(1, Ordering::Relaxed);
-        Self(counter)
-    }
-}
-
-impl Drop for InFlight<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }

@@ -9,6 +9,8 @@ mod crash;
 mod delivery;
 #[path = "postgres_durable/faults.rs"]
 mod faults;
+#[path = "postgres_durable/maintenance.rs"]
+mod maintenance;
 #[path = "postgres_durable/parity.rs"]
 mod parity;
 #[path = "postgres_durable/settle.rs"]

@@ -1,7 +1,8 @@
 //! The raw PostgreSQL queue, next to the durable mode (`delivery = "table"`): a table
 //! of (id, subscriber, envelope); publishers insert one row per subscriber per event
 //! (one statement per batch); each subscriber loops on a transaction that claims up to
-//! [`CLAIM`] of its rows with `FOR UPDATE SKIP LOCKED`, decodes them, and deletes them.
+//! the bus's `durable.claim_batch_size` (default [`CLAIM`]) of its rows with
+//! `FOR UPDATE SKIP LOCKED`, decodes them, and deletes them.
 //! Connections are made like the bus's (see [`raw_postgres`](super::raw_postgres)), and
 //! the transport's name says whether they use TLS.
 
@@ -19,17 +20,26 @@ use super::{
 };
 use crate::failure::{Failure, chain};
 
-/// Rows one claim takes (the durable mode's default claim batch is 100).
+/// Rows one claim takes unless the config sets `durable.claim_batch_size` (the durable
+/// mode's default).
 const CLAIM: i64 = 100;
 
 /// The raw queue path against the server of `config` (TLS as the bus), on a table of
-/// its own (dropped at the end of each round).
+/// its own (dropped at the end of each round), claiming as many rows at a time as the
+/// bus does.
 ///
 /// # Errors
 /// A usage failure if the config has no server URL.
 pub(crate) fn path(config: &Value) -> Result<Path, Failure> {
     let conninfo = conninfo(config)?;
-    Ok(Box::new(move |w, c| Box::pin(run(conninfo.clone(), w, c))))
+    let claim = config
+        .get("durable")
+        .and_then(|d| d.get("claim_batch_size"))
+        .and_then(Value::as_i64)
+        .unwrap_or(CLAIM);
+    Ok(Box::new(move |w, c| {
+        Box::pin(run(conninfo.clone(), claim, w, c))
+    }))
 }
 
 fn failed(what: &str) -> impl Fn(tokio_postgres::Error) -> Failure + '_ {
@@ -44,6 +54,7 @@ async fn connect(conninfo: &str, tasks: &mut Vec<JoinHandle<()>>) -> Result<Clie
 
 async fn run(
     conninfo: String,
+    claim: i64,
     w: Workload,
     c: Arc<Collector>,
 ) -> Result<(Duration, String), Failure> {
@@ -61,7 +72,7 @@ async fn run(
         let (c, table) = (c.clone(), table.clone());
         tasks.push(tokio::spawn(async move {
             // An error ends this consumer; what it did not receive is reported as lost.
-            let _ = consume(client, &table, i, &c).await;
+            let _ = consume(client, &table, i, claim, &c).await;
         }));
     }
     let mut publishers_clients = Vec::new();
@@ -123,7 +134,13 @@ async fn publish(
     Ok(())
 }
 
-async fn consume(mut client: Client, table: &str, sub: usize, c: &Collector) -> Result<(), String> {
+async fn consume(
+    mut client: Client,
+    table: &str,
+    sub: usize,
+    claim_rows: i64,
+    c: &Collector,
+) -> Result<(), String> {
     let sub_id = i32::try_from(sub).unwrap_or(i32::MAX);
     let claim = client
         .prepare(&format!(
@@ -138,7 +155,7 @@ async fn consume(mut client: Client, table: &str, sub: usize, c: &Collector) -> 
     loop {
         let tx = client.transaction().await.map_err(|e| chain(&e))?;
         let rows = tx
-            .query(&claim, &[&sub_id, &CLAIM])
+            .query(&claim, &[&sub_id, &claim_rows])
             .await
             .map_err(|e| chain(&e))?;
         let mut ids = Vec::with_capacity(rows.len());

@@ -269,6 +269,16 @@ impl Worker<'_> {
             return Handled::Abandoned;
         };
         let (settled, handled) = match error {
+            None if durable.settle.ack_in_background() => {
+                let (sub, event_id) = (entry.id, event.id);
+                tokio::spawn(async move {
+                    if let Err(e) = durable.settle.ack().await {
+                        tracing::warn!(%sub, %event_id, error = %e,
+                            "could not settle a durable delivery: it will be delivered again");
+                    }
+                });
+                (Ok(()), Handled::Done)
+            }
             None => (durable.settle.ack().await, Handled::Done),
             Some(error) if attempt < entry.options.retry.max_attempts => {
                 let delay = self.backoff(event, attempt);

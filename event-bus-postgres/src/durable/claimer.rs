@@ -31,6 +31,8 @@ pub(crate) struct Claimer {
     /// Counts claims that left nothing visible (fewer rows than a batch, all handed
     /// over): a flush waits for one that started after it.
     pub(crate) passes: watch::Sender<u64>,
+    /// The events claimed here and not yet settled.
+    pub(crate) held: Arc<Held>,
 }
 
 /// One claimed row.
@@ -69,7 +71,7 @@ impl Claimer {
     /// Runs until the bus closes or the group's last member here is released (which
     /// aborts it).
     pub(crate) async fn run(self) {
-        let held = Arc::new(Held::default());
+        let held = self.held.clone();
         let heartbeat = tokio::spawn(heartbeat(
             self.shared.clone(),
             self.group.clone(),

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use event_bus_core::{Dispatcher, Error, Pattern, SubscriptionId};
 use tokio::sync::{Notify, watch};
 
-use super::{Durable, GroupRun, claimer::Claimer, lock, regex};
+use super::{Durable, GroupRun, claimer::Claimer, lock, regex, settle::Held};
 
 impl Durable {
     /// Registers the group of subscription `id` and starts its claimer.
@@ -75,6 +75,7 @@ impl Durable {
             .push(Arc::downgrade(&wake));
         let (passes, passes_rx) = watch::channel(0);
         let members = Arc::new(Mutex::new(vec![first]));
+        let held = Arc::new(Held::default());
         let claimer = Claimer {
             shared: self.shared.clone(),
             dispatcher: dispatcher.clone(),
@@ -83,8 +84,10 @@ impl Durable {
             wake: wake.clone(),
             counters,
             passes,
+            held: held.clone(),
         };
         GroupRun {
+            held,
             members,
             ephemeral,
             task: tokio::spawn(claimer.run()),

@@ -39,7 +39,10 @@ use event_bus_core::{Error, SubscriptionId};
 use tokio::sync::{Notify, OnceCell, watch};
 
 pub(crate) use self::publish::columns;
-use self::{schema::Sql, settle::Counters};
+use self::{
+    schema::Sql,
+    settle::{AckSender, Acks, Counters, MAX_ACK_BATCH},
+};
 pub use self::{
     settings::{DeliveryMode, DurableConfig},
     stats::{DeadLetterEntry, DurableGroupStats, DurableHealth},
@@ -63,11 +66,16 @@ pub(crate) struct Shared {
     pub(crate) max_bytes: usize,
     /// The channel publishes NOTIFY to wake claimers.
     pub(crate) channel: String,
+    /// The bus's acknowledgements, coalesced into one statement per round trip.
+    pub(crate) acks: Arc<Acks>,
     ready: OnceCell<()>,
 }
 
 /// The claimer of one group in this bus, and the group's members here.
 struct GroupRun {
+    /// The events its claimer claimed and that are not settled yet (acknowledgements
+    /// on their way included).
+    held: Arc<settle::Held>,
     members: Arc<Mutex<Vec<SubscriptionId>>>,
     ephemeral: bool,
     task: tokio::task::JoinHandle<()>,
@@ -99,11 +107,20 @@ impl Durable {
         config: DurableConfig,
         max_bytes: usize,
     ) -> Self {
+        let sql = Sql::new(prefix);
+        let acks = Arc::new(Acks::new(
+            AckSender {
+                pool: pool.clone(),
+                sql: sql.ack_many.clone(),
+            },
+            MAX_ACK_BATCH,
+        ));
         Self {
             shared: Arc::new(Shared {
                 publish,
                 pool,
-                sql: Sql::new(prefix),
+                acks,
+                sql,
                 config,
                 max_bytes,
                 channel: wake_channel(prefix),
@@ -174,6 +191,14 @@ impl Durable {
     pub(crate) async fn close(&self) {
         let runs: Vec<(Arc<str>, GroupRun)> = lock(&self.groups).drain().collect();
         lock(&self.subscriptions).clear();
+        // The dispatcher has closed: what is still held are acknowledgements on their
+        // way. Let them finish (bounded: what does not is delivered again).
+        let settled =
+            futures_util::future::join_all(runs.iter().map(|(_, run)| run.held.wait_below(0)));
+        let bound = self.shared.pool.statement_timeout() * 2;
+        if tokio::time::timeout(bound, settled).await.is_err() {
+            tracing::debug!("closing: acknowledgements still on their way are dropped");
+        }
         for (group, run) in runs {
             if run.ephemeral {
                 if let Err(e) = self.drop_group(&group).await {
@@ -233,6 +258,18 @@ impl Durable {
                 return Ok(());
             };
             tokio::time::sleep(Duration::from_secs_f64(secs.clamp(0.005, 1.0))).await;
+        }
+    }
+
+    /// Waits until every event this bus claimed is settled (acknowledgements on their
+    /// way included). Called once the dispatcher is quiescent.
+    pub(crate) async fn settled(&self) {
+        let held: Vec<Arc<settle::Held>> = lock(&self.groups)
+            .values()
+            .map(|r| r.held.clone())
+            .collect();
+        for h in held {
+            h.wait_below(0).await;
         }
     }
 
@@ -316,5 +353,3 @@ fn wake_channel(prefix: &str) -> String {
 
 /// Bound on one maintenance pass's statements.
 pub(crate) const CLEANUP_BATCH: i64 = 1000;
-/// How often a subscribed bus deletes expired events.
-pub(crate) const CLEANUP_EVERY: Duration = Duration::from_secs(30);

@@ -48,7 +48,9 @@ pub(crate) struct Sql {
     pub(crate) publish_quiet: String,
     pub(crate) claim: String,
     pub(crate) heartbeat: String,
-    pub(crate) ack: String,
+    /// Acknowledges many deliveries, each fenced by its own lease token; returns the
+    /// ones it deleted.
+    pub(crate) ack_many: String,
     pub(crate) retry: String,
     pub(crate) dead_letter: String,
     pub(crate) dlq_list: String,
@@ -138,7 +140,11 @@ RETURNING d.event_id, d.attempts, e.envelope, c.old_lease IS NOT NULL, d.priorit
                 "UPDATE {d} SET visible_after = now() + make_interval(secs => $3)
 WHERE group_name = $1 AND lease = ANY($2::text[])"
             ),
-            ack: format!("DELETE FROM {d} WHERE group_name = $1 AND event_id = $2 AND lease = $3"),
+            ack_many: format!(
+                "DELETE FROM {d} d USING unnest($1::text[], $2::bigint[], $3::text[]) AS a(group_name, event_id, lease)
+WHERE d.group_name = a.group_name AND d.event_id = a.event_id AND d.lease = a.lease
+RETURNING d.group_name, d.event_id, d.lease"
+            ),
             retry: format!(
                 "UPDATE {d} SET visible_after = now() + make_interval(secs => $4), last_error = $5, lease = NULL
 WHERE group_name = $1 AND event_id = $2 AND lease = $3"

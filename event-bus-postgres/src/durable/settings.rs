@@ -55,6 +55,16 @@ pub struct DurableConfig {
         deserialize_with = "event_bus_core::seconds::deserialize"
     )]
     pub retention_seconds: f64,
+    /// How often a bus with a durable subscription runs its maintenance: it removes
+    /// the own groups (and undelivered rows) of subscriptions whose bus stopped without
+    /// removing them, such as a crashed process (groups not seen for ten leases, at
+    /// least a minute), then deletes events past `retention_seconds` in batches.
+    /// Default: `30.0`.
+    #[serde(
+        default = "default_maintenance",
+        deserialize_with = "event_bus_core::seconds::deserialize"
+    )]
+    pub maintenance_interval_seconds: f64,
 }
 
 fn default_lease() -> f64 {
@@ -72,6 +82,9 @@ fn default_notify() -> bool {
 fn default_retention() -> f64 {
     3600.0
 }
+fn default_maintenance() -> f64 {
+    30.0
+}
 
 impl Default for DurableConfig {
     fn default() -> Self {
@@ -81,6 +94,7 @@ impl Default for DurableConfig {
             poll_interval_seconds: default_poll(),
             notify: default_notify(),
             retention_seconds: default_retention(),
+            maintenance_interval_seconds: default_maintenance(),
         }
     }
 }
@@ -98,6 +112,11 @@ impl DurableConfig {
             false,
         )?;
         check_seconds("durable.retention_seconds", self.retention_seconds, true)?;
+        check_seconds(
+            "durable.maintenance_interval_seconds",
+            self.maintenance_interval_seconds,
+            false,
+        )?;
         if self.lease_seconds < 0.1 {
             return Err(Error::config(
                 "durable.lease_seconds",
@@ -116,6 +135,11 @@ impl DurableConfig {
     /// `lease_seconds` as a duration.
     pub fn lease(&self) -> Duration {
         Duration::from_secs_f64(self.lease_seconds)
+    }
+
+    /// `maintenance_interval_seconds` as a duration.
+    pub fn maintenance_interval(&self) -> Duration {
+        Duration::from_secs_f64(self.maintenance_interval_seconds)
     }
 
     /// `poll_interval_seconds` as a duration.

@@ -1,7 +1,14 @@
 //! Settling one claimed delivery on the server, fenced by its lease token.
+//!
+//! Acknowledgements are coalesced per bus ([`Acks`]): an ack that finds none in flight
+//! is sent at once; those that arrive meanwhile (from any group of the bus) are sent
+//! together in one `DELETE` when it returns, each still fenced by its own lease token
+//! and each caller learning whether its own row was deleted. The subscription's
+//! worker does not wait for the answer ([`Settle::ack_in_background`]): a task of its
+//! own does, so one subscription's acknowledgements travel together too.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     sync::{
         Arc, Mutex,
         atomic::{AtomicU64, Ordering::Relaxed},
@@ -10,9 +17,103 @@ use std::{
 };
 
 use async_trait::async_trait;
-use event_bus_core::{Error, Event, durable::Settle, envelope::encode};
+use event_bus_core::{
+    Error, Event,
+    coalesce::{Coalescer, SendBatch},
+    durable::Settle,
+    envelope::encode,
+};
 
 use super::Shared;
+use crate::publisher::Pool;
+
+/// Most acknowledgements settled in one statement.
+pub(crate) const MAX_ACK_BATCH: usize = 1000;
+
+/// The acknowledgements of one bus, coalesced.
+pub(crate) type Acks = Coalescer<AckRequest, AckOutcome, AckSender>;
+
+/// One acknowledgement: the delivery and the lease token it was claimed with.
+pub(crate) struct AckRequest {
+    group: Arc<str>,
+    event_id: i64,
+    token: Arc<str>,
+}
+
+/// Whether the delivery was deleted (`false`: its lease had passed to another claim),
+/// or why the statement failed.
+pub(crate) type AckOutcome = Result<bool, Arc<str>>;
+
+/// Sends a batch of acknowledgements as one fenced `DELETE` on the claim connections.
+pub(crate) struct AckSender {
+    pub(crate) pool: Arc<Pool>,
+    /// The prefix's [`ack_many`](super::schema::Sql::ack_many) statement.
+    pub(crate) sql: String,
+}
+
+#[async_trait]
+impl SendBatch<AckRequest, AckOutcome> for AckSender {
+    async fn send(&self, items: Vec<AckRequest>) -> Vec<AckOutcome> {
+        let groups: Vec<&str> = items.iter().map(|r| &*r.group).collect();
+        let ids: Vec<i64> = items.iter().map(|r| r.event_id).collect();
+        let tokens: Vec<&str> = items.iter().map(|r| &*r.token).collect();
+        let what = "acknowledging durable deliveries";
+        let mut result = self
+            .pool
+            .query_prepared(what, &self.sql, &[&groups, &ids, &tokens])
+            .await;
+        // Rows of one batch are locked in no set order, so a multi-row statement next
+        // to another one (a heartbeat) can deadlock; the server then rolls it back,
+        // and running it again is safe (each row is still fenced by its token).
+        if result.as_ref().is_err_and(|e| is_deadlock(&*e.source)) {
+            result = self
+                .pool
+                .query_prepared(what, &self.sql, &[&groups, &ids, &tokens])
+                .await;
+        }
+        match result {
+            Ok(rows) => {
+                let deleted: HashSet<(&str, i64, &str)> = rows
+                    .iter()
+                    .filter_map(|r| {
+                        Some((r.try_get(0).ok()?, r.try_get(1).ok()?, r.try_get(2).ok()?))
+                    })
+                    .collect();
+                items
+                    .iter()
+                    .map(|r| Ok(deleted.contains(&(&*r.group, r.event_id, &*r.token))))
+                    .collect()
+            }
+            Err(e) => {
+                let why: Arc<str> = error_chain(&*e.source).into();
+                items.iter().map(|_| Err(why.clone())).collect()
+            }
+        }
+    }
+}
+
+/// SQLSTATE `deadlock_detected`: the statement was rolled back and may be run again.
+fn is_deadlock(e: &(dyn std::error::Error + 'static)) -> bool {
+    e.downcast_ref::<tokio_postgres::Error>()
+        .and_then(tokio_postgres::Error::code)
+        .is_some_and(|c| *c == tokio_postgres::error::SqlState::T_R_DEADLOCK_DETECTED)
+}
+
+/// `e` and its sources, `: `-separated.
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+/// Refusal of a settle whose lease passed to another consumer.
+const FENCED: &str =
+    "the lease expired and the event was claimed again: this consumer no longer holds it";
 
 /// Per-group counters of the durable mode (see [`DurableGroupStats`](super::DurableGroupStats)).
 #[derive(Default)]
@@ -55,7 +156,8 @@ impl Held {
             }
         }
         drop(held);
-        self.released.notify_one();
+        // The claimer, a flush and a close may all be waiting.
+        self.released.notify_waiters();
     }
 
     /// Events claimed here and not yet settled.
@@ -118,10 +220,7 @@ impl PgSettle {
             .map_err(|e| Error::connection(what, e.source))?;
         if changed == 0 {
             self.counters.fenced.fetch_add(1, Relaxed);
-            return Err(Error::connection(
-                what,
-                "the lease expired and the event was claimed again: this consumer no longer holds it",
-            ));
+            return Err(Error::connection(what, FENCED));
         }
         Ok(())
     }
@@ -155,18 +254,37 @@ impl PgSettle {
 
 #[async_trait]
 impl Settle for PgSettle {
+    /// Deletes the delivery, fenced by its lease token, coalesced with the bus's
+    /// other acknowledgements (see the [module docs](self)).
     async fn ack(self: Box<Self>) -> Result<(), Error> {
-        let sql = &self.shared.sql.ack;
-        let group: &str = &self.group;
-        let token: &str = &self.token;
-        self.fenced(
-            "acknowledging a durable delivery",
-            sql,
-            &[&group, &self.event_id, &token],
-        )
-        .await?;
-        self.counters.acked.fetch_add(1, Relaxed);
-        Ok(())
+        let what = "acknowledging a durable delivery";
+        let request = AckRequest {
+            group: self.group.clone(),
+            event_id: self.event_id,
+            token: self.token.clone(),
+        };
+        match self.shared.acks.submit(request).await {
+            Some(Ok(true)) => {
+                self.counters.acked.fetch_add(1, Relaxed);
+                Ok(())
+            }
+            Some(Ok(false)) => {
+                self.counters.fenced.fetch_add(1, Relaxed);
+                Err(Error::connection(what, FENCED))
+            }
+            Some(Err(why)) => Err(Error::connection(what, why.to_string())),
+            None => Err(Error::connection(
+                what,
+                "the acknowledgement was not sent (the runtime is shutting down)",
+            )),
+        }
+    }
+
+    /// `true`: acknowledgements are coalesced, so the worker goes on while this one is
+    /// on its way. It stays counted in [`Held`] until answered (this settle is dropped
+    /// then): the claimer's bound on events in flight, `flush` and `close` wait for it.
+    fn ack_in_background(&self) -> bool {
+        true
     }
 
     async fn retry(self: Box<Self>, delay: Duration, error: &str) -> Result<(), Error> {

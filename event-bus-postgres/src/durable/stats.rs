@@ -9,7 +9,7 @@ use std::{
 use event_bus_core::{Error, Event, envelope::decode};
 use serde::Serialize;
 
-use super::{CLEANUP_BATCH, CLEANUP_EVERY, Shared, settle::Counters};
+use super::{CLEANUP_BATCH, Shared, settle::Counters};
 
 /// One consumer group's figures, as seen by this bus.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
@@ -150,14 +150,14 @@ pub(super) async fn dead_letters(
         .collect())
 }
 
-/// Every [`CLEANUP_EVERY`], while the bus has a durable subscription: removes the own
+/// Every `durable.maintenance_interval_seconds`, while the bus has a durable subscription: removes the own
 /// groups of subscriptions whose bus died (not seen for ten leases, at least a
 /// minute), then deletes acknowledged events past the retention, in batches.
 pub(super) async fn maintain(shared: Arc<Shared>) {
     let retention = shared.config.retention_seconds;
     let abandoned = (shared.config.lease_seconds * 10.0).max(60.0);
     loop {
-        tokio::time::sleep(CLEANUP_EVERY).await;
+        tokio::time::sleep(shared.config.maintenance_interval()).await;
         if let Err(e) = shared
             .publish
             .execute_prepared(
