@@ -68,6 +68,8 @@ pub(crate) struct Shared {
     pub(crate) channel: String,
     /// The bus's acknowledgements, coalesced into one statement per round trip.
     pub(crate) acks: Arc<Acks>,
+    /// Acknowledgements under way.
+    pub(crate) acking: settle::Acking,
     ready: OnceCell<()>,
 }
 
@@ -120,6 +122,7 @@ impl Durable {
                 publish,
                 pool,
                 acks,
+                acking: settle::Acking::default(),
                 sql,
                 config,
                 max_bytes,
@@ -191,12 +194,13 @@ impl Durable {
     pub(crate) async fn close(&self) {
         let runs: Vec<(Arc<str>, GroupRun)> = lock(&self.groups).drain().collect();
         lock(&self.subscriptions).clear();
-        // The dispatcher has closed: what is still held are acknowledgements on their
-        // way. Let them finish (bounded: what does not is delivered again).
-        let settled =
-            futures_util::future::join_all(runs.iter().map(|(_, run)| run.held.wait_below(0)));
+        // Let the acknowledgements on their way finish (bounded: what does not is
+        // delivered again). Not every held event: a handler may be closing the bus.
         let bound = self.shared.pool.statement_timeout() * 2;
-        if tokio::time::timeout(bound, settled).await.is_err() {
+        if tokio::time::timeout(bound, self.shared.acking.idle())
+            .await
+            .is_err()
+        {
             tracing::debug!("closing: acknowledgements still on their way are dropped");
         }
         for (group, run) in runs {
