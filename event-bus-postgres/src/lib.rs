@@ -2,7 +2,8 @@
 //! already runs PostgreSQL gets an event bus with no new infrastructure.
 //!
 //! * **Publishing** sends `SELECT pg_notify($1, $3), pg_notify($2, $3)` (bind
-//!   parameters, never SQL built from strings) on one of a small pool of connections;
+//!   parameters, never SQL built from strings) on a connection of a small
+//!   `deadpool-postgres` pool (`pool_size`, `pool_timeout_seconds`);
 //!   [`publish_batch`](event_bus_core::EventBus::publish_batch) sends a whole batch in
 //!   one statement over `unnest` of two arrays.
 //! * **Receiving**: one dedicated connection LISTENs; events go through the shared
