@@ -37,11 +37,18 @@ use tokio::sync::oneshot;
 
 /// Sends one batch of requests in one round trip.
 #[async_trait]
-pub trait SendBatch<T, O>: Send + Sync + 'static {
+pub trait SendBatch<T: Send + 'static, O>: Send + Sync + 'static {
     /// Sends `items` together and returns the outcome of each, in the same order and
     /// as many as there were items (a missing outcome is reported to its caller as
     /// `None`).
     async fn send(&self, items: Vec<T>) -> Vec<O>;
+
+    /// Sends the request of a lone caller (one that found nothing in flight) and
+    /// returns its outcome (`None`: lost, as for [`send`](Self::send)). By default a
+    /// batch of one; override it to send a single request without building a batch.
+    async fn send_one(&self, item: T) -> Option<O> {
+        self.send(vec![item]).await.into_iter().next()
+    }
 }
 
 /// A request waiting for a round trip.
@@ -103,7 +110,7 @@ where
                 // Hands the queue to a drain task (or gives the turn back) however this
                 // future ends, even if it is dropped mid-send.
                 let _turn = TurnGuard(self);
-                self.sender.send(vec![item]).await.into_iter().next()
+                self.sender.send_one(item).await
             }
             Err(outcome) => outcome.await.ok(),
         }
@@ -269,6 +276,27 @@ mod tests {
         gate.add_permits(1);
         assert_eq!(c.submit(4).await, Some(Ok(4)));
         assert_eq!(batches.lock().unwrap().last(), Some(&vec![4]));
+    }
+
+    /// Answers a lone request with its own path, a batch with the other.
+    struct Split;
+
+    #[async_trait]
+    impl SendBatch<u32, (&'static str, u32)> for Split {
+        async fn send(&self, items: Vec<u32>) -> Vec<(&'static str, u32)> {
+            items.into_iter().map(|n| ("batch", n)).collect()
+        }
+
+        async fn send_one(&self, item: u32) -> Option<(&'static str, u32)> {
+            Some(("one", item))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_lone_request_goes_through_send_one() {
+        let c = Arc::new(Coalescer::new(Split, 10));
+        assert_eq!(c.submit(7).await, Some(("one", 7)));
+        assert_eq!(c.submit(8).await, Some(("one", 8)));
     }
 
     struct Short;

@@ -87,7 +87,6 @@ mod channel;
 mod config;
 mod durable;
 mod listener;
-mod pipeliner;
 mod publisher;
 mod registry;
 mod streams;

@@ -2,11 +2,12 @@
 //! connection, replaced in the background
 //! when it is lost.
 //!
-//! Concurrent publishes are auto-pipelined ([`crate::pipeliner`]): those that arrive
-//! while one is in flight are sent together in one pipeline when it returns, each
+//! Concurrent publishes are auto-pipelined by the shared coalescer
+//! ([`event_bus_core::coalesce`]): those that arrive while one is in flight are sent
+//! together in one pipeline (at most [`MAX_PIPELINE`] commands) when it returns, each
 //! caller getting its own command's result; a lone publisher's command goes out at
-//! once. Publishing from many tasks needs no pool. A batch is one pipeline: one write,
-//! one round trip.
+//! once, on its own. Publishing from many tasks needs no pool. A batch is one
+//! pipeline: one write, one round trip.
 //!
 //! # Failures
 //!
@@ -27,24 +28,61 @@ use std::{
     time::Duration,
 };
 
+use async_trait::async_trait;
 use event_bus_core::{
     Error, Event, PublishOutcome,
+    coalesce::{Coalescer, SendBatch},
     deadline::{self, Operation, within},
     envelope::encode,
+    error::BoxError,
     reconnect::{Backoff, tcp_probe},
 };
 use redis::{AsyncConnectionConfig, PushInfo, PushKind, aio::MultiplexedConnection};
 use tokio::{sync::mpsc, task::JoinHandle};
 
-use crate::{
-    channel::ChannelNames,
-    pipeliner::{Outcome, Pipeliner, Queued, Turn},
-};
+use crate::channel::ChannelNames;
+
+/// Most commands sent in one pipeline; the rest wait for the next round trip.
+pub(crate) const MAX_PIPELINE: usize = 1024;
 
 /// The publishing side of a bus. Dropping it stops the reconnect task.
 pub(crate) struct Publisher {
     shared: Arc<Shared>,
+    /// Single publishes, auto-pipelined.
+    pipeline: Arc<Coalescer<Publish, Outcome, Pipeline>>,
     supervisor: JoinHandle<()>,
+}
+
+/// One single publish: where it goes ([`Shared::target`]) and its envelope.
+struct Publish {
+    target: String,
+    payload: String,
+}
+
+/// What happened to one command.
+#[derive(Debug)]
+enum Outcome {
+    /// The server executed it.
+    Done,
+    /// It certainly was not executed (no connection, or the server refused it).
+    NotSent(BoxError),
+    /// It may have been executed (no answer: the connection died or timed out).
+    Unknown(BoxError),
+}
+
+/// Sends single publishes for the coalescer: a lone one as one command, those that
+/// queued meanwhile as one pipeline.
+struct Pipeline(Arc<Shared>);
+
+#[async_trait]
+impl SendBatch<Publish, Outcome> for Pipeline {
+    async fn send(&self, items: Vec<Publish>) -> Vec<Outcome> {
+        self.0.send_many(items).await
+    }
+
+    async fn send_one(&self, item: Publish) -> Option<Outcome> {
+        Some(self.0.send_one(item).await)
+    }
 }
 
 /// Settings of a [`Publisher`].
@@ -70,8 +108,6 @@ struct Shared {
     conn: RwLock<Result<Link, String>>,
     /// Tells the supervisor that the connection of a generation is lost.
     lost: mpsc::UnboundedSender<u64>,
-    /// Publishes waiting for the one in flight.
-    pipeliner: Pipeliner,
 }
 
 /// A connection and whether it is still up: the driver clears the flag the moment it
@@ -93,31 +129,32 @@ impl Publisher {
             config,
             conn: RwLock::new(Ok(conn)),
             lost: lost_tx.clone(),
-            pipeliner: Pipeliner::default(),
         });
+        let pipeline = Arc::new(Coalescer::new(Pipeline(shared.clone()), MAX_PIPELINE));
         let supervisor = tokio::spawn(supervise(shared.clone(), lost_tx, lost_rx));
-        Ok(Self { shared, supervisor })
+        Ok(Self {
+            shared,
+            pipeline,
+            supervisor,
+        })
     }
 
     /// Sends one event: at once if no other publish is in flight, otherwise in one
-    /// pipeline with the others that arrive meanwhile (see [`crate::pipeliner`]).
+    /// pipeline with the others that arrive meanwhile (see
+    /// [`event_bus_core::coalesce`]).
     ///
     /// Dropping the future after the command was queued or handed to the connection
     /// does not take it back: it may still be published.
     pub(crate) async fn publish(&self, event: Event) -> Result<(), Error> {
         let payload = self.encode(&event)?;
-        let channel = self.shared.target(&event.topic);
-        let sent = match self.shared.pipeliner.enter(channel, payload) {
-            Turn::Send(channel, payload) => {
-                // Gives the turn back (or hands the queue to a drain task) however this
-                // future ends, even if it is dropped mid-send.
-                let _turn = TurnGuard(&self.shared);
-                self.shared.send_one(channel, payload).await
-            }
-            Turn::Wait(result) => result.await.unwrap_or_else(|_| {
+        let target = self.shared.target(&event.topic);
+        let sent = self
+            .pipeline
+            .submit(Publish { target, payload })
+            .await
+            .unwrap_or_else(|| {
                 Outcome::Unknown("the publisher stopped before the answer arrived".into())
-            }),
-        };
+            });
         match sent {
             Outcome::Done => Ok(()),
             Outcome::NotSent(why) => Err(Error::publish(event, PublishOutcome::NotSent, why)),
@@ -232,13 +269,13 @@ impl Shared {
         }
     }
 
-    /// Sends one `PUBLISH` on its own.
-    async fn send_one(&self, channel: String, payload: String) -> Outcome {
+    /// Sends one publish on its own.
+    async fn send_one(&self, publish: Publish) -> Outcome {
         let mut link = match self.connection() {
             Ok(link) => link,
             Err(down) => return Outcome::NotSent(down.into()),
         };
-        let cmd = self.command(&channel, &payload);
+        let cmd = self.command(&publish.target, &publish.payload);
         let timeout = self.config.timeout;
         match within(Operation::Publish, timeout, cmd.exec_async(&mut link.conn)).await {
             Ok(Ok(())) => Outcome::Done,
@@ -250,21 +287,21 @@ impl Shared {
         }
     }
 
-    /// Sends queued publishes in one pipeline and answers each caller.
-    async fn send_queued(&self, batch: Vec<Queued>) {
+    /// Sends `batch` in one pipeline and returns each command's outcome, in order.
+    async fn send_many(&self, batch: Vec<Publish>) -> Vec<Outcome> {
         let mut link = match self.connection() {
             Ok(link) => link,
             Err(down) => {
-                for queued in batch {
-                    let _ = queued.reply.send(Outcome::NotSent(down.clone().into()));
-                }
-                return;
+                return batch
+                    .iter()
+                    .map(|_| Outcome::NotSent(down.clone().into()))
+                    .collect();
             }
         };
         let mut pipe = redis::pipe();
         pipe.ignore_errors();
-        for queued in &batch {
-            pipe.add_command(self.command(&queued.channel, &queued.payload));
+        for publish in &batch {
+            pipe.add_command(self.command(&publish.target, &publish.payload));
         }
         let timeout = self.config.timeout;
         let query = pipe.query_async::<Vec<redis::RedisResult<redis::Value>>>(&mut link.conn);
@@ -272,29 +309,29 @@ impl Shared {
             Ok(Ok(results)) => results,
             Ok(Err(e)) => {
                 let e = Arc::new(e);
-                for queued in batch {
-                    let _ = queued.reply.send(Outcome::Unknown(Box::new(e.clone())));
-                }
-                return;
+                return batch
+                    .iter()
+                    .map(|_| Outcome::Unknown(Box::new(e.clone())))
+                    .collect();
             }
             Err(timeout) => {
                 self.replace(&link);
                 let why = timeout.to_string();
-                for queued in batch {
-                    let _ = queued.reply.send(Outcome::Unknown(why.clone().into()));
-                }
-                return;
+                return batch
+                    .iter()
+                    .map(|_| Outcome::Unknown(why.clone().into()))
+                    .collect();
             }
         };
         let mut results = results.into_iter();
-        for queued in batch {
-            let sent = match results.next() {
+        batch
+            .iter()
+            .map(|_| match results.next() {
                 Some(Ok(_)) => Outcome::Done,
                 Some(Err(e)) => answered(e),
                 None => Outcome::Unknown("the server's answer to a pipeline was cut short".into()),
-            };
-            let _ = queued.reply.send(sent);
-        }
+            })
+            .collect()
     }
 }
 
@@ -308,44 +345,6 @@ fn answered(e: redis::RedisError) -> Outcome {
         Outcome::NotSent(e.into())
     } else {
         Outcome::Unknown(e.into())
-    }
-}
-
-/// Held by the publish that has the turn; when it ends (or is dropped) the publishes
-/// queued meanwhile are sent by a drain task, or the turn is given back.
-struct TurnGuard<'a>(&'a Arc<Shared>);
-
-impl Drop for TurnGuard<'_> {
-    fn drop(&mut self) {
-        let batch = self.0.pipeliner.next_batch();
-        if batch.is_empty() {
-            return;
-        }
-        let shared = self.0.clone();
-        let drain = async move {
-            let mut batch = batch;
-            loop {
-                shared.send_queued(batch).await;
-                batch = shared.pipeliner.take_queued();
-                if batch.is_empty() {
-                    // Let the callers just answered publish again (see crate::pipeliner).
-                    tokio::task::yield_now().await;
-                    batch = shared.pipeliner.next_batch();
-                    if batch.is_empty() {
-                        return;
-                    }
-                }
-            }
-        };
-        match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => {
-                runtime.spawn(drain);
-            }
-            // No runtime (dropped outside one): nothing can be sent any more. Dropping
-            // the drain answers the queued callers with an unknown outcome, and the turn
-            // is never given back, so later publishes queue and fail the same way.
-            Err(_) => drop(drain),
-        }
     }
 }
 
