@@ -26,7 +26,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use crate::{error::Error, event::Event};
+use crate::{error::Error, event::Event, pattern::Pattern};
 
 /// Settles one durable delivery on the server; see the [module docs](self).
 #[async_trait]
@@ -61,6 +61,29 @@ pub trait Settle: Send + Sync + 'static {
     /// # Errors
     /// The server could not be told; the event will be delivered again after its lease.
     async fn dead_letter(self: Box<Self>, letter: Event) -> Result<(), Error>;
+}
+
+/// The consumer group of a durable subscription whose options name none: its pattern,
+/// so that every subscription receives every matching event and the instances of a
+/// service that subscribe to the same pattern share its events. The n-th such
+/// subscription to one pattern on one bus (n ≥ 2) is `{pattern}#{n}`; `taken` says
+/// whether a name is already a group of one of the bus's subscriptions.
+///
+/// ```
+/// use event_bus_core::{Pattern, durable::implicit_group};
+/// let pattern = Pattern::parse("orders:*")?;
+/// assert_eq!(implicit_group(&pattern, |_| false), "orders:*");
+/// assert_eq!(implicit_group(&pattern, |name| name == "orders:*"), "orders:*#2");
+/// # Ok::<(), event_bus_core::Error>(())
+/// ```
+pub fn implicit_group(pattern: &Pattern, taken: impl Fn(&str) -> bool) -> String {
+    (1..)
+        .map(|n| match n {
+            1 => pattern.as_str().to_owned(),
+            n => format!("{}#{n}", pattern.as_str()),
+        })
+        .find(|name| !taken(name))
+        .unwrap_or_else(|| pattern.as_str().to_owned())
 }
 
 /// One event fetched from the server for a subscription.

@@ -220,18 +220,13 @@ impl JetStream {
         Ok(subscription)
     }
 
-    /// The group of a subscription whose options name none: its pattern (the n-th such
-    /// subscription to one pattern on one bus, n ≥ 2: `{pattern}#{n}`), as in the Redis
-    /// durable mode.
+    /// The group of a subscription whose options name none (see
+    /// [`implicit_group`](event_bus_core::durable::implicit_group)).
     fn implicit_group(&self, pattern: &Pattern) -> String {
         let consumers = lock(&self.consumers);
-        (1..)
-            .map(|n| match n {
-                1 => pattern.as_str().to_owned(),
-                n => format!("{}#{n}", pattern.as_str()),
-            })
-            .find(|name| !consumers.values().any(|c| c.group == *name))
-            .unwrap_or_else(|| pattern.as_str().to_owned())
+        event_bus_core::durable::implicit_group(pattern, |name| {
+            consumers.values().any(|c| c.group == name)
+        })
     }
 
     /// The durable consumer of `group`, created if it does not exist. Its description

@@ -178,19 +178,13 @@ impl Streams {
         Ok(subscription)
     }
 
-    /// The group of a subscription whose options name none: its pattern, so that every
-    /// subscription receives every matching event (as on every backend) and the
-    /// instances of a service that subscribe to the same pattern share its events. The
-    /// n-th such subscription to one pattern on one bus (n ≥ 2) is `{pattern}#{n}`.
+    /// The group of a subscription whose options name none (see
+    /// [`implicit_group`](event_bus_core::durable::implicit_group)).
     fn implicit_group(&self, pattern: &Pattern) -> String {
         let consumers = lock(&self.consumers);
-        (1..)
-            .map(|n| match n {
-                1 => pattern.as_str().to_owned(),
-                n => format!("{}#{n}", pattern.as_str()),
-            })
-            .find(|name| !consumers.values().any(|c| c.group == *name))
-            .unwrap_or_else(|| pattern.as_str().to_owned())
+        event_bus_core::durable::implicit_group(pattern, |name| {
+            consumers.values().any(|c| c.group == name)
+        })
     }
 
     /// Stops the consumer of subscription `id`, if it has one (its group and pending
