@@ -7,6 +7,7 @@ pub mod conformance;
 pub mod factories;
 pub mod log_capture;
 pub mod nats_server;
+pub mod ports;
 pub mod postgres_server;
 pub mod proxy;
 pub mod redis_server;

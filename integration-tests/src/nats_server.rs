@@ -12,7 +12,13 @@ use std::{
     time::Duration,
 };
 
-use tokio::{io::AsyncReadExt, net::TcpStream, sync::OnceCell, time::Instant};
+use crate::ports::free_port;
+use tokio::{
+    io::{AsyncBufReadExt, AsyncReadExt, BufReader},
+    net::TcpStream,
+    sync::OnceCell,
+    time::Instant,
+};
 
 /// The default local server.
 pub const LOCAL_DEFAULT: &str = "nats://127.0.0.1:4222";
@@ -48,15 +54,20 @@ async fn discover() -> String {
 /// # Errors
 /// What went wrong, as text.
 pub async fn answers(addr: SocketAddr, timeout: Duration) -> Result<(), String> {
+    greeting(addr, timeout).await.map(drop)
+}
+
+/// The `INFO` line a NATS server at `addr` greets with, read within `timeout`.
+async fn greeting(addr: SocketAddr, timeout: Duration) -> Result<String, String> {
     let greet = async {
-        let mut stream = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
-        let mut buf = [0u8; 4];
-        stream
-            .read_exact(&mut buf)
+        let stream = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+        let mut line = String::new();
+        BufReader::new(stream.take(64 * 1024))
+            .read_line(&mut line)
             .await
             .map_err(|e| e.to_string())?;
-        if &buf == b"INFO" {
-            Ok(())
+        if line.starts_with("INFO") {
+            Ok(line)
         } else {
             Err(format!("not a NATS server at {addr}"))
         }
@@ -88,23 +99,15 @@ pub async fn addr() -> SocketAddr {
         .expect("an address for the NATS host")
 }
 
-/// A free loopback port (bound, then released for a server to take).
-///
-/// # Panics
-/// If no port can be bound.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free loopback port")
-        .port()
-}
+/// The file in a private server's directory that receives its log.
+const LOG: &str = "server.log";
 
 /// A `nats-server` process this test started, on loopback, killed (by its pid) when
 /// dropped.
 pub struct PrivateServer {
     child: Child,
     port: u16,
-    _dir: TempDir,
+    dir: TempDir,
 }
 
 impl PrivateServer {
@@ -117,31 +120,53 @@ impl PrivateServer {
         Self::start_on(free_port(), args).await
     }
 
-    /// As [`start`](Self::start), on `port`.
+    /// As [`start`](Self::start), on `port`. Unless `args` name the server
+    /// (`--server_name`), it gets a unique name; either way only a greeting carrying
+    /// that name counts as the server being up, so another process that holds the
+    /// port is never mistaken for this one.
     ///
     /// # Panics
-    /// As [`start`](Self::start).
+    /// As [`start`](Self::start), and if another process serves `port`.
     pub async fn start_on(port: u16, args: &[&str]) -> Self {
         let dir = TempDir::new();
-        let child = Command::new("nats-server")
+        let named = args
+            .iter()
+            .position(|a| *a == "--server_name")
+            .and_then(|i| args.get(i + 1))
+            .map(|name| (*name).to_owned());
+        let name = named
+            .clone()
+            .unwrap_or_else(|| format!("eventbus_{}", uuid::Uuid::new_v4().simple()));
+        let mut command = Command::new("nats-server");
+        command
             .args(["-a", "127.0.0.1", "-p", &port.to_string()])
-            .args(args)
+            .args(args);
+        if named.is_none() {
+            command.args(["--server_name", &name]);
+        }
+        let log = std::fs::File::create(dir.0.join(LOG)).expect("create the server log");
+        let child = command
             .current_dir(&dir.0)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log)
             .spawn()
             .expect("start nats-server (is it installed and on PATH?)");
-        let mut server = Self {
-            child,
-            port,
-            _dir: dir,
-        };
+        let mut server = Self { child, port, dir };
         let addr = server.addr();
+        let ours = format!("\"server_name\":\"{name}\"");
         let deadline = Instant::now() + Duration::from_secs(10);
-        while answers(addr, Duration::from_millis(500)).await.is_err() {
+        loop {
             if let Ok(Some(status)) = server.child.try_wait() {
-                panic!("nats-server on port {port} exited at start: {status}");
+                panic!(
+                    "nats-server on port {port} exited at start: {status}\n{}",
+                    server.log_tail()
+                );
+            }
+            match greeting(addr, Duration::from_millis(500)).await {
+                Ok(info) if info.contains(&ours) => return server,
+                Ok(_) => panic!("port {port} is served by another process"),
+                Err(_) => {}
             }
             assert!(
                 Instant::now() < deadline,
@@ -149,7 +174,6 @@ impl PrivateServer {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        server
     }
 
     /// The client port.
@@ -165,6 +189,13 @@ impl PrivateServer {
     /// `nats://127.0.0.1:<port>`.
     pub fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// The last lines the server logged (its standard error), for failure messages.
+    pub fn log_tail(&self) -> String {
+        let log = std::fs::read_to_string(self.dir.0.join(LOG)).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(20)..].join("\n")
     }
 
     /// Kills the process (by its pid) and waits for it to exit.

@@ -230,10 +230,7 @@ impl OwnPostgresServer {
     /// # Panics
     /// If `initdb` or `postgres` is not on `PATH` or fails.
     pub async fn start() -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|listener| listener.local_addr())
-            .expect("a free loopback port")
-            .port();
+        let port = crate::ports::free_port();
         let dir = std::env::temp_dir().join(format!("eventbus-pg-{}", uuid::Uuid::new_v4()));
         std::fs::create_dir(&dir).expect("create a temporary directory");
         let user = server_user();

@@ -157,10 +157,7 @@ pub struct OwnRedisServer {
 impl OwnRedisServer {
     /// Starts `redis-server` on a free loopback port and waits until it answers.
     pub async fn start() -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|listener| listener.local_addr())
-            .expect("a free loopback port")
-            .port();
+        let port = crate::ports::free_port();
         let mut server = Self {
             port,
             child: None,
@@ -174,10 +171,7 @@ impl OwnRedisServer {
     /// (`--appendonly yes --appendfsync always`) in a temporary directory, so a killed
     /// and respawned server comes back with its data.
     pub async fn start_persistent() -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|listener| listener.local_addr())
-            .expect("a free loopback port")
-            .port();
+        let port = crate::ports::free_port();
         let dir =
             std::env::temp_dir().join(format!("eventbus-redis-{port}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("create the data directory");

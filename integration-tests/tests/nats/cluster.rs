@@ -10,7 +10,7 @@ use std::{
     time::Duration,
 };
 
-use integration_tests::nats_server::{PrivateServer, free_port};
+use integration_tests::{nats_server::PrivateServer, ports::free_port};
 use multibus::{
     DispatcherConfig, Event, EventBus, EventBusExt, EventType, NatsConfig, NatsEventBus,
 };
@@ -241,9 +241,9 @@ async fn js_node(port: u16, cluster_ports: [u16; 3], me: usize) -> PrivateServer
 
 /// A durable bus on `url` whose streams have three replicas; retried until the
 /// cluster's JetStream is ready (it elects its leaders after the nodes start).
-async fn durable_bus(url: String, ns: &str) -> NatsEventBus {
+async fn durable_bus(node: &PrivateServer, ns: &str) -> NatsEventBus {
     let mut config = NatsConfig {
-        url,
+        url: node.url(),
         channel_prefix: ns.to_owned(),
         command_timeout_seconds: 2.0,
         ping_interval_seconds: 1.0,
@@ -265,7 +265,8 @@ async fn durable_bus(url: String, ns: &str) -> NatsEventBus {
                 let _ = bus.close().await;
                 assert!(
                     Instant::now() < deadline,
-                    "JetStream cluster not ready: {e}"
+                    "JetStream cluster not ready: {e}\nthe node's log:\n{}",
+                    node.log_tail()
                 );
                 tokio::time::sleep(Duration::from_millis(250)).await;
             }
@@ -287,8 +288,8 @@ async fn durable_delivery_survives_a_node_kill() {
     let n3 = js_node(ports[2], cluster_ports, 2).await;
     let ns = format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
 
-    let publisher = durable_bus(n1.url(), &ns).await;
-    let consumer = durable_bus(n2.url(), &ns).await;
+    let publisher = durable_bus(&n1, &ns).await;
+    let consumer = durable_bus(&n2, &ns).await;
     let seen = Seen::default();
     let _sub = consumer
         .subscribe_with(
