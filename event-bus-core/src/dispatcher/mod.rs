@@ -755,12 +755,19 @@ impl Shared {
     /// index, stops delivery, discards and counts its queue, records `reason`. Returns
     /// whether it was live (and so needs its server side released).
     fn end(&self, entry: &SubEntry, reason: EndReason) -> bool {
+        let removed = self.unregister(entry, &reason);
+        self.ctx.cancel_entry(entry, reason);
+        removed
+    }
+
+    /// The registry half of [`end`](Self::end): removes `entry` from the index and
+    /// counts it; whether it was there.
+    fn unregister(&self, entry: &SubEntry, reason: &EndReason) -> bool {
         let removed = self.write().remove(entry.id).is_some();
         if removed {
             self.ctx.metrics.add_subscriptions(-1);
             tracing::debug!(sub = %entry.id, pattern = entry.pattern.as_str(), %reason, "unsubscribed");
         }
-        self.ctx.cancel_entry(entry, reason);
         removed
     }
 
@@ -774,10 +781,13 @@ impl Shared {
 
     /// Called by a worker whose handler failed finally `failures` times in a row.
     fn remove_failing(&self, entry: &SubEntry, failures: u32) {
-        if !self.end(entry, EndReason::Removed { failures }) {
+        let reason = EndReason::Removed { failures };
+        if !self.unregister(entry, &reason) {
             return; // cancelled concurrently
         }
+        // Counted before the end is announced: whoever awaits it sees the count.
         self.ctx.metrics.add_auto_unsubscribed(1);
+        self.ctx.cancel_entry(entry, reason);
         tracing::error!(
             sub = %entry.id,
             pattern = entry.pattern.as_str(),

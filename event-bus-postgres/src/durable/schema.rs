@@ -16,17 +16,25 @@
 //!                                attempts int NOT NULL DEFAULT 0,
 //!                                visible_after timestamptz NOT NULL DEFAULT now(),
 //!                                lease text, last_error text,
-//!                                PRIMARY KEY (group_name, event_id));
+//!                                PRIMARY KEY (group_name, priority, event_id))
+//!                                WITH (fillfactor = 50);
 //! CREATE TABLE "P_dead_letters" (group_name text, event_id bigint, topic text NOT NULL,
 //!                                envelope text NOT NULL, attempts int NOT NULL,
 //!                                last_error text, dead_at timestamptz NOT NULL DEFAULT now(),
 //!                                PRIMARY KEY (group_name, event_id));
 //! ```
 //!
-//! plus the indexes `P_deliveries_claim (group_name, priority, event_id)`,
-//! `P_deliveries_event (event_id)` and `P_dead_letters_event (event_id)`.
+//! plus the indexes `P_deliveries_event (event_id, group_name)` and
+//! `P_dead_letters_event (event_id)`. The deliveries' primary key is the claim order (a
+//! delivery's priority is its event's, so it is as unique as `(group_name, event_id)`);
+//! settles find their row by the event index. The claim rewrites a delivery's lease, attempts and visibility, none of
+//! them indexed: with pages left half empty the new row version stays on its page and
+//! no index is written (a heap-only update).
 //! `P_schema` holds the [`SCHEMA_VERSION`] the tables were created or last migrated
-//! to; a bus refuses to run against a newer version.
+//! to; a bus refuses to run against a newer version. Version 1 had the primary key
+//! `(group_name, event_id)`, a separate claim index `P_deliveries_claim`, the event
+//! index on `event_id` alone and the default fill factor; the first bus of version 2 to start migrates such tables in
+//! the creating transaction.
 //!
 //! Every value (topics, envelopes, group names, patterns, regular expressions, lease
 //! tokens, errors) is a bound parameter; only the quoted table names are part of the
@@ -37,7 +45,11 @@ use sha2::{Digest, Sha256};
 use crate::channel::quote_ident;
 
 /// The version of the tables this library creates and expects.
-pub const SCHEMA_VERSION: i32 = 1;
+pub const SCHEMA_VERSION: i32 = 2;
+
+/// The fill factor of the deliveries table: room on each page for the claim's new row
+/// version.
+const DELIVERIES_FILLFACTOR: u32 = 50;
 
 /// Every statement of one prefix, built once.
 pub(crate) struct Sql {
@@ -79,6 +91,9 @@ impl Sql {
             t("deliveries"),
             t("dead_letters"),
         );
+        // The deliveries table's quoted name as an SQL string literal (for `regclass`);
+        // the validated prefix holds no quote of either kind.
+        let d_text = format!("'{d}'");
         let (claim_idx, event_idx, dead_idx) = (
             t("deliveries_claim"),
             t("deliveries_event"),
@@ -91,12 +106,21 @@ impl Sql {
 CREATE TABLE IF NOT EXISTS {s} (version int NOT NULL);
 CREATE TABLE IF NOT EXISTS {e} (id bigserial PRIMARY KEY, topic text NOT NULL, priority int NOT NULL, envelope text NOT NULL, created_at timestamptz NOT NULL DEFAULT now());
 CREATE TABLE IF NOT EXISTS {g} (name text PRIMARY KEY, pattern text NOT NULL, regex text NOT NULL, max_attempts int NOT NULL, created_at timestamptz NOT NULL DEFAULT now(), seen_at timestamptz NOT NULL DEFAULT now());
-CREATE TABLE IF NOT EXISTS {d} (group_name text NOT NULL, event_id bigint NOT NULL, priority int NOT NULL, attempts int NOT NULL DEFAULT 0, visible_after timestamptz NOT NULL DEFAULT now(), lease text, last_error text, PRIMARY KEY (group_name, event_id));
-CREATE INDEX IF NOT EXISTS {claim_idx} ON {d} (group_name, priority, event_id);
-CREATE INDEX IF NOT EXISTS {event_idx} ON {d} (event_id);
+CREATE TABLE IF NOT EXISTS {d} (group_name text NOT NULL, event_id bigint NOT NULL, priority int NOT NULL, attempts int NOT NULL DEFAULT 0, visible_after timestamptz NOT NULL DEFAULT now(), lease text, last_error text, PRIMARY KEY (group_name, priority, event_id)) WITH (fillfactor = {DELIVERIES_FILLFACTOR});
+CREATE INDEX IF NOT EXISTS {event_idx} ON {d} (event_id, group_name);
 CREATE TABLE IF NOT EXISTS {x} (group_name text NOT NULL, event_id bigint NOT NULL, topic text NOT NULL, envelope text NOT NULL, attempts int NOT NULL, last_error text, dead_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (group_name, event_id));
 CREATE INDEX IF NOT EXISTS {dead_idx} ON {x} (event_id);
-INSERT INTO {s} (version) SELECT {SCHEMA_VERSION} WHERE NOT EXISTS (SELECT 1 FROM {s});"
+INSERT INTO {s} (version) SELECT {SCHEMA_VERSION} WHERE NOT EXISTS (SELECT 1 FROM {s});
+DO $migrate$ BEGIN
+  IF (SELECT max(version) FROM {s}) = 1 THEN
+    EXECUTE format('ALTER TABLE %s DROP CONSTRAINT %I', {d_text}, (SELECT conname FROM pg_constraint WHERE conrelid = {d_text}::regclass AND contype = 'p'));
+    ALTER TABLE {d} ADD PRIMARY KEY (group_name, priority, event_id), SET (fillfactor = {DELIVERIES_FILLFACTOR});
+    DROP INDEX {event_idx};
+    CREATE INDEX {event_idx} ON {d} (event_id, group_name);
+    UPDATE {s} SET version = 2;
+  END IF;
+END $migrate$;
+DROP INDEX IF EXISTS {claim_idx};"
         );
         let publish = |notify: &str| {
             format!(
@@ -124,16 +148,19 @@ RETURNING (SELECT pattern FROM {g} WHERE name = $1)"
                 "pg_notify($4, CASE WHEN length(groups) < 7000 THEN groups ELSE '*' END)",
             ),
             publish_quiet: publish("1"),
+            // The locked rows are updated by their `ctid` (no index lookup); the key
+            // columns are compared too, so a row version that moved is left unclaimed
+            // rather than another row claimed.
             claim: format!(
                 "WITH c AS (
-  SELECT group_name, event_id, lease AS old_lease FROM {d}
+  SELECT ctid AS row_id, group_name, event_id, lease AS old_lease FROM {d}
   WHERE group_name = $1 AND visible_after <= now()
   ORDER BY priority, event_id
   LIMIT $2 FOR UPDATE SKIP LOCKED
 )
 UPDATE {d} d SET lease = $3, visible_after = now() + make_interval(secs => $4), attempts = d.attempts + 1
 FROM c JOIN {e} e ON e.id = c.event_id
-WHERE d.group_name = c.group_name AND d.event_id = c.event_id
+WHERE d.ctid = c.row_id AND d.group_name = c.group_name AND d.event_id = c.event_id
 RETURNING d.event_id, d.attempts, e.envelope, c.old_lease IS NOT NULL, d.priority"
             ),
             heartbeat: format!(

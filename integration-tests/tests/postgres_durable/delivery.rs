@@ -257,6 +257,85 @@ async fn default_mode_is_untouched_and_durable_api_says_so() {
     bus.close().await.unwrap();
 }
 
+/// Tables of schema version 1 (primary key `(group_name, event_id)`, a separate claim
+/// index, the event index on `event_id` alone) holding a pending delivery are migrated
+/// by the first bus that starts: the delivery survives and is received.
+#[tokio::test]
+async fn tables_of_schema_version_1_are_migrated_with_their_deliveries() {
+    let ns = namespace();
+    let pattern = format!("{ns}:*");
+    let first = bus(&ns).await;
+    let sub = first
+        .subscribe_with(&pattern, SubscribeOptions::new().group("g"), |_| async {
+            Ok::<(), std::convert::Infallible>(())
+        })
+        .await
+        .unwrap();
+    sub.cancel().await;
+    first.publish(event(&format!("{ns}:a"), 1)).await.unwrap();
+    first.close().await.unwrap();
+    // Back to the shape of version 1.
+    let client = postgres_server::client().await;
+    let d = format!("\"{ns}_deliveries\"");
+    client
+        .batch_execute(&format!(
+            "ALTER TABLE {d} DROP CONSTRAINT \"{ns}_deliveries_pkey\";
+             ALTER TABLE {d} ADD PRIMARY KEY (group_name, event_id), RESET (fillfactor);
+             CREATE INDEX \"{ns}_deliveries_claim\" ON {d} (group_name, priority, event_id);
+             DROP INDEX \"{ns}_deliveries_event\";
+             CREATE INDEX \"{ns}_deliveries_event\" ON {d} (event_id);
+             UPDATE \"{ns}_schema\" SET version = 1;"
+        ))
+        .await
+        .unwrap();
+
+    let later = bus(&ns).await;
+    let got = Recorder::new();
+    later
+        .subscribe_with(&pattern, SubscribeOptions::new().group("g"), got.handler())
+        .await
+        .unwrap();
+    later.publish(event(&format!("{ns}:a"), 2)).await.unwrap();
+    got.wait_for(2, DEADLINE).await;
+    let mut received = numbers(&got);
+    received.sort_unstable();
+    assert_eq!(received, [1, 2]);
+    let version: i32 = client
+        .query_one(&format!("SELECT max(version) FROM \"{ns}_schema\""), &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(version, 2);
+    let indexes: Vec<String> = client
+        .query(
+            "SELECT indexdef FROM pg_indexes WHERE tablename = $1 ORDER BY indexname",
+            &[&format!("{ns}_deliveries")],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get::<_, String>(0).replace(&ns, "P"))
+        .collect();
+    assert_eq!(
+        indexes,
+        [
+            "CREATE INDEX P_deliveries_event ON public.P_deliveries USING btree (event_id, group_name)",
+            "CREATE UNIQUE INDEX P_deliveries_pkey ON public.P_deliveries USING btree (group_name, priority, event_id)",
+        ]
+    );
+    let options: Option<Vec<String>> = client
+        .query_one(
+            "SELECT reloptions FROM pg_class WHERE oid = to_regclass($1)",
+            &[&d],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(options, Some(vec!["fillfactor=50".to_owned()]));
+    later.close().await.unwrap();
+    drop_tables(&ns).await;
+}
+
 #[tokio::test]
 async fn tables_of_a_newer_schema_version_are_refused() {
     let ns = namespace();
