@@ -1,15 +1,10 @@
 //! Crashes in the durable mode: consumer processes killed with SIGKILL mid-stream.
 
-use std::{
-    collections::HashSet,
-    io::{BufRead, BufReader},
-    path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
-    time::Duration,
-};
+use std::{collections::HashSet, time::Duration};
 
 use integration_tests::{
     conformance::event,
+    crash_worker::{Records, Worker},
     nats_server,
     support::{namespace, wait_until},
 };
@@ -17,102 +12,13 @@ use multibus::{Event, EventBus, EventBusExt, NatsEventBus, SubscribeOptions};
 
 use super::durable::{cleanup, durable};
 
-/// A `nats_durable_worker` child process; killed (SIGKILL) and reaped on drop.
-struct Worker(Child);
-
-impl Worker {
-    fn start(url: &str, ns: &str, group: &str, file: &Path) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_nats_durable_worker"))
-            .args([url, ns, group, &file.display().to_string()])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start nats_durable_worker");
-        let mut line = String::new();
-        let stdout = child.stdout.take().expect("piped stdout");
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("read ready line");
-        assert_eq!(line.trim(), "ready", "worker did not start");
-        Self(child)
-    }
-
-    /// SIGKILL: no shutdown, no acknowledgement of anything in flight.
-    fn kill(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Drop for Worker {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-/// Record files of one test, removed on drop.
-struct Records(PathBuf);
-
-impl Records {
-    fn new(ns: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("eventbus-crash-{ns}"));
-        std::fs::create_dir_all(&dir).unwrap();
-        Self(dir)
-    }
-
-    fn file(&self, worker: &str) -> PathBuf {
-        self.0.join(worker)
-    }
-
-    /// The payloads recorded by `workers` (one per handled delivery).
-    fn handled(&self, workers: &[&str]) -> Vec<u64> {
-        workers
-            .iter()
-            .flat_map(|w| {
-                std::fs::read_to_string(self.file(w))
-                    .unwrap_or_default()
-                    .lines()
-                    .map(|l| l.parse::<u64>().unwrap())
-                    .collect::<Vec<_>>()
-            })
-            .collect()
-    }
-}
-
-impl Drop for Records {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+const WORKER: &str = env!("CARGO_BIN_EXE_durable_worker");
 
 async fn publish_n(bus: &NatsEventBus, ns: &str, n: u64) {
     let events: Vec<Event> = (0..n).map(|i| event(format!("{ns}:work"), i)).collect();
     for chunk in events.chunks(500) {
         bus.publish_batch(chunk.to_vec()).await.unwrap();
     }
-}
-
-/// Checks that every event was handled, and that duplicates stay within `bound`.
-async fn assert_complete(records: &Records, workers: &[&str], n: u64, bound: usize, what: &str) {
-    let complete = wait_until(Duration::from_secs(30), || {
-        records
-            .handled(workers)
-            .into_iter()
-            .collect::<HashSet<_>>()
-            .len() as u64
-            >= n
-    })
-    .await;
-    let all = records.handled(workers);
-    let unique: HashSet<u64> = all.iter().copied().collect();
-    assert!(complete, "{what}: {} of {n} handled", unique.len());
-    assert_eq!(unique, (0..n).collect(), "{what}: lost events");
-    let duplicates = all.len() - unique.len();
-    eprintln!("{what}: {n} events, {duplicates} duplicates (bound {bound})");
-    assert!(
-        duplicates <= bound,
-        "{what}: {duplicates} duplicates > {bound}"
-    );
 }
 
 /// In flight with a worker: its queue (10) + one pull batch (10) + acknowledgements
@@ -142,7 +48,7 @@ async fn sigkill_then_restart_loses_nothing() {
     let bus = durable(&ns).await;
     create_group(&bus, &ns).await;
     publish_n(&bus, &ns, 3000).await;
-    let mut worker = Worker::start(&url, &ns, "g", &records.file("w1"));
+    let mut worker = Worker::start(WORKER, &url, &ns, "g", &records.file("w1"));
     assert!(
         wait_until(Duration::from_secs(20), || records.handled(&["w1"]).len()
             >= 800)
@@ -151,8 +57,10 @@ async fn sigkill_then_restart_loses_nothing() {
     worker.kill();
     let before = records.handled(&["w1"]).len();
     assert!(before < 3000, "killed too late to be mid-stream");
-    let _worker = Worker::start(&url, &ns, "g", &records.file("w1"));
-    assert_complete(&records, &["w1"], 3000, IN_FLIGHT, "sigkill + restart").await;
+    let _worker = Worker::start(WORKER, &url, &ns, "g", &records.file("w1"));
+    records
+        .assert_complete(&["w1"], 3000, IN_FLIGHT, "sigkill + restart")
+        .await;
     let settled = wait_until_groups_settled(&bus).await;
     assert!(settled, "{:?}", bus.groups().await);
     bus.close().await.unwrap();
@@ -179,10 +87,12 @@ async fn two_processes_share_a_group() {
     let url = nats_server::url().await;
     let records = Records::new(&ns);
     let bus = durable(&ns).await;
-    let _one = Worker::start(&url, &ns, "g", &records.file("one"));
-    let _two = Worker::start(&url, &ns, "g", &records.file("two"));
+    let _one = Worker::start(WORKER, &url, &ns, "g", &records.file("one"));
+    let _two = Worker::start(WORKER, &url, &ns, "g", &records.file("two"));
     publish_n(&bus, &ns, 2000).await;
-    assert_complete(&records, &["one", "two"], 2000, 0, "two processes").await;
+    records
+        .assert_complete(&["one", "two"], 2000, 0, "two processes")
+        .await;
     let one: HashSet<u64> = records.handled(&["one"]).into_iter().collect();
     let two: HashSet<u64> = records.handled(&["two"]).into_iter().collect();
     eprintln!("two processes: shares {} + {}", one.len(), two.len());
@@ -205,8 +115,8 @@ async fn sigkill_then_takeover_by_another_member() {
     let bus = durable(&ns).await;
     create_group(&bus, &ns).await;
     publish_n(&bus, &ns, 3000).await;
-    let mut one = Worker::start(&url, &ns, "g", &records.file("one"));
-    let _two = Worker::start(&url, &ns, "g", &records.file("two"));
+    let mut one = Worker::start(WORKER, &url, &ns, "g", &records.file("one"));
+    let _two = Worker::start(WORKER, &url, &ns, "g", &records.file("two"));
     assert!(
         wait_until(Duration::from_secs(20), || records
             .handled(&["one", "two"])
@@ -215,14 +125,9 @@ async fn sigkill_then_takeover_by_another_member() {
         .await
     );
     one.kill();
-    assert_complete(
-        &records,
-        &["one", "two"],
-        3000,
-        IN_FLIGHT,
-        "sigkill + takeover",
-    )
-    .await;
+    records
+        .assert_complete(&["one", "two"], 3000, IN_FLIGHT, "sigkill + takeover")
+        .await;
     bus.close().await.unwrap();
     cleanup(&ns).await;
 }

@@ -3,14 +3,13 @@
 
 use std::{
     collections::HashSet,
-    io::{BufRead, BufReader},
-    process::{Child, Command, Stdio},
     sync::{Arc, Mutex},
     time::Duration,
 };
 
 use integration_tests::{
     conformance::event,
+    crash_worker::{Records, Worker},
     redis_server::{self, OwnRedisServer},
     support::{namespace, wait_until, wait_until_async},
 };
@@ -19,80 +18,13 @@ use tokio::sync::Semaphore;
 
 use super::durable::{cleanup, durable, durable_config};
 
-/// A `durable_worker` child process; killed (SIGKILL) and reaped on drop.
-struct Worker(Child);
-
-impl Worker {
-    fn start(url: &str, ns: &str, group: &str, name: &str) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_durable_worker"))
-            .args([url, ns, group, name])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start durable_worker");
-        let mut line = String::new();
-        let stdout = child.stdout.take().expect("piped stdout");
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("read ready line");
-        assert_eq!(line.trim(), "ready", "worker did not start");
-        Self(child)
-    }
-
-    /// SIGKILL: no shutdown, no acknowledgement of anything in flight.
-    fn kill(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Drop for Worker {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-/// The payloads the workers recorded (one per handled delivery).
-async fn handled(ns: &str) -> Vec<u64> {
-    recorded(&format!("{ns}:handled")).await
-}
-
-/// The payloads recorded in `list`.
-async fn recorded(list: &str) -> Vec<u64> {
-    let mut conn = redis_server::client().await;
-    let items: Vec<String> = redis::cmd("LRANGE")
-        .arg(list)
-        .arg(0)
-        .arg(-1)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    items.iter().map(|s| s.parse().unwrap()).collect()
-}
+const WORKER: &str = env!("CARGO_BIN_EXE_durable_worker");
 
 async fn publish_n(bus: &RedisEventBus, ns: &str, n: u64) {
     let events: Vec<Event> = (0..n).map(|i| event(format!("{ns}:work"), i)).collect();
     for chunk in events.chunks(500) {
         bus.publish_batch(chunk.to_vec()).await.unwrap();
     }
-}
-
-/// Checks that every event was handled, and that duplicates stay within `bound`.
-async fn assert_complete(ns: &str, n: u64, bound: usize, what: &str) {
-    let complete = wait_until_async(Duration::from_secs(30), || async {
-        handled(ns).await.into_iter().collect::<HashSet<_>>().len() as u64 >= n
-    })
-    .await;
-    let all = handled(ns).await;
-    let unique: HashSet<u64> = all.iter().copied().collect();
-    assert!(complete, "{what}: {} of {n} handled", unique.len());
-    assert_eq!(unique, (0..n).collect(), "{what}: lost events");
-    let duplicates = all.len() - unique.len();
-    eprintln!("{what}: {n} events, {duplicates} duplicates (bound {bound})");
-    assert!(
-        duplicates <= bound,
-        "{what}: {duplicates} duplicates > {bound}"
-    );
 }
 
 /// In flight with a worker: its queue (10) + one read batch (10) + acknowledgements not
@@ -105,6 +37,7 @@ const IN_FLIGHT: usize = 40;
 async fn sigkill_then_restart_loses_nothing() {
     let ns = namespace();
     let url = redis_server::url().await;
+    let records = Records::new(&ns);
     let bus = durable(&ns).await;
     // The group exists before the events.
     bus.subscribe_with(
@@ -117,18 +50,19 @@ async fn sigkill_then_restart_loses_nothing() {
     .cancel()
     .await;
     publish_n(&bus, &ns, 3000).await;
-    let mut worker = Worker::start(&url, &ns, "g", "w1");
+    let mut worker = Worker::start(WORKER, &url, &ns, "g", &records.file("w1"));
     assert!(
-        wait_until_async(Duration::from_secs(20), || async {
-            handled(&ns).await.len() >= 800
-        })
+        wait_until(Duration::from_secs(20), || records.handled(&["w1"]).len()
+            >= 800)
         .await
     );
     worker.kill();
-    let before = handled(&ns).await.len();
+    let before = records.handled(&["w1"]).len();
     assert!(before < 3000, "killed too late to be mid-stream");
-    let _worker = Worker::start(&url, &ns, "g", "w1");
-    assert_complete(&ns, 3000, IN_FLIGHT, "sigkill + restart").await;
+    let _worker = Worker::start(WORKER, &url, &ns, "g", &records.file("w1"));
+    records
+        .assert_complete(&["w1"], 3000, IN_FLIGHT, "sigkill + restart")
+        .await;
     let groups = bus.groups().await.unwrap();
     assert!(
         wait_until_async(Duration::from_secs(10), || async {
@@ -138,20 +72,7 @@ async fn sigkill_then_restart_loses_nothing() {
         "{groups:?}"
     );
     bus.close().await.unwrap();
-    remove_keys(&bus, &ns, &["w1"]).await;
-}
-
-/// Deletes what a crash test left: the stream and the workers' lists.
-async fn remove_keys(bus: &RedisEventBus, ns: &str, workers: &[&str]) {
-    cleanup(bus, &[]).await;
-    let mut keys = vec![format!("{ns}:handled")];
-    keys.extend(workers.iter().map(|w| format!("{ns}:by:{w}")));
-    let mut conn = redis_server::client().await;
-    let _: i64 = redis::cmd("DEL")
-        .arg(&keys)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    cleanup(&bus, &[]).await;
 }
 
 /// Two processes in one group share the events: disjoint shares, every event once.
@@ -159,19 +80,16 @@ async fn remove_keys(bus: &RedisEventBus, ns: &str, workers: &[&str]) {
 async fn two_processes_share_a_group() {
     let ns = namespace();
     let url = redis_server::url().await;
+    let records = Records::new(&ns);
     let bus = durable(&ns).await;
-    let _one = Worker::start(&url, &ns, "g", "one");
-    let _two = Worker::start(&url, &ns, "g", "two");
+    let _one = Worker::start(WORKER, &url, &ns, "g", &records.file("one"));
+    let _two = Worker::start(WORKER, &url, &ns, "g", &records.file("two"));
     publish_n(&bus, &ns, 2000).await;
-    assert_complete(&ns, 2000, 0, "two processes").await;
-    let one: HashSet<u64> = recorded(&format!("{ns}:by:one"))
-        .await
-        .into_iter()
-        .collect();
-    let two: HashSet<u64> = recorded(&format!("{ns}:by:two"))
-        .await
-        .into_iter()
-        .collect();
+    records
+        .assert_complete(&["one", "two"], 2000, 0, "two processes")
+        .await;
+    let one: HashSet<u64> = records.handled(&["one"]).into_iter().collect();
+    let two: HashSet<u64> = records.handled(&["two"]).into_iter().collect();
     eprintln!("two processes: shares {} + {}", one.len(), two.len());
     assert!(
         !one.is_empty() && !two.is_empty(),
@@ -179,7 +97,7 @@ async fn two_processes_share_a_group() {
     );
     assert!(one.is_disjoint(&two));
     bus.close().await.unwrap();
-    remove_keys(&bus, &ns, &["one", "two"]).await;
+    cleanup(&bus, &[]).await;
 }
 
 /// SIGKILL of one of two members: the other takes its pending entries over after the
@@ -188,6 +106,7 @@ async fn two_processes_share_a_group() {
 async fn sigkill_then_takeover_by_another_member() {
     let ns = namespace();
     let url = redis_server::url().await;
+    let records = Records::new(&ns);
     let bus = durable(&ns).await;
     bus.subscribe_with(
         &format!("{ns}:*"),
@@ -199,18 +118,20 @@ async fn sigkill_then_takeover_by_another_member() {
     .cancel()
     .await;
     publish_n(&bus, &ns, 3000).await;
-    let mut victim = Worker::start(&url, &ns, "g", "victim");
-    let _survivor = Worker::start(&url, &ns, "g", "survivor");
+    let workers = ["victim", "survivor"];
+    let mut victim = Worker::start(WORKER, &url, &ns, "g", &records.file("victim"));
+    let _survivor = Worker::start(WORKER, &url, &ns, "g", &records.file("survivor"));
     assert!(
-        wait_until_async(Duration::from_secs(20), || async {
-            handled(&ns).await.len() >= 800
-        })
+        wait_until(Duration::from_secs(20), || records.handled(&workers).len()
+            >= 800)
         .await
     );
     victim.kill();
-    assert_complete(&ns, 3000, IN_FLIGHT, "sigkill + takeover").await;
+    records
+        .assert_complete(&workers, 3000, IN_FLIGHT, "sigkill + takeover")
+        .await;
     bus.close().await.unwrap();
-    remove_keys(&bus, &ns, &["victim", "survivor"]).await;
+    cleanup(&bus, &[]).await;
 }
 
 /// A private `redis-server --appendonly yes` killed and restarted while entries are
