@@ -6,7 +6,7 @@ mod support;
 
 use integration_tests::{nats_server, postgres_server, redis_server, servers};
 use support::{
-    Running, closed_port, eventbus, namespace, run_ok, run_status, send_signal, temp_file,
+    Running, TempFile, closed_port, eventbus, namespace, run_ok, run_status, send_signal, temp_file,
 };
 
 /// The URL of the Redis server the tests find (see `integration_tests::servers`:
@@ -32,17 +32,17 @@ fn nats_url() -> String {
 }
 
 /// A config file for the NATS server under a fresh channel prefix.
-fn nats() -> std::path::PathBuf {
+fn nats() -> TempFile {
     config("nats", "url", &nats_url())
 }
 
 /// A config file for the Redis server under a fresh channel prefix.
-fn redis() -> std::path::PathBuf {
+fn redis() -> TempFile {
     config("redis", "url", &redis_url())
 }
 
 /// A config file for the PostgreSQL server under a fresh channel prefix.
-fn postgres() -> std::path::PathBuf {
+fn postgres() -> TempFile {
     config("postgres", "url", &postgres_url())
 }
 
@@ -57,7 +57,7 @@ fn with_database(url: &str, database: &str) -> String {
 }
 
 /// A config file for `backend` at `url` under a fresh channel prefix.
-fn config(backend: &str, url_key: &str, url: &str) -> std::path::PathBuf {
+fn config(backend: &str, url_key: &str, url: &str) -> TempFile {
     let toml = format!(
         "backend = \"{backend}\"\n{url_key} = \"{url}\"\nchannel_prefix = \"{}\"\n",
         namespace()
@@ -336,7 +336,7 @@ fn redis_durable_tail_keeps_what_came_while_away() {
 }
 
 /// A config file for the PostgreSQL durable mode under a fresh channel prefix.
-fn postgres_table() -> std::path::PathBuf {
+fn postgres_table() -> TempFile {
     let toml = format!(
         "backend = \"postgres\"\nurl = \"{}\"\nchannel_prefix = \"{}\"\ndelivery = \"table\"\n",
         postgres_url(),

@@ -73,15 +73,36 @@ pub fn namespace() -> String {
     format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..12])
 }
 
-/// Writes `text` to a fresh temp file named `name` and returns its path.
-pub fn temp_file(name: &str, text: &str) -> PathBuf {
+/// Writes `text` to a fresh temp file named `name`; the file and its directory are
+/// removed when the returned guard is dropped.
+pub fn temp_file(name: &str, text: &str) -> TempFile {
     let dir = std::env::temp_dir().join(format!("eventbus-cli-{}", namespace()));
     std::fs::create_dir_all(&dir).expect("create temp dir");
     let path = dir.join(name);
     std::fs::File::create(&path)
         .and_then(|mut f| f.write_all(text.as_bytes()))
         .expect("write temp file");
-    path
+    TempFile { dir, path }
+}
+
+/// A temp file of [`temp_file`]; dereferences to its path.
+pub struct TempFile {
+    dir: PathBuf,
+    path: PathBuf,
+}
+
+impl std::ops::Deref for TempFile {
+    type Target = std::path::Path;
+
+    fn deref(&self) -> &Self::Target {
+        &self.path
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
 
 /// A spawned `eventbus` whose stdout and stderr lines arrive on channels. Killed on drop
