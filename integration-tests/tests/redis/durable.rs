@@ -539,6 +539,8 @@ async fn idle_consumers_are_removed_only_with_nothing_pending() {
     let ns = namespace();
     let mut config = durable_config(&ns).await;
     config.streams.consumer_idle_seconds = 0.05;
+    // Only the explicit `trim` below removes consumers.
+    config.streams.trim_interval_seconds = 3600.0;
     let bus = RedisEventBus::new(config).unwrap();
     bus.connect().await.unwrap();
     let seen = Seen::default();
@@ -550,6 +552,19 @@ async fn idle_consumers_are_removed_only_with_nothing_pending() {
         )
         .await
         .unwrap();
+    let consumers = || async {
+        let mut conn = redis_server::client().await;
+        let rows: Vec<Vec<redis::Value>> = redis::cmd("XINFO")
+            .arg("CONSUMERS")
+            .arg(bus.stream_key())
+            .arg("g")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        rows.len()
+    };
+    // The bus's consumer exists once its reader has read from the group.
+    assert!(wait_until_async(DEADLINE, || async { consumers().await == 1 }).await);
     sub.cancel().await;
     publish_n(&bus, &ns, 0..1).await;
     // A consumer that takes the entry and never acknowledges it.
@@ -566,17 +581,6 @@ async fn idle_consumers_are_removed_only_with_nothing_pending() {
         .query_async(&mut conn)
         .await
         .unwrap();
-    let consumers = || async {
-        let mut conn = redis_server::client().await;
-        let rows: Vec<Vec<redis::Value>> = redis::cmd("XINFO")
-            .arg("CONSUMERS")
-            .arg(bus.stream_key())
-            .arg("g")
-            .query_async(&mut conn)
-            .await
-            .unwrap();
-        rows.len()
-    };
     assert_eq!(consumers().await, 2);
     tokio::time::sleep(Duration::from_millis(100)).await; // let both become idle
     bus.trim().await.unwrap();
