@@ -22,7 +22,13 @@
 //! [`Dispatcher::deliver_to`]: crate::Dispatcher::deliver_to
 //! [`RetryPolicy`]: crate::RetryPolicy
 
-use std::time::Duration;
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
 
 use async_trait::async_trait;
 
@@ -99,5 +105,64 @@ impl std::fmt::Debug for DurableDelivery {
         f.debug_struct("DurableDelivery")
             .field("attempt", &self.attempt)
             .finish_non_exhaustive()
+    }
+}
+
+/// Counts work a durable backend has started and not finished (acknowledgements on
+/// their way to the server), so that `flush` and `close` can wait until none is left.
+///
+/// ```
+/// use std::sync::Arc;
+/// use event_bus_core::durable::Outstanding;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let acks = Arc::new(Outstanding::default());
+/// let guard = acks.enter(); // handed to whatever writes the acknowledgement
+/// assert_eq!(acks.count(), 1);
+/// drop(guard); // written (or given up)
+/// acks.idle().await;
+/// # }
+/// ```
+#[derive(Debug, Default)]
+pub struct Outstanding {
+    count: AtomicU64,
+    done: tokio::sync::Notify,
+}
+
+impl Outstanding {
+    /// Counts one piece of work until the returned guard is dropped.
+    pub fn enter(self: &Arc<Self>) -> OutstandingGuard {
+        self.count.fetch_add(1, Ordering::AcqRel);
+        OutstandingGuard(self.clone())
+    }
+
+    /// How many are counted now.
+    pub fn count(&self) -> u64 {
+        self.count.load(Ordering::Acquire)
+    }
+
+    /// Waits until none is counted.
+    pub async fn idle(&self) {
+        loop {
+            let done = self.done.notified();
+            tokio::pin!(done);
+            done.as_mut().enable();
+            if self.count() == 0 {
+                return;
+            }
+            done.await;
+        }
+    }
+}
+
+/// One counted piece of work of an [`Outstanding`]; dropping it ends it.
+#[derive(Debug)]
+pub struct OutstandingGuard(Arc<Outstanding>);
+
+impl Drop for OutstandingGuard {
+    fn drop(&mut self) {
+        self.0.count.fetch_sub(1, Ordering::AcqRel);
+        self.0.done.notify_waiters();
     }
 }

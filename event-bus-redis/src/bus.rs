@@ -451,17 +451,24 @@ impl EventBus for RedisEventBus {
     /// Waits until the bus is quiescent (see [`event_bus_core::flush`]). Its round
     /// trip is a `PING` on the pub/sub connection, answered after every message the
     /// server queued for it before, and then waiting until the listener has dispatched
-    /// everything received up to that answer.
+    /// everything received up to that answer. In the durable mode it also waits for
+    /// retries due on the server and for the acknowledgements of what was handled to
+    /// be written.
     async fn flush(&self) -> Result<(), Error> {
         self.started().await?;
         loop {
             until_quiescent(&self.inner.dispatcher, || self.round_trip()).await?;
-            // Durable retries wait on the server: wait for them too.
+            // Durable retries wait on the server: wait for them too, and for the
+            // acknowledgements still on their way (the acker writes them in batches).
             match &self.inner.streams {
                 Some(streams) if streams.retrying() => {
                     tokio::time::sleep(std::time::Duration::from_millis(5)).await;
                 }
-                _ => return Ok(()),
+                Some(streams) => {
+                    streams.acking.idle().await;
+                    return Ok(());
+                }
+                None => return Ok(()),
             }
         }
     }

@@ -35,7 +35,7 @@ use std::{
     time::Duration,
 };
 
-use event_bus_core::{Error, SubscriptionId};
+use event_bus_core::{Error, SubscriptionId, durable::Outstanding};
 use tokio::sync::{Notify, OnceCell, watch};
 
 pub(crate) use self::publish::columns;
@@ -77,7 +77,8 @@ pub(crate) struct Shared {
     /// The bus's acknowledgements, coalesced into one statement per round trip.
     pub(crate) acks: Arc<Acks>,
     /// Acknowledgements under way.
-    pub(crate) acking: settle::Acking,
+    /// Acknowledgements on their way, for `close` to let them finish.
+    pub(crate) acking: Arc<Outstanding>,
     ready: OnceCell<()>,
 }
 
@@ -130,7 +131,7 @@ impl Durable {
                 publish,
                 pool,
                 acks,
-                acking: settle::Acking::default(),
+                acking: Arc::default(),
                 sql,
                 config,
                 max_bytes,

@@ -111,43 +111,6 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     text
 }
 
-/// Counts the acknowledgements under way, for `close` to let them finish.
-#[derive(Default)]
-pub(crate) struct Acking {
-    count: AtomicU64,
-    done: tokio::sync::Notify,
-}
-
-impl Acking {
-    /// Counts one acknowledgement under way until the guard is dropped.
-    fn enter(&self) -> AckingGuard<'_> {
-        self.count.fetch_add(1, Relaxed);
-        AckingGuard(self)
-    }
-
-    /// Waits until no acknowledgement is under way.
-    pub(crate) async fn idle(&self) {
-        loop {
-            let done = self.done.notified();
-            tokio::pin!(done);
-            done.as_mut().enable();
-            if self.count.load(Relaxed) == 0 {
-                return;
-            }
-            done.await;
-        }
-    }
-}
-
-struct AckingGuard<'a>(&'a Acking);
-
-impl Drop for AckingGuard<'_> {
-    fn drop(&mut self) {
-        self.0.count.fetch_sub(1, Relaxed);
-        self.0.done.notify_waiters();
-    }
-}
-
 /// Refusal of a settle whose lease passed to another consumer.
 const FENCED: &str =
     "the lease expired and the event was claimed again: this consumer no longer holds it";

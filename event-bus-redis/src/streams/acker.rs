@@ -5,7 +5,12 @@ use std::sync::{Arc, Weak};
 
 use tokio::sync::mpsc;
 
-use super::{Streams, consumer::Ctx, leases::InFlight, stats::StreamStats};
+use super::{
+    Streams,
+    consumer::{Ack, Ctx},
+    leases::InFlight,
+    stats::StreamStats,
+};
 
 /// What the acker needs of a consumer (not the consumer itself: the acker ends when
 /// the consumer and its settle handles are gone).
@@ -31,7 +36,7 @@ impl Acking {
 pub(super) async fn ack_loop(
     streams: Weak<Streams>,
     acking: Acking,
-    mut acks: mpsc::UnboundedReceiver<(String, bool)>,
+    mut acks: mpsc::UnboundedReceiver<Ack>,
 ) {
     let Acking {
         stream,
@@ -39,11 +44,14 @@ pub(super) async fn ack_loop(
         in_flight,
     } = acking;
     let mut batch = Vec::new();
+    // Dropped once the batch is written (or given up): `flush` waits for them.
+    let mut outstanding = Vec::new();
     let mut handled = 0;
     while let Some(first) = acks.recv().await {
         let mut next = Some(first);
-        while let Some((id, was_handled)) = next.take() {
+        while let Some((id, was_handled, guard)) = next.take() {
             batch.push(id);
+            outstanding.push(guard);
             handled += u64::from(was_handled);
             if batch.len() < 1000 {
                 next = acks.try_recv().ok();
@@ -66,6 +74,7 @@ pub(super) async fn ack_loop(
         for id in batch.drain(..) {
             in_flight.remove(&id);
         }
+        outstanding.clear();
         handled = 0;
     }
 }

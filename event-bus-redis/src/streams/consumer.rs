@@ -15,7 +15,10 @@ use std::{
     time::Duration,
 };
 
-use event_bus_core::{DeadLetter, Pattern, SubscriptionId};
+use event_bus_core::{
+    DeadLetter, Pattern, SubscriptionId,
+    durable::{Outstanding, OutstandingGuard},
+};
 use tokio::{
     sync::{mpsc, watch},
     task::JoinHandle,
@@ -39,8 +42,10 @@ pub(crate) struct Ctx {
     pub(crate) dead_letter: DeadLetter,
     pub(crate) stream: String,
     pub(crate) in_flight: Arc<InFlight>,
-    /// Entries to acknowledge (the acker batches them).
-    pub(crate) acks: mpsc::UnboundedSender<(String, bool)>,
+    /// Entries to acknowledge (the acker batches them); see [`Ctx::ack`].
+    acks: mpsc::UnboundedSender<Ack>,
+    /// The bus's acknowledgements not yet written (shared by its consumers).
+    acking: Arc<Outstanding>,
     /// When the next claim is due (moved earlier by a retry).
     pub(crate) claim_at: Mutex<Instant>,
     /// Entries waiting on the server for a retry, until when they are waited for (by
@@ -53,7 +58,18 @@ pub(crate) struct Ctx {
     pub(super) reads_done: watch::Sender<u64>,
 }
 
+/// One entry for the acker: its id, whether a handler handled it (or it was skipped),
+/// and its place among the bus's acknowledgements not yet written.
+pub(super) type Ack = (String, bool, OutstandingGuard);
+
 impl Ctx {
+    /// Queues the `XACK` of `id` (`handled`: by a handler, else skipped unseen); counted
+    /// as outstanding until written, so that `flush` waits for it. `false` once the
+    /// acker is gone (the consumer stopped).
+    pub(crate) fn ack(&self, id: String, handled: bool) -> bool {
+        self.acks.send((id, handled, self.acking.enter())).is_ok()
+    }
+
     /// Whether an entry of this consumer waits on the server for a retry.
     pub(crate) fn is_retrying(&self) -> bool {
         let now = Instant::now();
@@ -193,6 +209,7 @@ pub(crate) fn spawn(streams: &Arc<Streams>, spec: Spec) -> ConsumerHandle {
         stream,
         in_flight,
         acks,
+        acking: streams.acking.clone(),
         claim_at: Mutex::new(Instant::now()),
         retrying: Mutex::default(),
         client_id: AtomicI64::new(0),

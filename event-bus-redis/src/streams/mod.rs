@@ -33,6 +33,7 @@ use std::{
 
 use event_bus_core::{
     Dispatcher, Error, Pattern, SubscribeOptions, Subscriber, Subscription, SubscriptionId,
+    durable::Outstanding,
 };
 use tokio::task::JoinHandle;
 
@@ -83,6 +84,8 @@ pub(crate) struct Streams {
     /// Client name prefix of the reading connections.
     pub(crate) client_name: String,
     pub(crate) stats: Arc<StreamStats>,
+    /// Acknowledgements queued and not yet written, of every consumer.
+    pub(crate) acking: Arc<Outstanding>,
     consumers: Mutex<HashMap<SubscriptionId, ConsumerHandle>>,
     maintenance: Mutex<Option<JoinHandle<()>>>,
 }
@@ -122,6 +125,7 @@ impl Streams {
             base_name,
             client_name,
             stats: Arc::default(),
+            acking: Arc::default(),
             consumers: Mutex::new(HashMap::new()),
             maintenance: Mutex::new(None),
         }

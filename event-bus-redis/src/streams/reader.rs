@@ -248,7 +248,7 @@ async fn hand_over(
         let Some(body) = body else {
             StreamStats::add(&streams.stats.lost, 1);
             tracing::error!(group = %ctx.group, %id, "a pending entry was trimmed before it was handled: lost");
-            let _ = ctx.acks.send((id, false));
+            let _ = ctx.ack(id, false);
             continue;
         };
         let for_us =
@@ -263,14 +263,14 @@ async fn hand_over(
             }
             Ok(_) => {
                 StreamStats::add(&streams.stats.skipped, 1);
-                let _ = ctx.acks.send((id, false));
+                let _ = ctx.ack(id, false);
                 continue;
             }
             Err(e) => {
                 streams.dispatcher.metrics().add_malformed(1);
                 StreamStats::add(&streams.stats.skipped, 1);
                 tracing::warn!(group = %ctx.group, %id, error = %e, "malformed stream entry skipped");
-                let _ = ctx.acks.send((id, false));
+                let _ = ctx.ack(id, false);
                 continue;
             }
         };

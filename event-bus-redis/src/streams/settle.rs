@@ -47,9 +47,12 @@ impl Drop for StreamSettle {
 impl Settle for StreamSettle {
     /// Queues the `XACK` (sent in batches).
     async fn ack(mut self: Box<Self>) -> Result<(), Error> {
-        let sent = self.ctx.acks.send((self.id.clone(), true));
-        self.acked = sent.is_ok();
-        sent.map_err(|_| Error::Closed)
+        self.acked = self.ctx.ack(self.id.clone(), true);
+        if self.acked {
+            Ok(())
+        } else {
+            Err(Error::Closed)
+        }
     }
 
     /// Makes the entry claimable after `delay`: `XCLAIM ... IDLE <lease - delay> JUSTID`
