@@ -162,7 +162,9 @@ pub struct OutstandingGuard(Arc<Outstanding>);
 
 impl Drop for OutstandingGuard {
     fn drop(&mut self) {
-        self.0.count.fetch_sub(1, Ordering::AcqRel);
-        self.0.done.notify_waiters();
+        // Only the last one wakes the waiters: `idle` waits for none, not for each.
+        if self.0.count.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.done.notify_waiters();
+        }
     }
 }

@@ -12,13 +12,14 @@ use std::{
     time::Duration,
 };
 
-use crate::ports::free_port;
 use tokio::{
     io::{AsyncBufReadExt, AsyncReadExt, BufReader},
     net::TcpStream,
     sync::OnceCell,
     time::Instant,
 };
+
+use crate::ports::free_port;
 
 /// The default local server.
 pub const LOCAL_DEFAULT: &str = "nats://127.0.0.1:4222";

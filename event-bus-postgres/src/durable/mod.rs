@@ -76,7 +76,6 @@ pub(crate) struct Shared {
     pub(crate) channel: String,
     /// The bus's acknowledgements, coalesced into one statement per round trip.
     pub(crate) acks: Arc<Acks>,
-    /// Acknowledgements under way.
     /// Acknowledgements on their way, for `close` to let them finish.
     pub(crate) acking: Arc<Outstanding>,
     ready: OnceCell<()>,

@@ -27,14 +27,15 @@
 //! plus the indexes `P_deliveries_event (event_id, group_name)` and
 //! `P_dead_letters_event (event_id)`. The deliveries' primary key is the claim order (a
 //! delivery's priority is its event's, so it is as unique as `(group_name, event_id)`);
-//! settles find their row by the event index. The claim rewrites a delivery's lease, attempts and visibility, none of
-//! them indexed: with pages left half empty the new row version stays on its page and
-//! no index is written (a heap-only update).
+//! settles find their row by the event index. The claim rewrites a delivery's lease,
+//! attempts and visibility, none of them indexed: with pages left half empty the new
+//! row version stays on its page and no index is written (a heap-only update).
+//!
 //! `P_schema` holds the [`SCHEMA_VERSION`] the tables were created or last migrated
 //! to; a bus refuses to run against a newer version. Version 1 had the primary key
 //! `(group_name, event_id)`, a separate claim index `P_deliveries_claim`, the event
-//! index on `event_id` alone and the default fill factor; the first bus of version 2 to start migrates such tables in
-//! the creating transaction.
+//! index on `event_id` alone and the default fill factor; the first bus of version 2
+//! to start migrates such tables in the creating transaction.
 //!
 //! Every value (topics, envelopes, group names, patterns, regular expressions, lease
 //! tokens, errors) is a bound parameter; only the quoted table names are part of the
